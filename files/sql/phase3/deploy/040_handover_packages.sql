@@ -1,0 +1,34 @@
+-- Phase 3, step 4: one handover package per client with a deployed deployment, attached to the
+-- client's onboarding workflow. installed_modules lists the client's installations;
+-- module_configurations maps each app override (by app_name) to its linkage and settings state.
+-- Guarded: a client that already has a package for that workflow gets no second one.
+WITH inserted AS (
+    INSERT INTO handover_packages
+        (client_id, workflow_id, package_name, installed_modules, module_configurations)
+    SELECT c.id,
+           ow.id,
+           'Handover Package - ' || c.name,
+           COALESCE((SELECT jsonb_agg(jsonb_build_object(
+                                'installation_id', mi.id, 'module_id', mi.module_id,
+                                'module_name', mm.name, 'installed_at', mi.installed_at,
+                                'status', mi.status) ORDER BY mi.installed_at, mi.id)
+                       FROM module_installations mi
+                       JOIN marketplace_modules mm ON mm.id = mi.module_id
+                      WHERE mi.tenant_id = c.id), '[]'::jsonb),
+           COALESCE((SELECT jsonb_object_agg(o.app_name, jsonb_build_object(
+                                'enabled', o.enabled, 'activation_status', o.activation_status,
+                                'marketplace_module_id', o.marketplace_module_id,
+                                'installation_id', o.installation_id))
+                       FROM client_app_overrides o
+                      WHERE o.client_id = c.id), '{}'::jsonb)
+      FROM clients_enhanced c
+      JOIN orchestration_workflows ow
+        ON ow.client_id = c.id AND ow.workflow_type = 'client_onboarding'
+     WHERE EXISTS (SELECT 1 FROM client_deployments d
+                    WHERE d.client_id = c.id AND d.status = 'deployed')
+       AND NOT EXISTS (SELECT 1 FROM handover_packages hp
+                        WHERE hp.client_id = c.id AND hp.workflow_id = ow.id)
+    RETURNING id
+)
+INSERT INTO migration_ledger.phase3_inserted (table_name, row_id)
+SELECT 'handover_packages', id FROM inserted;

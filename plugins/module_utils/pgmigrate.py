@@ -1,0 +1,319 @@
+# Shared mechanics for the pgmigrate modules: connecting with errors that name the fix, running
+# SQL under a short lock_timeout with retries and backoff, rendering psql-style variables, the
+# ledger. Every module imports this file; nothing here is phase specific.
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+try:
+    import psycopg2
+    import psycopg2.errors
+    import psycopg2.extensions
+    import psycopg2.extras
+
+    HAS_PSYCOPG2 = True
+except ImportError:  # pragma: no cover - reported by the module through fail_json
+    HAS_PSYCOPG2 = False
+
+LEDGER_SCHEMA = "migration_ledger"
+LOCK_NOT_AVAILABLE = "55P03"
+DEADLOCK_DETECTED = "40P01"
+RETRYABLE = {LOCK_NOT_AVAILABLE, DEADLOCK_DETECTED}
+
+# The options every module takes to reach the database; values come from the inventory's
+# migration_db_* variables.
+CONNECTION_ARGS: dict[str, dict[str, Any]] = {
+    "db_host": {"type": "str", "required": True},
+    "db_port": {"type": "int", "default": 5432},
+    "db_name": {"type": "str", "required": True},
+    "db_user": {"type": "str", "required": True},
+    "db_password": {"type": "str", "no_log": True},
+    "db_sslmode": {"type": "str", "default": "prefer"},
+    "connect_timeout": {"type": "int", "default": 10},
+}
+
+# The lock-safety options of every module that takes strong locks.
+LOCK_ARGS: dict[str, dict[str, Any]] = {
+    "lock_timeout_ms": {"type": "int", "default": 50},
+    "lock_attempts": {"type": "int", "default": 60},
+    "backoff_initial_ms": {"type": "int", "default": 100},
+    "backoff_max_ms": {"type": "int", "default": 5000},
+    "statement_timeout_ms": {"type": "int", "default": 0},
+}
+
+
+class MigrationError(Exception):
+    """An error whose message tells the operator what to fix."""
+
+
+def describe_target(params: dict[str, Any]) -> str:
+    return f"{params['db_user']}@{params['db_host']}:{params['db_port']}/{params['db_name']}"
+
+
+def connect(params: dict[str, Any], application_name: str = "pgmigrate") -> Any:
+    """Open a libpq connection; turn libpq's errors into messages that name the fix."""
+    if not HAS_PSYCOPG2:
+        raise MigrationError(
+            "psycopg2 is not importable by the Python running this module; install "
+            "requirements.txt into the controller's virtualenv and set ansible_python_interpreter "
+            "to it (the inventories use {{ ansible_playbook_python }})"
+        )
+    kwargs = {
+        "host": params["db_host"],
+        "port": params["db_port"],
+        "dbname": params["db_name"],
+        "user": params["db_user"],
+        "sslmode": params.get("db_sslmode") or "prefer",
+        "connect_timeout": params.get("connect_timeout") or 10,
+        "application_name": application_name,
+    }
+    if params.get("db_password"):
+        kwargs["password"] = params["db_password"]
+    try:
+        conn = psycopg2.connect(**kwargs)
+    except psycopg2.OperationalError as exc:
+        raise MigrationError(explain_connect_error(str(exc), params)) from None
+    return conn
+
+
+def explain_connect_error(text: str, params: dict[str, Any]) -> str:
+    target = describe_target(params)
+    first = text.strip().splitlines()[0] if text.strip() else "unknown error"
+    # libpq may echo the connection string; never let a password through.
+    if params.get("db_password"):
+        first = first.replace(params["db_password"], "********")
+    lowered = text.lower()
+    if "password authentication failed" in lowered or "no password supplied" in lowered:
+        fix = "wrong credentials: check migration_db_user and migration_db_password (vault)"
+    elif "does not exist" in lowered and "database" in lowered:
+        fix = "the database does not exist: check migration_db_name"
+    elif "timeout" in lowered or "refused" in lowered or "could not translate" in lowered \
+            or "no route" in lowered or "could not connect" in lowered:
+        fix = "the server is unreachable: check migration_db_host and migration_db_port, and that it accepts TCP connections"
+    else:
+        fix = "check the migration_db_* connection variables"
+    return f"cannot connect to {target}: {first} ({fix})"
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    return getattr(exc, "pgcode", None)
+
+
+def backoff_delays(initial_ms: int, max_ms: int) -> Iterator[float]:
+    """Exponential backoff with full jitter, in seconds."""
+    delay = max(1, initial_ms)
+    while True:
+        yield random.uniform(delay / 2, delay) / 1000.0
+        delay = min(max_ms, delay * 2)
+
+
+def with_lock_retry(
+    conn: Any,
+    work: Callable[[Any], Any],
+    lock: dict[str, Any],
+    transactional: bool = True,
+) -> tuple[Any, int]:
+    """Run work(cursor) under a short lock_timeout; retry lock timeouts and deadlocks.
+
+    A statement that waits for a lock makes every later query on that table queue behind it, so
+    we wait only lock_timeout_ms, give the lock back, sleep with backoff and try again. Returns
+    (result, retries). transactional=False runs in autocommit (CREATE INDEX CONCURRENTLY).
+    """
+    delays = backoff_delays(lock["backoff_initial_ms"], lock["backoff_max_ms"])
+    retries = 0
+    conn.autocommit = not transactional
+    while True:
+        try:
+            with conn.cursor() as cur:
+                scope = "LOCAL " if transactional else ""
+                cur.execute(f"SET {scope}lock_timeout = %s", (f"{lock['lock_timeout_ms']}ms",))
+                cur.execute(f"SET {scope}statement_timeout = %s", (f"{lock['statement_timeout_ms']}ms",))
+                result = work(cur)
+            if transactional:
+                conn.commit()
+            return result, retries
+        except psycopg2.Error as exc:
+            if transactional:
+                conn.rollback()
+            if sqlstate(exc) not in RETRYABLE:
+                raise
+            retries += 1
+            if retries >= lock["lock_attempts"]:
+                raise MigrationError(
+                    f"gave up after {retries} attempts to take a lock within "
+                    f"{lock['lock_timeout_ms']} ms ({str(exc).strip()}); a long transaction holds "
+                    "it: find it in pg_stat_activity, or raise migration_lock_attempts"
+                ) from None
+            time.sleep(next(delays))
+
+
+# psql-style variables: :'name' becomes a quoted literal, :"name" a quoted identifier and :name
+# the raw value. Only names given in params are replaced, so casts like ::uuid are left alone.
+_VARIABLE = re.compile(r"(?<![:\w]):(?:'(\w+)'|\"(\w+)\"|(\w+))")
+
+
+def render(sql: str, params: dict[str, Any]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        literal, ident, raw = match.groups()
+        name = literal or ident or raw
+        if name not in params:
+            return match.group(0)
+        value = params[name]
+        if literal:
+            return quote_literal(str(value))
+        if ident:
+            return '"' + str(value).replace('"', '""') + '"'
+        return str(value)
+
+    return _VARIABLE.sub(replace, sql)
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split SQL into statements on semicolons outside quotes, dollar quotes and comments."""
+    statements: list[str] = []
+    buf: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if sql.startswith("--", i):
+            end = sql.find("\n", i)
+            end = n if end < 0 else end
+            buf.append(sql[i:end])
+            i = end
+            continue
+        if sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            end = n if end < 0 else end + 2
+            buf.append(sql[i:end])
+            i = end
+            continue
+        if ch in ("'", '"'):
+            end = i + 1
+            while end < n:
+                if sql[end] == ch:
+                    if end + 1 < n and sql[end + 1] == ch:
+                        end += 2
+                        continue
+                    break
+                end += 1
+            buf.append(sql[i:end + 1])
+            i = end + 1
+            continue
+        if ch == "$":
+            tag = re.match(r"\$(\w*)\$", sql[i:])
+            if tag:
+                close = sql.find(tag.group(0), i + len(tag.group(0)))
+                close = n if close < 0 else close + len(tag.group(0))
+                buf.append(sql[i:close])
+                i = close
+                continue
+        if ch == ";":
+            statements.append("".join(buf).strip())
+            buf = []
+            i += 1
+            continue
+        buf.append(ch)
+        i += 1
+    statements.append("".join(buf).strip())
+    return [s for s in statements if strip_comments(s).strip()]
+
+
+def strip_comments(sql: str) -> str:
+    return re.sub(r"--[^\n]*", "", sql)
+
+
+def file_directives(sql: str) -> set[str]:
+    """Directives in the header comment: `-- pgmigrate: no-transaction`."""
+    found: set[str] = set()
+    for line in sql.splitlines():
+        if not line.startswith("--"):
+            break
+        m = re.match(r"--\s*pgmigrate:\s*(.+)", line)
+        if m:
+            found.update(part.strip() for part in m.group(1).split(","))
+    return found
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_checksums(paths: list[str], base: str | None = None) -> dict[str, str]:
+    """sha256 of each file, keyed by its path relative to base (the files/sql directory)."""
+    out: dict[str, str] = {}
+    for path in paths:
+        p = Path(path)
+        key = os.path.relpath(p, base) if base else p.name
+        out[key] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def combined_checksum(files: dict[str, str], params: dict[str, Any] | None = None) -> str:
+    payload = json.dumps({"files": files, "params": params or {}}, sort_keys=True)
+    return sha256_text(payload)
+
+
+@contextmanager
+def transaction(conn: Any) -> Iterator[Any]:
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            yield cur
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+
+
+def fetch_dicts(cur: Any, sql: str, args: Any = None) -> list[dict[str, Any]]:
+    cur.execute(sql, args)
+    cols = [c.name for c in cur.description]
+    return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+
+def json_safe(value: Any) -> Any:
+    """Make query results JSON-serialisable (uuids, timestamps, decimals) for Ansible."""
+    return json.loads(json.dumps(value, default=str))
+
+
+# --- the ledger -----------------------------------------------------------------------------
+
+def ledger_exists(conn: Any) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{LEDGER_SCHEMA}.history",))
+        exists = cur.fetchone()[0]
+    conn.rollback()
+    return exists
+
+
+def ledger_state(conn: Any) -> dict[str, dict[str, Any]]:
+    """The last finished record of every phase, keyed by phase; an empty ledger gives {}."""
+    if not ledger_exists(conn):
+        return {}
+    with conn.cursor() as cur:
+        rows = fetch_dicts(
+            cur,
+            f"""SELECT DISTINCT ON (phase) phase, direction, status, run_id, started_at,
+                       finished_at, operator, approved_by, checksum, files, rows_affected, details
+                  FROM {LEDGER_SCHEMA}.history
+                 WHERE status = 'succeeded'
+                 ORDER BY phase, finished_at DESC, id DESC""",
+        )
+    conn.rollback()
+    return {row["phase"]: json_safe(row) for row in rows}
+
+
+def applied_phases(state: dict[str, dict[str, Any]]) -> list[str]:
+    return sorted(p for p, row in state.items() if row["direction"] == "apply")

@@ -1,0 +1,82 @@
+#!/usr/bin/python
+# Reach the database and say what it is before anything changes: reachable, credentials right,
+# writable (not a standby, not default_transaction_read_only), which server version.
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: pgmigrate_info
+short_description: Check that the target database is reachable and writable
+description:
+  - Never changes anything. Fails with a message naming the fix when the database cannot be
+    reached, the credentials are wrong, or it is read-only and I(require_writable) is true.
+options:
+  require_writable: {type: bool, default: true}
+  min_server_version: {type: int, default: 130000}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pgmigrate import (
+    CONNECTION_ARGS,
+    LOCK_ARGS,
+    MigrationError,
+    connect,
+    describe_target,
+)
+
+
+def inspect(conn) -> dict:
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT current_setting('server_version_num')::int,
+                      current_setting('server_version'),
+                      pg_is_in_recovery(),
+                      current_setting('default_transaction_read_only') = 'on',
+                      current_setting('transaction_read_only') = 'on',
+                      current_user,
+                      (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+                      current_schema(),
+                      has_database_privilege(current_database(), 'CREATE'),
+                      pg_database_size(current_database())""")
+        (version_num, version, recovery, default_ro, tx_ro, user, superuser, schema,
+         can_create, size) = cur.fetchone()
+    conn.rollback()
+    return {"server_version_num": version_num, "server_version": version,
+            "in_recovery": recovery, "read_only": bool(recovery or default_ro or tx_ro),
+            "current_user": user, "is_superuser": superuser, "schema": schema,
+            "can_create_schema": can_create, "database_size_bytes": size}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            require_writable=dict(type="bool", default=True),
+            min_server_version=dict(type="int", default=130000),
+            **CONNECTION_ARGS,
+            **LOCK_ARGS,
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        conn = connect(p, "pgmigrate-info")
+    except MigrationError as exc:
+        module.fail_json(msg=str(exc))
+    try:
+        facts = inspect(conn)
+    finally:
+        conn.close()
+    target = describe_target(p)
+    if p["require_writable"] and facts["read_only"]:
+        why = "it is a standby in recovery" if facts["in_recovery"] else \
+            "default_transaction_read_only is on"
+        module.fail_json(msg=f"{target} is read-only ({why}); point migration_db_host at the "
+                             "primary, or clear default_transaction_read_only", **facts)
+    if facts["server_version_num"] < p["min_server_version"]:
+        module.fail_json(msg=f"{target} runs PostgreSQL {facts['server_version']}; this migration "
+                             f"needs {p['min_server_version'] // 10000} or newer (gen_random_uuid in core)",
+                         **facts)
+    module.exit_json(changed=False, **facts)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+#!/usr/bin/python
+# The migration ledger: create it, decide whether a phase may run (gate), record runs.
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: pgmigrate_ledger
+short_description: Read and write the migration ledger (migration_ledger.history)
+description:
+  - C(init) creates the ledger schema when it is missing.
+  - C(gate) decides whether a phase runs - already applied (skip, or refuse on drift), missing
+    prerequisites (refuse) - and never writes.
+  - C(begin) records a running phase; C(finish) records its outcome.
+  - C(status) returns the last finished record of every phase.
+options:
+  action: {type: str, required: true, choices: [init, status, gate, begin, finish]}
+  phase: {type: str}
+  direction: {type: str, default: apply, choices: [apply, rollback]}
+  requires: {type: list, elements: str, default: []}
+  planned: {type: list, elements: str, default: []}
+  files: {type: list, elements: path, default: []}
+  sql_root: {type: path}
+  checksum_params: {type: dict, default: {}}
+  ledger_sql: {type: path}
+  run_id: {type: str}
+  record_id: {type: int}
+  operator: {type: str}
+  approved_by: {type: str}
+  environment: {type: str}
+  status: {type: str, choices: [succeeded, failed]}
+  rows_affected: {type: int}
+  details: {type: dict, default: {}}
+  error: {type: str}
+  db_host: {type: str, required: true}
+  db_port: {type: int, default: 5432}
+  db_name: {type: str, required: true}
+  db_user: {type: str, required: true}
+  db_password: {type: str}
+  db_sslmode: {type: str, default: prefer}
+  connect_timeout: {type: int, default: 10}
+"""
+
+import json
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pgmigrate import (
+    CONNECTION_ARGS,
+    LOCK_ARGS,
+    LEDGER_SCHEMA,
+    MigrationError,
+    applied_phases,
+    combined_checksum,
+    connect,
+    file_checksums,
+    json_safe,
+    ledger_exists,
+    ledger_state,
+    transaction,
+)
+
+
+def do_init(module, conn):
+    if ledger_exists(conn):
+        return {"changed": False, "msg": "ledger present"}
+    if module.check_mode:
+        return {"changed": True, "msg": f"would create the ledger schema {LEDGER_SCHEMA}"}
+    with open(module.params["ledger_sql"], encoding="utf-8") as handle:
+        sql = handle.read()
+    with transaction(conn) as cur:
+        cur.execute(sql)
+    return {"changed": True, "msg": f"created the ledger schema {LEDGER_SCHEMA}"}
+
+
+def do_gate(module, conn):
+    p = module.params
+    phase = p["phase"]
+    files = file_checksums(p["files"], p["sql_root"])
+    checksum = combined_checksum(files, p["checksum_params"])
+    state = ledger_state(conn)
+    applied = applied_phases(state)
+    result = {"changed": False, "phase": phase, "checksum": checksum, "files": files,
+              "applied": applied}
+    if p["direction"] == "rollback":
+        result["run"] = phase in applied
+        result["reason"] = "applied" if result["run"] else "not applied"
+        return result
+    if phase in applied:
+        recorded = state[phase].get("files") or {}
+        changed = sorted(f for f in set(files) | set(recorded) if files.get(f) != recorded.get(f))
+        if changed or state[phase].get("checksum") != checksum:
+            what = ", ".join(f"files/sql/{f}" for f in changed) or "its parameters"
+            module.fail_json(
+                msg=f"drift: phase {phase} was applied at {state[phase]['finished_at']} with "
+                    f"different SQL; changed since: {what}. Restore the applied version of "
+                    f"those files, or roll phase {phase} back before applying the new version.",
+                **result)
+        result.update(run=False, reason=f"phase {phase} already applied at "
+                                          f"{state[phase]['finished_at']}; nothing to do")
+        return result
+    satisfied = set(applied) | (set(p["planned"]) if module.check_mode else set())
+    missing = [r for r in p["requires"] if r not in satisfied]
+    if missing:
+        module.fail_json(
+            msg=f"phase {phase} needs phase(s) {', '.join(missing)} applied first; run "
+                f"`-e phase={missing[0]}` (or `-e phase=all`). Applied so far: "
+                f"{', '.join(applied) or 'none'}.",
+            **result)
+    result.update(run=True, reason=f"phase {phase} will run")
+    return result
+
+
+def do_begin(module, conn):
+    p = module.params
+    if module.check_mode:
+        return {"changed": True, "record_id": None, "msg": f"would record phase {p['phase']} as running"}
+    with transaction(conn) as cur:
+        # A run killed mid-phase leaves a 'running' record; mark it before starting again.
+        cur.execute(
+            f"UPDATE {LEDGER_SCHEMA}.history SET status = 'interrupted', finished_at = clock_timestamp() "
+            "WHERE phase = %s AND status = 'running'", (p["phase"],))
+        interrupted = cur.rowcount
+        cur.execute(
+            f"""INSERT INTO {LEDGER_SCHEMA}.history
+                   (run_id, phase, direction, status, operator, approved_by, environment, checksum, files)
+                VALUES (%s, %s, %s, 'running', %s, %s, %s, %s, %s) RETURNING id""",
+            (p["run_id"], p["phase"], p["direction"], p["operator"], p["approved_by"],
+             p["environment"], combined_checksum(file_checksums(p["files"], p["sql_root"]),
+                                                 p["checksum_params"]),
+             json.dumps(file_checksums(p["files"], p["sql_root"]))))
+        record_id = cur.fetchone()[0]
+    return {"changed": True, "record_id": record_id, "interrupted_before": interrupted}
+
+
+def do_finish(module, conn):
+    p = module.params
+    if module.check_mode or p["record_id"] is None:
+        return {"changed": module.check_mode, "msg": "nothing recorded in check mode"}
+    with transaction(conn) as cur:
+        cur.execute(
+            f"""UPDATE {LEDGER_SCHEMA}.history
+                   SET status = %s, finished_at = clock_timestamp(), rows_affected = %s,
+                       details = %s, error = %s
+                 WHERE id = %s RETURNING finished_at - started_at""",
+            (p["status"], p["rows_affected"], json.dumps(json_safe(p["details"])), p["error"],
+             p["record_id"]))
+        duration = cur.fetchone()[0]
+    return {"changed": True, "duration_s": duration.total_seconds()}
+
+
+def do_status(module, conn):
+    state = ledger_state(conn)
+    return {"changed": False, "state": state, "applied": applied_phases(state),
+            "ledger_exists": ledger_exists(conn)}
+
+
+ACTIONS = {"init": do_init, "gate": do_gate, "begin": do_begin, "finish": do_finish,
+           "status": do_status}
+
+
+def main():
+    spec = dict(
+        action=dict(type="str", required=True, choices=list(ACTIONS)),
+        phase=dict(type="str"),
+        direction=dict(type="str", default="apply", choices=["apply", "rollback"]),
+        requires=dict(type="list", elements="str", default=[]),
+        planned=dict(type="list", elements="str", default=[]),
+        files=dict(type="list", elements="path", default=[]),
+        sql_root=dict(type="path"),
+        checksum_params=dict(type="dict", default={}),
+        ledger_sql=dict(type="path"),
+        run_id=dict(type="str"),
+        record_id=dict(type="int"),
+        operator=dict(type="str"),
+        approved_by=dict(type="str"),
+        environment=dict(type="str"),
+        status=dict(type="str", choices=["succeeded", "failed"]),
+        rows_affected=dict(type="int"),
+        details=dict(type="dict", default={}),
+        error=dict(type="str"),
+        **CONNECTION_ARGS,
+        **LOCK_ARGS,
+    )
+    module = AnsibleModule(
+        argument_spec=spec,
+        supports_check_mode=True,
+        required_if=[("action", "init", ["ledger_sql"]),
+                     ("action", "gate", ["phase", "sql_root"]),
+                     ("action", "begin", ["phase", "run_id", "operator", "environment", "sql_root"]),
+                     ("action", "finish", ["status"])],
+    )
+    try:
+        conn = connect(module.params, "pgmigrate-ledger")
+        try:
+            result = ACTIONS[module.params["action"]](module, conn)
+        finally:
+            conn.close()
+    except MigrationError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+#!/usr/bin/python
+# Phase 6's validator: the integrity checks (files/sql/phase6/checks.sql), tenant isolation as
+# real authenticated sessions, and the strategy's cross-system queries timed for their p95.
+# Read-only: everything runs in transactions that are rolled back.
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: pgmigrate_validate
+short_description: Validate the migrated database and time the cross-system queries
+description:
+  - Returns every check with passed, observed and expected, and the names of the failed ones.
+    It never fails by itself; the caller decides (phase 6 fails the run on any failed check).
+options:
+  checks_file: {type: path, required: true}
+  queries_file: {type: path, required: true}
+  params: {type: dict, default: {}}
+  query_runs: {type: int, default: 20}
+  p95_target_ms: {type: float, default: 2000}
+  claim_path: {type: list, elements: str, default: [app_metadata, client_id]}
+  tenant_role: {type: str, default: authenticated}
+"""
+
+import json
+import math
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pgmigrate import (
+    CONNECTION_ARGS,
+    LOCK_ARGS,
+    MigrationError,
+    connect,
+    json_safe,
+    render,
+    split_statements,
+    strip_comments,
+)
+
+
+def run_checks(conn, sql: str) -> list[dict]:
+    checks = []
+    with conn.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        for statement in split_statements(sql):
+            cur.execute(statement)
+            for name, passed, observed, expected in cur.fetchall():
+                checks.append({"check": name, "passed": bool(passed),
+                               "observed": observed, "expected": expected})
+    conn.rollback()
+    return checks
+
+
+def claims_for(client_id: str, path: list[str]) -> str:
+    claims: dict = {"role": "authenticated"}
+    node = claims
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = client_id
+    return json.dumps(claims)
+
+
+def isolation_checks(conn, role: str, path: list[str]) -> list[dict]:
+    """As two different clients, through a real authenticated session: each sees only its own
+    rows in the RLS tables and in the granted view, and cannot write another client's row."""
+    name = "security.tenant_isolation"
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", (role,))
+        if not cur.fetchone()[0]:
+            conn.rollback()
+            return [{"check": name, "passed": True, "skipped": True, "observed": "skipped",
+                     "expected": f"{role} sessions see one client",
+                     "note": f"the migration user cannot SET ROLE {role}; not verified here"}]
+        cur.execute("""SELECT client_id::text FROM handover_packages
+                        GROUP BY client_id ORDER BY client_id LIMIT 2""")
+        clients = [r[0] for r in cur.fetchall()]
+    conn.rollback()
+    if len(clients) < 2:
+        return [{"check": name, "passed": True, "skipped": True, "observed": "skipped",
+                 "expected": "two clients with packages", "note": "fewer than two clients"}]
+    leaks = []
+    for client in clients:
+        with conn.cursor() as cur:
+            cur.execute("SELECT set_config('request.jwt.claims', %s, true)",
+                        (claims_for(client, path),))
+            cur.execute(f"SET LOCAL ROLE {role}")
+            for relation, column in (("orchestration_workflows", "client_id"),
+                                     ("handover_packages", "client_id"),
+                                     ("unified_client_dashboard", "client_id")):
+                cur.execute(f"SELECT count(*) FILTER (WHERE {column} = %s), "
+                            f"count(*) FILTER (WHERE {column} <> %s) FROM {relation}",
+                            (client, client))
+                own, others = cur.fetchone()
+                if own < 1 or others:
+                    leaks.append(f"{relation} as {client}: own={own} others={others}")
+            cur.execute("UPDATE orchestration_workflows SET status = status WHERE client_id <> %s",
+                        (client,))
+            if cur.rowcount:
+                leaks.append(f"orchestration_workflows: {client} updated {cur.rowcount} foreign rows")
+        conn.rollback()
+    return [{"check": name, "passed": not leaks, "observed": "; ".join(leaks) or "isolated",
+             "expected": "each client sees and writes only its own rows"}]
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    rank = max(0, math.ceil(pct / 100 * len(ordered)) - 1)
+    return ordered[rank]
+
+
+def time_queries(conn, sql: str, runs: int, target_ms: float) -> list[dict]:
+    results = []
+    for statement in split_statements(sql):
+        timings = []
+        rows = 0
+        for _ in range(runs):
+            with conn.cursor() as cur:
+                started = time.perf_counter()
+                cur.execute(statement)
+                rows = len(cur.fetchall())
+                timings.append((time.perf_counter() - started) * 1000)
+            conn.rollback()
+        p95 = percentile(timings, 95)
+        query = " ".join(strip_comments(statement).split())
+        results.append({"check": "performance.p95: " + query, "passed": p95 < target_ms,
+                        "observed": f"{p95:.1f} ms", "expected": f"< {target_ms:.0f} ms",
+                        "query": query, "runs": runs, "rows": rows,
+                        "p50_ms": round(percentile(timings, 50), 2), "p95_ms": round(p95, 2),
+                        "max_ms": round(max(timings), 2)})
+    return results
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            checks_file=dict(type="path", required=True),
+            queries_file=dict(type="path", required=True),
+            params=dict(type="dict", default={}),
+            query_runs=dict(type="int", default=20),
+            p95_target_ms=dict(type="float", default=2000),
+            claim_path=dict(type="list", elements="str", default=["app_metadata", "client_id"]),
+            tenant_role=dict(type="str", default="authenticated"),
+            **CONNECTION_ARGS,
+            **LOCK_ARGS,
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    with open(p["checks_file"], encoding="utf-8") as handle:
+        checks_sql = render(handle.read(), p["params"])
+    with open(p["queries_file"], encoding="utf-8") as handle:
+        queries_sql = handle.read()
+    try:
+        conn = connect(p, "pgmigrate-validate")
+        try:
+            checks = run_checks(conn, checks_sql)
+            checks += isolation_checks(conn, p["tenant_role"], p["claim_path"])
+            checks += time_queries(conn, queries_sql, p["query_runs"], p["p95_target_ms"])
+        finally:
+            conn.close()
+    except MigrationError as exc:
+        module.fail_json(msg=str(exc))
+    except Exception as exc:  # a check that errors is a failed validation, reported as such
+        module.fail_json(msg=f"validator error: {str(exc).strip()}")
+    failed = [c["check"] for c in checks if not c["passed"]]
+    module.exit_json(changed=False, passed=not failed, failed=failed, checks=json_safe(checks))
+
+
+if __name__ == "__main__":
+    main()
