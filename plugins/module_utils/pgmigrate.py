@@ -9,9 +9,10 @@ import os
 import random
 import re
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 try:
     import psycopg2
@@ -97,7 +98,8 @@ def explain_connect_error(text: str, params: dict[str, Any]) -> str:
         fix = "the database does not exist: check migration_db_name"
     elif "timeout" in lowered or "refused" in lowered or "could not translate" in lowered \
             or "no route" in lowered or "could not connect" in lowered:
-        fix = "the server is unreachable: check migration_db_host and migration_db_port, and that it accepts TCP connections"
+        fix = ("the server is unreachable: check migration_db_host and migration_db_port, and that "
+               "it accepts TCP connections")
     else:
         fix = "check the migration_db_* connection variables"
     return f"cannot connect to {target}: {first} ({fix})"
@@ -280,7 +282,7 @@ def transaction(conn: Any) -> Iterator[Any]:
 def fetch_dicts(cur: Any, sql: str, args: Any = None) -> list[dict[str, Any]]:
     cur.execute(sql, args)
     cols = [c.name for c in cur.description]
-    return [dict(zip(cols, row)) for row in cur.fetchall()]
+    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
 def json_safe(value: Any) -> Any:

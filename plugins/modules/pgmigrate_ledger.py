@@ -44,8 +44,8 @@ import json
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pgmigrate import (
     CONNECTION_ARGS,
-    LOCK_ARGS,
     LEDGER_SCHEMA,
+    LOCK_ARGS,
     MigrationError,
     applied_phases,
     combined_checksum,

@@ -10,13 +10,15 @@ description:
   - Never changes anything (the shape probe runs in a transaction that is rolled back).
   - Fails naming every missing table, missing or mistyped column, and conflicting object.
 options:
-  prerequisites: {type: dict, required: true, description: table -> {column -> type or null}}
+  prerequisites: {type: dict, required: true, description: "table name -> (column name -> type, or null for any)"}
   shape_files: {type: list, elements: path, default: []}
   new_tables: {type: list, elements: str, default: []}
   extended_table: {type: str, default: client_app_overrides}
   check_conflicts: {type: bool, default: true}
   report: {type: bool, default: true, description: integrity counts and the orphan report}
 """
+
+from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pgmigrate import (
@@ -69,7 +71,7 @@ def probe_shapes(conn, schema: str, files: list[str], tables: list[str], extende
                  lock: dict) -> dict[str, dict[str, str]]:
     """Run phase 2's DDL in a scratch schema inside a transaction that is always rolled back,
     and read the shapes it creates: the expected shape always matches the SQL files."""
-    sqls = [open(path, encoding="utf-8").read() for path in files]
+    sqls = [Path(path).read_text(encoding="utf-8") for path in files]
 
     class Rollback(Exception):
         pass

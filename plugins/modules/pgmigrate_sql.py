@@ -11,9 +11,9 @@ DOCUMENTATION = r"""
 module: pgmigrate_sql
 short_description: Run SQL files under a short lock_timeout with retries and backoff
 description:
-  - Runs each file as one transaction, or statement by statement in autocommit when its header
-    says C(-- pgmigrate: no-transaction). psql-style variables (:'name', :"name", :name) are
-    filled from I(params). Check mode runs nothing and reports what would run.
+  - "Runs each file as one transaction, or statement by statement in autocommit when its header
+    says C(-- pgmigrate: no-transaction). psql-style variables (:'name', :\"name\", :name) are
+    filled from I(params). Check mode runs nothing and reports what would run."
 options:
   files: {type: list, elements: path, required: true}
   params: {type: dict, default: {}}
@@ -120,7 +120,7 @@ def main():
                     rows, retries = run_transactional(conn, sql, lock)
             except MigrationError as exc:
                 module.fail_json(msg=f"{path}: {exc}", steps=steps)
-            except Exception as exc:  # psycopg2.Error and friends: report file and statement
+            except Exception as exc:  # noqa: BLE001 - psycopg2.Error and friends: report file and statement
                 module.fail_json(msg=f"{path} failed: {str(exc).strip()}", steps=steps)
             step.update(rows=max(rows, 0), lock_retries=retries,
                         seconds=round(time.monotonic() - started, 3))
