@@ -1,0 +1,56 @@
+# One-command entry points. `make demo` and `make test` are all a new user needs.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# Scenarios `molecule test` runs, in order.
+SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+# Clients generated in the demo sandbox.
+SCALE ?= 200
+
+.PHONY: help venv postgres demo sandbox-stop lint pytest molecule test clean
+
+help:
+	@echo "make demo    set up, start the sandbox, run the whole migration, print its summary"
+	@echo "make test    linters, pytest and every Molecule scenario ($(SCENARIOS))"
+	@echo "make lint    yamllint, ansible-lint (production profile, offline), ruff"
+	@echo "make sandbox-stop   stop the sandbox cluster"
+
+# The virtualenv, rebuilt when requirements.txt changes.
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# PostgreSQL server binaries (initdb, pg_ctl) for the sandbox and the tests.
+postgres:
+	@tools/ensure-postgres.sh
+
+demo: venv postgres
+	ansible-playbook playbooks/sandbox.yml -e sandbox_action=reset -e sandbox_scale=$(SCALE)
+	ansible-playbook playbooks/migrate.yml -e phase=all
+	ansible-playbook playbooks/status.yml
+
+sandbox-stop: venv
+	ansible-playbook playbooks/sandbox.yml -e sandbox_action=stop
+
+lint: venv
+	yamllint -s .
+	ansible-lint
+	ruff check .
+
+pytest: venv postgres
+	pytest -q tests
+
+molecule: venv postgres
+	@set -e; for s in $(SCENARIOS); do echo "== molecule test -s $$s"; molecule test -s $$s; done
+
+test: lint pytest molecule
+
+clean:
+	rm -rf .sandbox reports backups .pytest_cache .ruff_cache
