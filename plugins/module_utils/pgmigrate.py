@@ -186,6 +186,9 @@ def split_statements(sql: str) -> list[str]:
     """Split SQL into statements on semicolons outside quotes, dollar quotes and comments."""
     statements: list[str] = []
     buf: list[str] = []
+    # Whether buf holds anything but comments and whitespace: a piece of comments only is no
+    # statement (libpq refuses to execute an empty query).
+    has_code = False
     i, n = 0, len(sql)
     while i < n:
         ch = sql[i]
@@ -211,6 +214,7 @@ def split_statements(sql: str) -> list[str]:
                     break
                 end += 1
             buf.append(sql[i:end + 1])
+            has_code = True
             i = end + 1
             continue
         if ch == "$":
@@ -219,17 +223,21 @@ def split_statements(sql: str) -> list[str]:
                 close = sql.find(tag.group(0), i + len(tag.group(0)))
                 close = n if close < 0 else close + len(tag.group(0))
                 buf.append(sql[i:close])
+                has_code = True
                 i = close
                 continue
         if ch == ";":
-            statements.append("".join(buf).strip())
-            buf = []
+            if has_code:
+                statements.append("".join(buf).strip())
+            buf, has_code = [], False
             i += 1
             continue
         buf.append(ch)
+        has_code = has_code or not ch.isspace()
         i += 1
-    statements.append("".join(buf).strip())
-    return [s for s in statements if strip_comments(s).strip()]
+    if has_code:
+        statements.append("".join(buf).strip())
+    return statements
 
 
 def strip_comments(sql: str) -> str:
@@ -308,7 +316,8 @@ def ledger_state(conn: Any) -> dict[str, dict[str, Any]]:
         rows = fetch_dicts(
             cur,
             f"""SELECT DISTINCT ON (phase) phase, direction, status, run_id, started_at,
-                       finished_at, operator, approved_by, checksum, files, rows_affected, details
+                       finished_at, operator, approved_by, checksum, files, rows_affected, details,
+                       round(extract(epoch FROM finished_at - started_at)::numeric, 1) AS duration_s
                   FROM {LEDGER_SCHEMA}.history
                  WHERE status = 'succeeded'
                  ORDER BY phase, finished_at DESC, id DESC""",
