@@ -228,6 +228,9 @@ _CATALOG_QUERIES: dict[str, str] = {
           JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE {SYSTEM_SCHEMA_FILTER} AND NOT t.tgisinternal""",
     "extensions": "SELECT extname, extversion FROM pg_extension",
+    "sequences": """
+        SELECT schemaname || '.' || sequencename, coalesce(last_value::text, 'unused')
+          FROM pg_sequences WHERE schemaname !~ '^pg_' AND schemaname <> 'information_schema'""",
     "roles": """
         SELECT rolname,
                json_build_object('super', rolsuper, 'login', rolcanlogin,
@@ -248,9 +251,9 @@ def db_snapshot(db: dict[str, Any]) -> dict[str, Any]:
     Catalog (outside pg_* and information_schema): schemas, relations (kind, owner, row
     security flags, options, ACL), columns (type, default, nullability), indexes
     (definition, validity), constraints (definition, validated), views, policies, table
-    grants, functions, triggers, extensions, roles and per-database settings. Data: for
-    every user table, its row count and an md5 of its rows in a fixed order. Two snapshots
-    are equal iff nothing of that changed.
+    grants, functions, triggers, extensions, sequence positions, roles and per-database
+    settings. Data: for every user table, its row count and an md5 of its rows in a fixed
+    order. Two snapshots are equal iff nothing of that changed; roles are cluster-wide.
     """
     conn = connect(db)
     try:
@@ -258,8 +261,8 @@ def db_snapshot(db: dict[str, Any]) -> dict[str, Any]:
         snapshot: dict[str, Any] = {}
         with conn.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            for name, query in _CATALOG_QUERIES.items():
-                cur.execute(query)
+            for name, catalog_sql in _CATALOG_QUERIES.items():
+                cur.execute(catalog_sql)
                 snapshot[name] = dict(cur.fetchall())
             cur.execute(
                 f"""SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)
