@@ -6,9 +6,15 @@
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
-        CREATE ROLE authenticated NOLOGIN;
-        INSERT INTO migration_ledger.created_objects (kind, name, phase)
-        VALUES ('role', 'authenticated', '5') ON CONFLICT DO NOTHING;
+        -- Roles are cluster-wide: databases of one cluster migrating at the same time (a fleet)
+        -- race to create it; the loser finds it created and leaves it to the winner's ledger.
+        BEGIN
+            CREATE ROLE authenticated NOLOGIN;
+            INSERT INTO migration_ledger.created_objects (kind, name, phase)
+            VALUES ('role', 'authenticated', '5') ON CONFLICT DO NOTHING;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;
+        END;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'auth') THEN
         CREATE SCHEMA auth;
