@@ -129,27 +129,7 @@ def run_playbook(
     Python as interpreter. Extra vars go in as a JSON file (`-e @file`): types survive.
     Output is captured (text); the caller checks returncode.
     """
-    workdir = Path(tempfile.mkdtemp(prefix="run-playbook-"))
-    try:
-        cmd = [_ansible_playbook(), "-i", str(write_inventory(workdir, db, env_name))]
-        if extra_vars:
-            vars_file = workdir / "extra_vars.json"
-            vars_file.write_text(json.dumps(extra_vars))
-            cmd += ["-e", f"@{vars_file}"]
-        if check:
-            cmd.append("--check")
-        cmd += [*(extra_args or []), str(REPO_ROOT / playbook)]
-        return subprocess.run(
-            cmd,
-            cwd=REPO_ROOT,
-            env=_ansible_env(),
-            capture_output=True,
-            text=True,
-            timeout=PLAYBOOK_TIMEOUT_S,
-            check=False,
-        )
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return run_playbook_at(REPO_ROOT, playbook, db, extra_vars, check, env_name, extra_args)
 
 
 def playbook_output(result: subprocess.CompletedProcess[str]) -> str:
