@@ -1,0 +1,352 @@
+# Monitoring for the migration (strategy 2.1, 4.2 and 5.1): one sample of the database's health,
+# the strategy's alert thresholds, and its abort criteria (performance degraded by more than 50%
+# against the pre-migration baseline, an integrity violation). Read-only: every query runs in
+# autocommit, so sampling itself never counts as a rollback in pg_stat_database.
+from __future__ import annotations
+
+import datetime
+import math
+import time
+from typing import Any
+
+from ansible.module_utils.pgmigrate import fetch_dicts, json_safe
+
+# The strategy's thresholds (4.2). The role's variables override them.
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "p95_ms": 2000.0,  # query response time p95 over 2 s
+    "error_rate_pct": 1.0,  # error (rollback) rate over 1%
+    "event_lag_s": 300.0,  # event processing lag over 5 minutes
+    "pool_utilisation_pct": 85.0,  # connections in use over 85% of max_connections
+    # Below this many transactions in an interval the rollback rate is shown, never alerted on:
+    # a handful of transactions says nothing about an error rate.
+    "error_rate_min_xacts": 1000.0,
+}
+
+# Abort criteria (5.1): performance degraded by more than this against the baseline, and only
+# when the difference is larger than min_delta_ms (a sub-millisecond probe doubles on noise).
+DEFAULT_ABORT = {"degradation_pct": 50.0, "min_delta_ms": 20.0}
+
+# A fixed read-only probe on tables that exist before and after the migration, timed the same
+# way for the baseline and every later sample: its p95 is the "performance" of 5.1.
+DEFAULT_PROBE_SQL = (
+    "SELECT c.id, count(o.id) FROM clients_enhanced c "
+    "LEFT JOIN client_app_overrides o ON o.client_id = c.id "
+    "GROUP BY c.id ORDER BY c.id LIMIT 50"
+)
+
+
+def utcnow() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile (the one the phase 6 validator uses)."""
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    rank = max(1, math.ceil(pct / 100.0 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _one(cur: Any, sql: str, args: Any = None) -> dict[str, Any]:
+    rows = fetch_dicts(cur, sql, args)
+    return rows[0] if rows else {}
+
+
+def _exists(cur: Any, relation: str, column: str | None = None) -> bool:
+    if column is None:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (relation,))
+    else:
+        cur.execute(
+            """SELECT EXISTS (SELECT 1 FROM pg_attribute
+                               WHERE attrelid = to_regclass(%s) AND attname = %s AND NOT attisdropped)""",
+            (relation, column))
+    return bool(cur.fetchone()[0])
+
+
+def connections(cur: Any) -> dict[str, Any]:
+    row = _one(cur, """
+        SELECT count(*) FILTER (WHERE backend_type = 'client backend') AS used,
+               current_setting('max_connections')::int AS max,
+               current_setting('superuser_reserved_connections')::int AS reserved
+          FROM pg_stat_activity""")
+    used, maximum = int(row["used"]), int(row["max"])
+    return {"used": used, "max": maximum, "reserved": int(row["reserved"]),
+            "utilisation_pct": round(100.0 * used / maximum, 1) if maximum else 0.0}
+
+
+def lock_waits(cur: Any, server_version: int) -> dict[str, Any]:
+    if server_version >= 140000:  # pg_locks.waitstart: since when each waiter waits
+        row = _one(cur, """
+            SELECT count(DISTINCT pid) AS waiting,
+                   coalesce(extract(epoch FROM max(clock_timestamp() - waitstart)), 0) AS longest_s
+              FROM pg_locks WHERE NOT granted""")
+    else:
+        row = _one(cur, """
+            SELECT count(*) AS waiting,
+                   coalesce(extract(epoch FROM max(clock_timestamp() - state_change)), 0) AS longest_s
+              FROM pg_stat_activity WHERE wait_event_type = 'Lock'""")
+    return {"waiting": int(row["waiting"]), "longest_wait_s": round(float(row["longest_s"]), 3)}
+
+
+def longest_query(cur: Any) -> dict[str, Any] | None:
+    # Never the query text: it may carry secrets (ALTER ROLE ... PASSWORD, literals).
+    row = _one(cur, """
+        SELECT pid, application_name, wait_event_type,
+               extract(epoch FROM clock_timestamp() - query_start) AS seconds
+          FROM pg_stat_activity
+         WHERE state = 'active' AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+           AND query_start IS NOT NULL
+         ORDER BY query_start LIMIT 1""")
+    if not row:
+        return None
+    return {"pid": row["pid"], "application_name": row["application_name"],
+            "waiting_on": row["wait_event_type"], "seconds": round(float(row["seconds"]), 3)}
+
+
+def xacts(cur: Any) -> dict[str, int]:
+    row = _one(cur, """SELECT xact_commit, xact_rollback FROM pg_stat_database
+                        WHERE datname = current_database()""")
+    return {"commit": int(row.get("xact_commit") or 0), "rollback": int(row.get("xact_rollback") or 0)}
+
+
+def statements(cur: Any) -> dict[str, Any]:
+    """pg_stat_statements' counters per statement (calls, total time), when it is usable."""
+    cur.execute("SELECT to_regclass('pg_stat_statements') IS NOT NULL")
+    if not cur.fetchone()[0]:
+        return {"installed": False, "note": "pg_stat_statements is not installed in this database; "
+                "query latency p95 comes from the probe only (CREATE EXTENSION pg_stat_statements, "
+                "with shared_preload_libraries = 'pg_stat_statements', to measure the workload's)"}
+    try:
+        cur.execute("""SELECT queryid::text, sum(calls)::bigint, sum(total_exec_time)::float8
+                         FROM pg_stat_statements
+                        WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                          AND queryid IS NOT NULL
+                        GROUP BY queryid""")
+        counters = {qid: [int(calls), float(total)] for qid, calls, total in cur.fetchall()}
+    except Exception as exc:  # noqa: BLE001 - not preloaded, or no privilege: say so, go on
+        return {"installed": False, "note": f"pg_stat_statements is installed but unreadable "
+                f"({str(exc).strip().splitlines()[0]}); query latency p95 comes from the probe only"}
+    return {"installed": True, "counters": counters}
+
+
+def statements_p95(before: dict[str, list] | None, after: dict[str, list]) -> float | None:
+    """Calls-weighted p95 of statements' mean execution time over an interval.
+
+    pg_stat_statements keeps no percentiles, only calls and total time per statement: between two
+    readings each statement's mean is (delta total) / (delta calls); the p95 is the mean below
+    which 95% of the interval's calls fall. Without a previous reading, the cumulative means.
+    """
+    weighted: list[tuple[float, int]] = []
+    for qid, (calls, total) in after.items():
+        prev_calls, prev_total = (before or {}).get(qid, [0, 0.0])
+        d_calls, d_total = calls - prev_calls, total - prev_total
+        if d_calls > 0:
+            weighted.append((d_total / d_calls, d_calls))
+    if not weighted:
+        return None
+    weighted.sort()
+    total_calls = sum(c for _, c in weighted)
+    threshold, seen = 0.95 * total_calls, 0
+    for mean, calls in weighted:
+        seen += calls
+        if seen >= threshold:
+            return round(mean, 3)
+    return round(weighted[-1][0], 3)
+
+
+def probe_p95(cur: Any, sql: str, runs: int, timeout_ms: int) -> dict[str, Any]:
+    cur.execute("SET statement_timeout = %s", (f"{timeout_ms}ms",))
+    timings: list[float] = []
+    error = None
+    for _ in range(max(1, runs)):
+        started = time.perf_counter()
+        try:
+            cur.execute(sql)
+            cur.fetchall()
+            timings.append((time.perf_counter() - started) * 1000.0)
+        except Exception as exc:  # noqa: BLE001 - a timed-out probe is a data point, not a crash
+            timings.append(float(timeout_ms))
+            error = str(exc).strip().splitlines()[0]
+    cur.execute("SET statement_timeout = 0")
+    result = {"p95_ms": round(percentile(timings, 95), 3), "p50_ms": round(percentile(timings, 50), 3),
+              "runs": len(timings)}
+    if error:
+        result["error"] = error
+    return result
+
+
+def database_size(cur: Any) -> int:
+    cur.execute("SELECT pg_database_size(current_database())")
+    return int(cur.fetchone()[0])
+
+
+def replication(cur: Any) -> dict[str, Any]:
+    rows = fetch_dicts(cur, """
+        SELECT application_name, state,
+               extract(epoch FROM replay_lag) AS replay_lag_s,
+               pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) AS lag_bytes
+          FROM pg_stat_replication""")
+    lags = [float(r["replay_lag_s"]) for r in rows if r["replay_lag_s"] is not None]
+    return {"replicas": len(rows), "max_lag_s": round(max(lags), 3) if lags else (0.0 if rows else None),
+            "max_lag_bytes": max((int(r["lag_bytes"] or 0) for r in rows), default=None),
+            "note": None if rows else "no replicas attached (or no pg_monitor privilege to see them)"}
+
+
+def event_lag(cur: Any) -> float | None:
+    if not _exists(cur, "public.integration_events", "processed_at"):
+        return None
+    cur.execute("""SELECT extract(epoch FROM clock_timestamp() - min(created_at))
+                     FROM public.integration_events
+                    WHERE processed_at IS NULL AND status IN ('pending', 'processing')""")
+    value = cur.fetchone()[0]
+    return round(float(value), 1) if value is not None else 0.0
+
+
+# Integrity checks (5.1 "critical data integrity violations"): each runs only where its objects
+# exist, so the same list works before, during and after the migration.
+INTEGRITY_CHECKS: list[tuple[str, str, str | None, str]] = [
+    ("overrides linked to a marketplace module that does not exist",
+     "public.client_app_overrides", "marketplace_module_id",
+     """SELECT count(*) FROM public.client_app_overrides o
+         WHERE o.marketplace_module_id IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM public.marketplace_modules m WHERE m.id = o.marketplace_module_id)"""),
+    ("overrides linked to an installation that does not exist",
+     "public.client_app_overrides", "installation_id",
+     """SELECT count(*) FROM public.client_app_overrides o
+         WHERE o.installation_id IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM public.module_installations i WHERE i.id = o.installation_id)"""),
+    ("workflows whose client does not exist", "public.orchestration_workflows", None,
+     """SELECT count(*) FROM public.orchestration_workflows w
+         WHERE NOT EXISTS (SELECT 1 FROM public.clients_enhanced c WHERE c.id = w.client_id)"""),
+    ("handover packages whose client does not exist", "public.handover_packages", None,
+     """SELECT count(*) FROM public.handover_packages h
+         WHERE NOT EXISTS (SELECT 1 FROM public.clients_enhanced c WHERE c.id = h.client_id)"""),
+]
+
+
+def integrity(cur: Any) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for name, relation, column, sql in INTEGRITY_CHECKS:
+        if _exists(cur, relation, column):
+            cur.execute(sql)
+            found[name] = int(cur.fetchone()[0])
+    return found
+
+
+def take_sample(conn: Any, probe_sql: str, probe_runs: int, probe_timeout_ms: int,
+                with_integrity: bool = True) -> dict[str, Any]:
+    """One sample of everything 2.1 and 4.2 name. conn must be in autocommit."""
+    started = time.monotonic()
+    sample: dict[str, Any] = {"at": utcnow()}
+    with conn.cursor() as cur:
+        server_version = conn.server_version
+        sample["connections"] = connections(cur)
+        sample["locks"] = lock_waits(cur, server_version)
+        sample["longest_query"] = longest_query(cur)
+        sample["xacts"] = xacts(cur)
+        stmts = statements(cur)
+        sample["pg_stat_statements"] = {"installed": stmts["installed"], "note": stmts.get("note")}
+        sample["_statements"] = stmts.get("counters")
+        sample["probe"] = probe_p95(cur, probe_sql, probe_runs, probe_timeout_ms)
+        sample["database_size_bytes"] = database_size(cur)
+        sample["replication"] = replication(cur)
+        sample["event_lag_s"] = event_lag(cur)
+        if with_integrity:
+            sample["integrity"] = integrity(cur)
+    sample["sample_ms"] = round((time.monotonic() - started) * 1000.0, 1)
+    return sample
+
+
+def derive(sample: dict[str, Any], previous: dict[str, Any] | None, min_xacts: float) -> dict[str, Any]:
+    """Rates over the interval since the previous sample: error rate and statements' p95."""
+    metrics: dict[str, Any] = {"error_rate_pct": None, "error_rate_xacts": 0, "p95_ms": None}
+    if previous is not None and previous.get("xacts"):
+        d_commit = sample["xacts"]["commit"] - previous["xacts"]["commit"]
+        d_rollback = sample["xacts"]["rollback"] - previous["xacts"]["rollback"]
+        total = d_commit + d_rollback
+        metrics["error_rate_xacts"] = total
+        if total > 0:
+            metrics["error_rate_pct"] = round(100.0 * d_rollback / total, 3)
+        metrics["error_rate_judged"] = total >= min_xacts
+    if sample.get("_statements") is not None:
+        prev = previous.get("_statements") if previous else None
+        metrics["p95_ms"] = statements_p95(prev, sample["_statements"])
+    return metrics
+
+
+def public_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """The sample as reports and the ledger keep it (without pg_stat_statements' raw counters)."""
+    return json_safe({k: v for k, v in sample.items() if not k.startswith("_")})
+
+
+def evaluate(sample: dict[str, Any], metrics: dict[str, Any], thresholds: dict[str, float],
+             baseline: dict[str, Any] | None, abort: dict[str, float],
+             phase: str | None = None) -> list[dict[str, Any]]:
+    """Alerts for every threshold crossed (4.2) and every abort criterion met (5.1)."""
+    t = {**DEFAULT_THRESHOLDS, **{k: float(v) for k, v in (thresholds or {}).items()}}
+    a = {**DEFAULT_ABORT, **{k: float(v) for k, v in (abort or {}).items()}}
+    alerts: list[dict[str, Any]] = []
+
+    def alert(metric: str, value: Any, limit: Any, message: str, stop: bool = False) -> None:
+        alerts.append({"metric": metric, "value": value, "threshold": limit, "message": message,
+                       "severity": "critical" if stop else "warning", "abort": stop,
+                       "phase": phase, "at": sample["at"]})
+
+    pool = sample["connections"]["utilisation_pct"]
+    if pool > t["pool_utilisation_pct"]:
+        alert("pool_utilisation_pct", pool, t["pool_utilisation_pct"],
+              f"connection pool utilisation {pool}% ({sample['connections']['used']} of "
+              f"{sample['connections']['max']} connections) is over {t['pool_utilisation_pct']:g}%")
+    p95 = metrics.get("p95_ms")
+    if p95 is not None and p95 > t["p95_ms"]:
+        alert("p95_ms", p95, t["p95_ms"],
+              f"query latency p95 {p95:g} ms (pg_stat_statements) is over {t['p95_ms']:g} ms")
+    probe = sample["probe"]["p95_ms"]
+    if probe > t["p95_ms"]:
+        alert("probe_p95_ms", probe, t["p95_ms"], f"probe query p95 {probe:g} ms is over {t['p95_ms']:g} ms")
+    rate = metrics.get("error_rate_pct")
+    if rate is not None and metrics.get("error_rate_judged") and rate > t["error_rate_pct"]:
+        alert("error_rate_pct", rate, t["error_rate_pct"],
+              f"error rate {rate:g}% (transactions rolled back, {metrics['error_rate_xacts']} in the "
+              f"interval) is over {t['error_rate_pct']:g}%")
+    lag = sample.get("event_lag_s")
+    if lag is not None and lag > t["event_lag_s"]:
+        alert("event_lag_s", lag, t["event_lag_s"],
+              f"event processing lag {lag:g} s (oldest unprocessed integration event) is over "
+              f"{t['event_lag_s']:g} s")
+    # 5.1: performance degraded by more than 50% against the pre-migration baseline.
+    base = (baseline or {}).get("probe", {}).get("p95_ms")
+    if base is not None:
+        limit = base * (1 + a["degradation_pct"] / 100.0)
+        if probe > limit and probe - base > a["min_delta_ms"]:
+            pct = round(100.0 * (probe - base) / base, 1) if base else float("inf")
+            alert("degradation_pct", pct, a["degradation_pct"],
+                  f"performance degraded by {pct:g}% against the pre-migration baseline (probe p95 "
+                  f"{probe:g} ms, baseline {base:g} ms; limit +{a['degradation_pct']:g}%)", stop=True)
+    # 5.1: critical data integrity violations.
+    for name, count in (sample.get("integrity") or {}).items():
+        if count > 0:
+            alert("integrity", count, 0, f"integrity violation: {count} {name}", stop=True)
+    return alerts
+
+
+def summary_line(sample: dict[str, Any], metrics: dict[str, Any]) -> str:
+    c = sample["connections"]
+    longest = sample.get("longest_query") or {}
+    rate = metrics.get("error_rate_pct")
+    p95 = "n/a" if metrics.get("p95_ms") is None else f"{metrics['p95_ms']:g} ms"
+    parts = [
+        f"connections {c['used']}/{c['max']} ({c['utilisation_pct']}%)",
+        f"lock waits {sample['locks']['waiting']} (longest {sample['locks']['longest_wait_s']:g} s)",
+        f"longest query {longest.get('seconds', 0):g} s",
+        f"error rate {'n/a' if rate is None else f'{rate:g}%'}",
+        f"p95 {p95} (probe {sample['probe']['p95_ms']:g} ms)",
+        f"size {sample['database_size_bytes'] / 1048576:.1f} MiB",
+    ]
+    repl = sample.get("replication") or {}
+    if repl.get("replicas"):
+        parts.append(f"replication lag {repl.get('max_lag_s')} s")
+    if sample.get("event_lag_s") is not None:
+        parts.append(f"event lag {sample['event_lag_s']:g} s")
+    return ", ".join(parts)

@@ -1,0 +1,275 @@
+#!/usr/bin/python
+# The run's report: <dir>/<stem>.json and <stem>.md, for every run of migrate, rollback and
+# rehearse: phases (from the ledger, by run id), durations, rows, the validator's results, the
+# metric samples and alerts (from the monitoring files), approvals and notifications. Never fails
+# because the database is gone: the ledger part then says why it is missing.
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: pgmigrate_report
+short_description: Write the run's JSON and Markdown reports
+options:
+  report_dir: {type: path, required: true}
+  stem: {type: str, required: true}
+  playbook: {type: str, required: true}
+  outcome: {type: str, required: true, choices: [succeeded, failed, stopped, nothing to do]}
+  reason: {type: str, default: ""}
+  context: {type: dict, default: {}}
+  workdir: {type: path}
+  notify_log: {type: path}
+  approvals: {type: list, elements: dict, default: []}
+  approved_by: {type: str, default: ""}
+  baseline: {type: dict}
+  phase_titles: {type: dict, default: {}}
+  extra: {type: dict, default: {}}
+  read_ledger: {type: bool, default: true}
+"""
+
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pgmigrate import (
+    CONNECTION_ARGS,
+    LEDGER_SCHEMA,
+    LOCK_ARGS,
+    MigrationError,
+    connect,
+    fetch_dicts,
+    json_safe,
+    ledger_state,
+)
+from ansible.module_utils.pgmigrate_monitor import utcnow
+from ansible.module_utils.pgmigrate_notify import read_log
+
+SECRET_KEYS = ("password", "token", "secret", "webhook_url", "passwd")
+
+
+def scrub(value):
+    """Drop any key that names a secret, at any depth (defence in depth: none should be there)."""
+    if isinstance(value, dict):
+        return {k: ("********" if any(s in str(k).lower() for s in SECRET_KEYS) else scrub(v))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    return value
+
+
+def read_jsonl(path: str | None) -> list[dict]:
+    return read_log(path) if path else []
+
+
+def ledger_part(module, run_id: str) -> dict:
+    try:
+        conn = connect(module.params, "pgmigrate-report")
+    except MigrationError as exc:
+        return {"error": f"ledger unreadable: {exc}", "phases": [], "state": {}}
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{LEDGER_SCHEMA}.history",))
+            if not cur.fetchone()[0]:
+                return {"error": "no ledger in this database yet", "phases": [], "state": {}}
+            phases = fetch_dicts(cur, f"""
+                SELECT id, phase, direction, status, started_at, finished_at,
+                       round(extract(epoch FROM coalesce(finished_at, clock_timestamp()) - started_at)::numeric, 2)
+                         AS duration_s,
+                       operator, approved_by, environment, rows_affected, error, details
+                  FROM {LEDGER_SCHEMA}.history WHERE run_id = %s ORDER BY id""", (run_id,))
+        for row in phases:
+            row["duration_s"] = float(row["duration_s"])
+        return {"phases": json_safe(phases), "state": ledger_state(conn)}
+    except Exception as exc:  # noqa: BLE001 - the report is written whatever happens
+        return {"error": f"ledger unreadable: {str(exc).strip().splitlines()[0]}", "phases": [], "state": {}}
+    finally:
+        conn.close()
+
+
+def validation_part(phases: list[dict], state: dict) -> dict | None:
+    """The validator's results: phase 6 of this run, else the latest applied phase 6."""
+    mine = [p for p in phases if p["phase"] == "6" and p["direction"] == "apply"]
+    details = (mine[-1] if mine else state.get("6", {})).get("details") or {}
+    if "passed" not in details:
+        return None
+    result = {"passed": details.get("passed"), "failed": details.get("failed", []),
+              "report": details.get("report"), "from_this_run": bool(mine)}
+    try:
+        with open(details.get("report") or "", encoding="utf-8") as handle:
+            result["checks"] = json.load(handle).get("checks", [])
+    except (OSError, ValueError):
+        result["checks"] = None
+    return result
+
+
+def fmt(value, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        value = f"{value:g}"
+    return f"{value}{unit}"
+
+
+def markdown(r: dict) -> str:
+    c = r["context"]
+    out = [f"# {r['playbook']} on {c.get('host')} ({c.get('environment')}): {r['outcome']}", ""]
+    if r["reason"]:
+        out += [f"**Reason:** {r['reason']}", ""]
+    out += ["| | |", "|---|---|"]
+    for key in ("environment", "host", "database", "run_id", "operator", "started_at"):
+        out.append(f"| {key} | {c.get(key, '')} |")
+    out += [f"| finished_at | {r['finished_at']} |", f"| phases selected | {', '.join(c.get('phases_selected', []))} |",
+            f"| approved by | {r['approved_by'] or 'n/a'} |", ""]
+    out += ["## Phases", ""]
+    if r["phases"]:
+        out += ["| phase | title | direction | status | started | duration (s) | rows | error |",
+                "|---|---|---|---|---|---|---|---|"]
+        for p in r["phases"]:
+            err = (p.get("error") or "").replace("|", "\\|").replace("\n", " ")
+            out.append(f"| {p['phase']} | {r['phase_titles'].get(p['phase'], '')} | {p['direction']} | "
+                       f"{p['status']} | {p['started_at']} | {p['duration_s']} | {fmt(p.get('rows_affected'))} | "
+                       f"{err} |")
+    else:
+        out.append("No phase ran in this run." + (f" ({r['ledger_error']})" if r.get("ledger_error") else ""))
+    out.append("")
+    v = r.get("validation")
+    if v:
+        out += ["## Validation", "", f"Validator {'passed' if v['passed'] else 'FAILED'}"
+                f"{'' if v['from_this_run'] else ' (earlier run)'}; report `{v['report']}`.", ""]
+        if v.get("checks"):
+            out += ["| check | passed | observed | expected |", "|---|---|---|---|"]
+            out += [f"| {ch['check']} | {'yes' if ch['passed'] else 'NO'} | {ch.get('observed')} | "
+                    f"{ch.get('expected', '')} |" for ch in v["checks"]]
+            out.append("")
+    out += ["## Alerts", ""]
+    if r["alerts"]:
+        out += [f"- {a['at']} phase {a.get('phase') or '-'} **{a['severity']}**"
+                f"{' (abort criterion)' if a.get('abort') else ''}: {a['message']}" for a in r["alerts"]]
+    else:
+        out.append("None.")
+    m = r["monitoring"]
+    out += ["", "## Metrics", "", m["pg_stat_statements"], ""]
+    if m.get("baseline"):
+        b = m["baseline"]
+        probe = fmt(b.get("probe", {}).get("p95_ms"), " ms")
+        out += [f"Pre-migration baseline ({b.get('at')}): probe p95 {probe}.", ""]
+    if m["samples"]:
+        out += ["| at | phase | kind | connections | lock waits (longest s) | longest query (s) | error rate |"
+                " p95 (ms) | probe p95 (ms) | size (MiB) | replication lag (s) | event lag (s) |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for s in m["samples"]:
+            if "error" in s:
+                out.append(f"| {s['at']} | {s.get('phase')} | {s.get('kind')} | sample failed: {s['error']} "
+                           "| | | | | | | | |")
+                continue
+            conn = s["connections"]
+            out.append(
+                f"| {s['at']} | {s.get('phase') or '-'} | {s.get('kind')} | {conn['used']}/{conn['max']} "
+                f"({conn['utilisation_pct']}%) | {s['locks']['waiting']} ({s['locks']['longest_wait_s']}) | "
+                f"{fmt((s.get('longest_query') or {}).get('seconds'))} | {fmt(s.get('error_rate_pct'), '%')} | "
+                f"{fmt(s.get('p95_ms'))} | {s['probe']['p95_ms']} | {s['database_size_bytes'] / 1048576:.1f} | "
+                f"{fmt((s.get('replication') or {}).get('max_lag_s'))} | {fmt(s.get('event_lag_s'))} |")
+    else:
+        out.append("No samples.")
+    out += ["", "## Approvals", ""]
+    if r["approvals"]:
+        out += ["| stage | role | name | decision | recorded at |", "|---|---|---|---|---|"]
+        out += [f"| {a.get('stage', 'pre')} | {a.get('role')} | {a.get('name')} | {a.get('decision', 'go')} | "
+                f"{a.get('recorded_at', '')} |" for a in r["approvals"]]
+    else:
+        out.append(f"Single approver: {r['approved_by']}." if r["approved_by"] else "None recorded.")
+    out += ["", "## Notifications", ""]
+    if r["notifications"]:
+        out += ["| at | event | message | channels |", "|---|---|---|---|"]
+        for n in r["notifications"]:
+            channels = ", ".join(f"{k}: {v}" for k, v in sorted((n.get("channels") or {}).items()))
+            text = str(n.get("text", "")).replace("|", "\\|")
+            out.append(f"| {n.get('at')} | {n.get('event')} | {text} | {channels} |")
+    else:
+        out.append("None.")
+    if r["extra"]:
+        out += ["", "## More", "", "```json", json.dumps(r["extra"], indent=2, default=str), "```"]
+    return "\n".join(out) + "\n"
+
+
+def write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            report_dir=dict(type="path", required=True),
+            stem=dict(type="str", required=True),
+            playbook=dict(type="str", required=True),
+            outcome=dict(type="str", required=True, choices=["succeeded", "failed", "stopped", "nothing to do"]),
+            reason=dict(type="str", default=""),
+            context=dict(type="dict", default={}),
+            workdir=dict(type="path"),
+            notify_log=dict(type="path"),
+            approvals=dict(type="list", elements="dict", default=[]),
+            approved_by=dict(type="str", default=""),
+            baseline=dict(type="dict"),
+            phase_titles=dict(type="dict", default={}),
+            extra=dict(type="dict", default={}),
+            read_ledger=dict(type="bool", default=True),
+            **CONNECTION_ARGS,
+            **LOCK_ARGS,
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    if "/" in p["stem"] or p["stem"].startswith("."):
+        module.fail_json(msg=f"bad report name {p['stem']!r}: no directories, no leading dot")
+    ledger = ledger_part(module, p["context"].get("run_id", "")) if p["read_ledger"] else \
+        {"phases": [], "state": {}}
+    samples = read_jsonl(os.path.join(p["workdir"], "samples.jsonl")) if p["workdir"] else []
+    alerts = read_jsonl(os.path.join(p["workdir"], "alerts.jsonl")) if p["workdir"] else []
+    note = next((s["pg_stat_statements"]["note"] for s in samples
+                 if s.get("pg_stat_statements") and not s["pg_stat_statements"]["installed"]), None)
+    installed = any((s.get("pg_stat_statements") or {}).get("installed") for s in samples)
+    report = scrub(json_safe({
+        "playbook": p["playbook"],
+        "outcome": p["outcome"],
+        "reason": p["reason"],
+        "context": p["context"],
+        "finished_at": utcnow(),
+        "approved_by": p["approved_by"],
+        "approvals": p["approvals"],
+        "phase_titles": p["phase_titles"],
+        "phases": ledger["phases"],
+        "ledger_error": ledger.get("error"),
+        "validation": validation_part(ledger["phases"], ledger["state"]),
+        "alerts": alerts,
+        "monitoring": {
+            "baseline": p["baseline"],
+            "pg_stat_statements": ("query latency p95 from pg_stat_statements (calls-weighted p95 of "
+                                   "statements' mean execution time per interval)") if installed else
+                                  (note or "no samples, so no query latency p95"),
+            "samples": samples,
+        },
+        "notifications": read_jsonl(p["notify_log"]),
+        "extra": p["extra"],
+    }))
+    paths = {"json": os.path.join(p["report_dir"], p["stem"] + ".json"),
+             "md": os.path.join(p["report_dir"], p["stem"] + ".md")}
+    if module.check_mode:
+        module.exit_json(changed=False, paths=paths, msg="check mode: no report written")
+    try:
+        os.makedirs(p["report_dir"], mode=0o750, exist_ok=True)
+        write(paths["json"], json.dumps(report, indent=2, default=str) + "\n")
+        write(paths["md"], markdown(report))
+    except OSError as exc:
+        module.fail_json(msg=f"cannot write the report in {p['report_dir']}: {exc.strerror or exc} "
+                             "(check migration_report_dir)")
+    # The report is the run's record, like a log: not a change to the database, so a rerun that
+    # changes nothing still reports changed=0 (the idempotence checks rely on it).
+    module.exit_json(changed=False, paths=paths, ledger_state=ledger["state"],
+                     phases=ledger["phases"], alerts=alerts, validation=report["validation"])
+
+
+if __name__ == "__main__":
+    main()
