@@ -1,0 +1,295 @@
+# Shared mechanics of pg_dump and pg_restore for the backup and the clone (pgmigrate_backup,
+# pgmigrate_clone): finding the programs, passwords in a private password file (never argv, never
+# the module's arguments on a command line), an exported snapshot held open while pg_dump reads
+# it (so row counts and dump agree exactly), archive checksums, and error messages with the
+# secrets taken out.
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ansible.module_utils.pgmigrate import MigrationError, connect
+
+# Schemas never dumped as user data.
+SYSTEM_SCHEMAS = "n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'"
+
+# Every ordinary table (partitions included, partitioned parents excluded: their rows are their
+# partitions'), outside the system schemas and outside extensions (pg_dump does not dump an
+# extension's tables as data).
+USER_TABLES_SQL = f"""
+    SELECT n.nspname, c.relname
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind = 'r' AND {SYSTEM_SCHEMAS}
+       AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                        WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+     ORDER BY 1, 2"""
+
+
+def table_key(schema: str, name: str) -> str:
+    """How a table is named in row_counts: bare in public (as the manifest always did for the
+    migration's tables), schema-qualified elsewhere."""
+    return name if schema == "public" else f"{schema}.{name}"
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def count_rows(cur: Any) -> dict[str, int]:
+    """Exact row counts of every user table, in the cursor's current transaction."""
+    cur.execute(USER_TABLES_SQL)
+    tables = cur.fetchall()
+    counts: dict[str, int] = {}
+    for schema, name in tables:
+        cur.execute(f"SELECT count(*) FROM {quote_ident(schema)}.{quote_ident(name)}")
+        counts[table_key(schema, name)] = cur.fetchone()[0]
+    return counts
+
+
+def compare_counts(expected: dict[str, int], actual: dict[str, int]) -> list[str]:
+    """Differences between two row_counts, one line per table ('' when equal)."""
+    lines = []
+    for table in sorted(set(expected) | set(actual)):
+        want, got = expected.get(table), actual.get(table)
+        if want != got:
+            lines.append(f"{table}: {'missing' if want is None else want} expected, "
+                         f"{'missing' if got is None else got} found")
+    return lines
+
+
+# --- programs -------------------------------------------------------------------------------
+
+def pg_program(name: str, bin_dir: str = "") -> str:
+    """Absolute path of pg_dump/pg_restore: in bin_dir when given, else on PATH, else the
+    highest /usr/lib/postgresql/*/bin (Debian keeps them there)."""
+    if bin_dir:
+        path = os.path.join(bin_dir, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+        raise MigrationError(f"{name} not found in {bin_dir} (check backup_pg_bin_dir / clone_pg_bin_dir)")
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+                      key=lambda p: [int(x) for x in re.findall(r"\d+", p.parent.parent.name)] or [0])
+    if versions:
+        return str(versions[-1])
+    raise MigrationError(f"{name} is not installed on the controller: install the PostgreSQL client "
+                         "(Debian: apt-get install postgresql-client) or set backup_pg_bin_dir")
+
+
+def program_version(path: str) -> str:
+    """What `program --version` prints ('pg_dump (PostgreSQL) 15.18 (Debian ...)')."""
+    return subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def program_major(path: str) -> int:
+    """Major version of a PostgreSQL program ('pg_dump (PostgreSQL) 15.18 ...' gives 15)."""
+    out = program_version(path)
+    match = re.search(r"\)\s+(\d+)(?:\.(\d+))?", out)
+    if not match:
+        raise MigrationError(f"cannot tell the version of {path} from {out.strip()!r}")
+    major = int(match.group(1))
+    # 9.6 and older: major is the first two numbers.
+    return major * 10 + int(match.group(2) or 0) if major < 10 else major
+
+
+def require_dump_version(pg_dump: str, server_version_num: int, what: str) -> int:
+    """pg_dump must be at least as new as the server it reads."""
+    major = program_major(pg_dump)
+    server_major = server_version_num // 10000
+    if major < server_major:
+        raise MigrationError(
+            f"{pg_dump} is version {major} but {what} runs PostgreSQL {server_major}: pg_dump must be at "
+            f"least as new as the server. Install postgresql-client-{server_major} and point "
+            "backup_pg_bin_dir / clone_pg_bin_dir at its bin directory")
+    return major
+
+
+# --- connections for the programs -----------------------------------------------------------
+
+def _conninfo_value(value: Any) -> str:
+    text = str(value)
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def conninfo(params: dict[str, Any], dbname: str | None = None, read_only: bool = False,
+             application_name: str = "pgmigrate") -> str:
+    """A libpq connection string without the password (that goes in the password file): safe to
+    appear in argv and in ps."""
+    parts = {
+        "host": params["db_host"],
+        "port": params["db_port"],
+        "dbname": dbname or params["db_name"],
+        "user": params["db_user"],
+        "sslmode": params.get("db_sslmode") or "prefer",
+        "application_name": application_name,
+        "connect_timeout": params.get("connect_timeout") or 10,
+    }
+    if read_only:
+        # Every session the program opens on the source refuses writes, whatever it runs.
+        parts["options"] = "-c default_transaction_read_only=on"
+    return " ".join(f"{k}={_conninfo_value(v)}" for k, v in parts.items())
+
+
+def _pgpass_field(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace(":", "\\:")
+
+
+@contextmanager
+def private_workdir(parent: str | None = None, prefix: str = "pgmigrate-") -> Iterator[str]:
+    """A directory only its owner can enter, removed afterwards with everything in it."""
+    if parent:
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    path = tempfile.mkdtemp(prefix=prefix, dir=parent or None)
+    os.chmod(path, 0o700)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def write_passfile(directory: str, connections: list[dict[str, Any]]) -> str:
+    """A .pgpass (mode 0600) holding the passwords of the given connections, exact entries first."""
+    path = os.path.join(directory, "pgpass")
+    lines = []
+    for params in connections:
+        if params.get("db_password"):
+            lines.append(":".join(_pgpass_field(x) for x in (
+                params["db_host"], params["db_port"], "*", params["db_user"], params["db_password"])))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + ("\n" if lines else ""))
+    return path
+
+
+def tool_env(passfile: str) -> dict[str, str]:
+    """The programs' environment: the password file; nothing from the caller's PG* variables,
+    which could point them elsewhere."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["PGPASSFILE"] = passfile
+    env["PGCONNECT_TIMEOUT"] = "10"
+    return env
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "********")
+    return text
+
+
+def first_lines(text: str, count: int = 6) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[:count]) if lines else "no output"
+
+
+def run_tool(argv: list[str], env: dict[str, str], what: str, secrets: list[str]) -> str:
+    """Run a program to the end; its stderr, or MigrationError naming what failed."""
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise MigrationError(f"{what} failed (exit {proc.returncode}): {scrub(first_lines(proc.stderr), secrets)}")
+    return proc.stderr
+
+
+def restore_list_entries(pg_restore: str, archive: str, env: dict[str, str], secrets: list[str]) -> int:
+    """pg_restore --list: the number of table-of-contents entries (0 means unusable)."""
+    proc = subprocess.run([pg_restore, "--list", archive], env=env, capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise MigrationError(f"pg_restore --list cannot read {archive}: {scrub(first_lines(proc.stderr), secrets)}")
+    return sum(1 for line in proc.stdout.splitlines() if line.strip() and not line.startswith(";"))
+
+
+# --- the snapshot ---------------------------------------------------------------------------
+
+class Snapshot:
+    """A REPEATABLE READ, READ ONLY transaction on the source whose snapshot is exported: pg_dump
+    --snapshot=<id> then reads exactly what count_rows() counts. Held open until closed (an
+    exported snapshot can be imported only while its transaction lives). lock_timeout is the
+    backup's lock wait timeout, so counting never queues behind, or in front of, DDL."""
+
+    def __init__(self, params: dict[str, Any], lock_wait_timeout: str, application_name: str) -> None:
+        self.conn = connect(params, application_name)
+        self.conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+        self.cur = self.conn.cursor()
+        self.cur.execute("SELECT set_config('lock_timeout', %s, true)", (lock_wait_timeout,))
+        self.cur.execute("SELECT pg_export_snapshot()")
+        self.id = self.cur.fetchone()[0]
+
+    def facts(self) -> dict[str, Any]:
+        self.cur.execute(
+            """SELECT current_database(), current_setting('server_version'),
+                      current_setting('server_version_num')::int, pg_database_size(current_database()),
+                      pg_encoding_to_char(d.encoding), d.datcollate, d.datctype
+                 FROM pg_database d WHERE d.datname = current_database()""")
+        name, version, version_num, size, encoding, collate, ctype = self.cur.fetchone()
+        return {"database": name, "server_version": version, "server_version_num": version_num,
+                "database_size_bytes": size, "encoding": encoding, "lc_collate": collate, "lc_ctype": ctype}
+
+    def count_rows(self) -> dict[str, int]:
+        try:
+            return count_rows(self.cur)
+        except Exception as exc:
+            if getattr(exc, "pgcode", None) == "55P03":
+                raise MigrationError(
+                    f"counting rows waited longer than the lock wait timeout for a table lock ({str(exc).strip()}): "
+                    "a long transaction or DDL holds it; find it in pg_stat_activity") from None
+            raise
+
+    def close(self) -> None:
+        try:
+            self.conn.rollback()
+        finally:
+            self.conn.close()
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- checksums ------------------------------------------------------------------------------
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def archive_sha256(path: str) -> tuple[str, dict[str, str]]:
+    """sha256 of an archive. A file (custom format): the file's sha256, as sha256sum prints it.
+    A directory (directory format): the sha256 of the sha256sum listing of its files, sorted by
+    name, i.e. `(cd ARCHIVE && LC_ALL=C sha256sum $(LC_ALL=C ls)) | sha256sum`; with the
+    per-file sums. The restore checks an archive against the manifest the same way."""
+    if os.path.isdir(path):
+        files = {name: file_sha256(os.path.join(path, name)) for name in sorted(os.listdir(path))
+                 if os.path.isfile(os.path.join(path, name))}
+        listing = "".join(f"{digest}  {name}\n" for name, digest in files.items())
+        return hashlib.sha256(listing.encode()).hexdigest(), files
+    return file_sha256(path), {}
+
+
+def archive_size(path: str) -> int:
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path)
+                   if os.path.isfile(os.path.join(path, n)))
+    return os.path.getsize(path)
+
+
+def remove_archive(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)

@@ -1,0 +1,266 @@
+"""The verified backup (roles/backup, playbooks/backup.yml, pgmigrate_backup), against real
+databases: the manifest (exact row counts taken in the dump's own snapshot, size, sha256, server
+version, time), pg_restore --list, the full test restore, the directory format with parallel jobs,
+--lock-wait-timeout, owner-only permissions, retention that never removes the ledger's archive,
+refusals before anything is written, and no password anywhere."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import pytest
+from helpers import REPO_ROOT, connect, playbook_output, query, run_playbook
+from rehearsal_helpers import databases_like, out_of
+
+BACKUP = "playbooks/backup.yml"
+MIGRATE = "playbooks/migrate.yml"
+
+
+def load_plugin(name: str, path: Path) -> Any:
+    """Import a module_utils file or module the way Ansible would see it (ansible.module_utils.X)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+load_plugin("ansible.module_utils.pgmigrate", REPO_ROOT / "plugins/module_utils/pgmigrate.py")
+dump_utils = load_plugin("ansible.module_utils.pgmigrate_dump", REPO_ROOT / "plugins/module_utils/pgmigrate_dump.py")
+backup_module = load_plugin("pgmigrate_backup_under_test", REPO_ROOT / "plugins/modules/pgmigrate_backup.py")
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> dict[str, str]:
+    return {"backup_dir": str(tmp_path / "backups"), "migration_report_dir": str(tmp_path / "reports"),
+            "migration_backup_dir": str(tmp_path / "backups")}
+
+
+def manifests(out: dict[str, str]) -> list[dict[str, Any]]:
+    files = sorted(Path(out["backup_dir"]).rglob("*.manifest.json"), key=lambda p: p.stat().st_mtime)
+    return [json.loads(f.read_text()) for f in files]
+
+
+def table_counts(db: dict[str, Any]) -> dict[str, int]:
+    tables = query(db, """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                           WHERE c.relkind = 'r' AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'""")
+    return {(t if s == "public" else f"{s}.{t}"): query(db, f'SELECT count(*) FROM "{s}"."{t}"')[0][0]
+            for s, t in tables}
+
+
+def backup(db: dict[str, Any], out: dict[str, str], **extra: Any) -> subprocess.CompletedProcess[str]:
+    return run_playbook(BACKUP, db, {**out, **extra}, extra_args=["-vvv"])
+
+
+def test_manifest_is_exact_and_files_are_private(fresh_db: dict[str, Any], out: dict[str, str]) -> None:
+    """Custom format by default; the manifest names database, server version, size, sha256, time
+    and the exact row count of every table; archive and manifest 0600, directories 0700."""
+    result = backup(fresh_db, out)
+    assert result.returncode == 0, playbook_output(result)
+    [m] = manifests(out)
+    archive = Path(m["path"])
+    assert m["format"] == "custom" and archive.is_file() and archive.suffix == ".dump"
+    assert m["database"] == fresh_db["dbname"]
+    assert m["server_version"] == query(fresh_db, "SHOW server_version")[0][0]
+    assert m["size_bytes"] == archive.stat().st_size > 0
+    assert m["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert m["row_counts"] == table_counts(fresh_db) and m["row_counts"]["client_app_overrides"] > 0
+    assert m["row_counts_exact"] is True and m["toc_entries"] > 0 and m["created_at"].endswith("Z")
+    assert m["verified"] == {"pg_restore_list": True, "test_restore": None}
+    for path in (archive, Path(f"{archive}.manifest.json")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for path in (archive.parent, archive.parent.parent):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    listing = subprocess.run(["pg_restore", "--list", str(archive)], capture_output=True, text=True, check=True)
+    assert "TABLE DATA public clients_enhanced" in listing.stdout
+    # -vvv prints module arguments: the password must be masked everywhere.
+    assert fresh_db["password"] not in out_of(result)
+    assert fresh_db["password"] not in Path(f"{archive}.manifest.json").read_text()
+
+
+def test_row_counts_are_those_of_the_dumps_snapshot(fresh_db: dict[str, Any], out: dict[str, str]) -> None:
+    """While an application inserts rows without pause, the manifest's counts are exactly what the
+    archive holds: the full test restore (into a scratch database, dropped afterwards) matches."""
+    stop = threading.Event()
+    inserted = [0]
+
+    def application() -> None:
+        conn = connect(fresh_db)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            while not stop.is_set():
+                cur.execute("""INSERT INTO client_app_overrides (client_id, app_name, enabled)
+                               VALUES (md5('client-1')::uuid, 'app_01', true)""")
+                inserted[0] += 1
+                time.sleep(0.002)
+        conn.close()
+
+    before = query(fresh_db, "SELECT count(*) FROM client_app_overrides")[0][0]
+    writer = threading.Thread(target=application, daemon=True)
+    writer.start()
+    try:
+        result = backup(fresh_db, out, backup_verify_restore=True)
+    finally:
+        stop.set()
+        writer.join(10)
+    assert result.returncode == 0, playbook_output(result)
+    after = query(fresh_db, "SELECT count(*) FROM client_app_overrides")[0][0]
+    [m] = manifests(out)
+    assert before < m["row_counts"]["client_app_overrides"] < after, "the dump ran while rows were inserted"
+    restored = m["verified"]["test_restore"]
+    assert restored["matched"] is True and restored["tables"] == len(m["row_counts"])
+    assert restored["rows"] == sum(m["row_counts"].values())
+    assert databases_like(fresh_db, "pgmigrate_verify_%") == []
+
+
+def test_directory_format_with_parallel_jobs(fresh_db: dict[str, Any], out: dict[str, str]) -> None:
+    """backup_format=directory dumps with backup_jobs jobs; its sha256 follows the documented
+    rule (the sha256sum listing of its files, by name); the test restore matches."""
+    result = backup(fresh_db, out, backup_format="directory", backup_jobs=2, backup_verify_restore=True)
+    assert result.returncode == 0, playbook_output(result)
+    [m] = manifests(out)
+    archive = Path(m["path"])
+    assert m["format"] == "directory" and m["jobs"] == 2 and archive.is_dir() and archive.suffix == ".dir"
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o700
+    names = sorted(p.name for p in archive.iterdir())
+    assert all(stat.S_IMODE((archive / n).stat().st_mode) == 0o600 for n in names)
+    listing = "".join(f"{hashlib.sha256((archive / n).read_bytes()).hexdigest()}  {n}\n" for n in names)
+    assert m["sha256"] == hashlib.sha256(listing.encode()).hexdigest()
+    assert m["sha256_method"] == "directory-listing" and sorted(m["files"]) == names
+    assert m["verified"]["test_restore"]["matched"] is True
+
+
+def test_auto_format_picks_directory_for_large_databases(fresh_db: dict[str, Any], out: dict[str, str]) -> None:
+    """backup_format=auto: the directory format from backup_large_db_bytes up."""
+    result = backup(fresh_db, out, backup_format="auto", backup_large_db_bytes=1, backup_jobs=2)
+    assert result.returncode == 0, playbook_output(result)
+    assert manifests(out)[0]["format"] == "directory"
+
+
+def test_lock_wait_timeout_fails_fast_and_leaves_nothing(fresh_db: dict[str, Any], out: dict[str, str]) -> None:
+    """A table locked by DDL: the backup gives up after backup_lock_wait_timeout instead of
+    queueing, says why, and leaves no partial archive."""
+    holder = connect(fresh_db)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLE clients_enhanced IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        result = backup(fresh_db, out, backup_lock_wait_timeout="1s")
+        elapsed = time.monotonic() - started
+    finally:
+        holder.rollback()
+        holder.close()
+    assert result.returncode != 0
+    assert "lock" in out_of(result).lower() and "pg_stat_activity" in out_of(result)
+    assert elapsed < 60
+    files = [p for p in Path(out["backup_dir"]).rglob("*") if p.is_file()]
+    assert files == [], f"a failed backup left {files}"
+
+
+def test_retention_keeps_the_newest_and_the_archive_the_ledger_names(fresh_db: dict[str, Any],
+                                                                     out: dict[str, str]) -> None:
+    """backup_retention_count=1 keeps the newest archive, plus the one phase 1 recorded (a restore
+    reads it), and removes the others with their manifests."""
+    phase1 = run_playbook(MIGRATE, fresh_db, {"phase": 1, **out})
+    assert phase1.returncode == 0, playbook_output(phase1)
+    recorded = query(fresh_db, """SELECT details -> 'backup' ->> 'path' FROM migration_ledger.history
+                                   WHERE phase = '1' AND status = 'succeeded'""")[0][0]
+    for _ in range(3):
+        result = backup(fresh_db, out, backup_retention_count=1)
+        assert result.returncode == 0, playbook_output(result)
+    archives = sorted(str(p) for p in Path(out["backup_dir"]).rglob("*.dump"))
+    newest = manifests(out)[-1]["path"]
+    assert archives == sorted({recorded, newest})
+    assert sorted(str(p) for p in Path(out["backup_dir"]).rglob("*.manifest.json")) == [f"{a}.manifest.json"
+                                                                                      for a in archives]
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    ({"backup_format": "tar"}, "backup_format"),
+    ({"backup_verify_restore": True, "backup_row_counts": False}, "needs row_counts=true"),
+])
+def test_bad_input_is_refused_before_anything_is_written(fresh_db: dict[str, Any], out: dict[str, str],
+                                                         extra: dict[str, Any], needle: str) -> None:
+    result = backup(fresh_db, out, **extra)
+    assert result.returncode != 0
+    assert needle in out_of(result)
+    assert not Path(out["backup_dir"]).exists() or not any(p.is_file() for p in Path(out["backup_dir"]).rglob("*"))
+
+
+def test_check_mode_writes_nothing(fresh_db: dict[str, Any], out: dict[str, str]) -> None:
+    result = run_playbook(BACKUP, fresh_db, out, check=True)
+    assert result.returncode == 0, playbook_output(result)
+    assert "would write" in out_of(result)
+    assert not Path(out["backup_dir"]).exists() or not any(p.is_file() for p in Path(out["backup_dir"]).rglob("*"))
+
+
+def test_wrong_password_is_named_and_not_printed(fresh_db: dict[str, Any], out: dict[str, str]) -> None:
+    wrong = {**fresh_db, "password": "not-the-password-42"}
+    result = run_playbook(BACKUP, wrong, out, extra_args=["-vvv"])
+    assert result.returncode != 0
+    assert "wrong credentials" in out_of(result)
+    assert "not-the-password-42" not in out_of(result)
+
+
+# --- units --------------------------------------------------------------------------------------
+
+
+def test_retention_rule() -> None:
+    """Both rules off keep everything; otherwise an archive stays when it is among the newest N,
+    younger than D days, or protected."""
+    now = 1_000_000_000.0
+    day = 86400
+    found = [{"path": f"/b/a{i}.dump", "mtime": now - i * day} for i in range(5)]  # newest first
+    select = backup_module.select_expired
+    assert select(found, 0, 0, set(), now) == []
+    assert select(found, 2, 0, set(), now) == ["/b/a2.dump", "/b/a3.dump", "/b/a4.dump"]
+    assert select(found, 0, 2.5, set(), now) == ["/b/a3.dump", "/b/a4.dump"]
+    assert select(found, 1, 2.5, {"/b/a4.dump"}, now) == ["/b/a3.dump"]
+
+
+def test_count_comparison_names_each_table() -> None:
+    assert dump_utils.compare_counts({"a": 1, "b": 2}, {"a": 1, "b": 2}) == []
+    assert dump_utils.compare_counts({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 0}) == [
+        "b: 2 expected, 3 found", "c: missing expected, 0 found"]
+
+
+def test_conninfo_never_holds_the_password() -> None:
+    params = {"db_host": "h", "db_port": 5432, "db_name": "d b", "db_user": "u", "db_password": "s3cret",
+              "db_sslmode": "require"}
+    info = dump_utils.conninfo(params, read_only=True)
+    assert "s3cret" not in info and "dbname='d b'" in info and "default_transaction_read_only=on" in info
+
+
+def test_table_keys_keep_the_manifest_contract(fresh_db: dict[str, Any]) -> None:
+    """Tables in public keep their bare names (the five the restore and the tests read),
+    others are schema-qualified."""
+    conn = connect(fresh_db)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE SCHEMA extra; CREATE TABLE extra.t (i int); INSERT INTO extra.t VALUES (1), (2)")
+            counts = dump_utils.count_rows(cur)
+        conn.rollback()
+    finally:
+        conn.close()
+    assert counts["extra.t"] == 2 and "clients_enhanced" in counts
+
+
+def test_snapshot_is_read_only(fresh_db: dict[str, Any]) -> None:
+    """The snapshot session refuses writes, so counting can never change the source."""
+    params = {"db_host": fresh_db["host"], "db_port": fresh_db["port"], "db_name": fresh_db["dbname"],
+              "db_user": fresh_db["user"], "db_password": fresh_db["password"], "db_sslmode": "prefer"}
+    with dump_utils.Snapshot(params, "5s", "pytest") as snap:
+        assert len(snap.id) > 0
+        with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+            snap.cur.execute("CREATE TABLE nope (i int)")
