@@ -162,7 +162,9 @@ def main():
     except Exception as exc:  # noqa: BLE001 - a check that errors is a failed validation, reported as such
         module.fail_json(msg=f"validator error: {str(exc).strip()}")
     failed = [c["check"] for c in checks if not c["passed"]]
-    module.exit_json(changed=False, passed=not failed, failed=failed, checks=json_safe(checks))
+    # Not `failed=`: Ansible would take a non-empty list there for the task's own failure
+    # ("Unknown error") before the role could write the report and name the checks.
+    module.exit_json(changed=False, passed=not failed, failed_checks=failed, checks=json_safe(checks))
 
 
 if __name__ == "__main__":
