@@ -130,7 +130,8 @@ def run_with_inventory(playbook: str, inventory: dict[str, Any], extra_vars: dic
 
 
 def out_of(result: subprocess.CompletedProcess[str]) -> str:
-    return result.stdout + result.stderr
+    """stdout and stderr, with the YAML callback's line wrapping undone (phrases stay whole)."""
+    return " ".join((result.stdout + result.stderr).split())
 
 
 def output_dirs(tmp_path: Path) -> dict[str, str]:
