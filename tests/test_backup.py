@@ -55,8 +55,7 @@ def manifests(out: dict[str, str]) -> list[dict[str, Any]]:
 def table_counts(db: dict[str, Any]) -> dict[str, int]:
     tables = query(db, """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                            WHERE c.relkind = 'r' AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'""")
-    return {(t if s == "public" else f"{s}.{t}"): query(db, f'SELECT count(*) FROM "{s}"."{t}"')[0][0]
-            for s, t in tables}
+    return {f"{s}.{t}": query(db, f'SELECT count(*) FROM "{s}"."{t}"')[0][0] for s, t in tables}
 
 
 def backup(db: dict[str, Any], out: dict[str, str], **extra: Any) -> subprocess.CompletedProcess[str]:
@@ -75,7 +74,10 @@ def test_manifest_is_exact_and_files_are_private(fresh_db: dict[str, Any], out: 
     assert m["server_version"] == query(fresh_db, "SHOW server_version")[0][0]
     assert m["size_bytes"] == archive.stat().st_size > 0
     assert m["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
-    assert m["row_counts"] == table_counts(fresh_db) and m["row_counts"]["client_app_overrides"] > 0
+    counts = table_counts(fresh_db)
+    assert m["row_counts_all"] == counts and m["row_counts"]["client_app_overrides"] > 0
+    # The restore's contract since the first manifest: public's tables by bare name.
+    assert m["row_counts"] == {k.removeprefix("public."): n for k, n in counts.items() if k.startswith("public.")}
     assert m["row_counts_exact"] is True and m["toc_entries"] > 0 and m["created_at"].endswith("Z")
     assert m["verified"] == {"pg_restore_list": True, "test_restore": None}
     for path in (archive, Path(f"{archive}.manifest.json")):
@@ -119,8 +121,8 @@ def test_row_counts_are_those_of_the_dumps_snapshot(fresh_db: dict[str, Any], ou
     [m] = manifests(out)
     assert before < m["row_counts"]["client_app_overrides"] < after, "the dump ran while rows were inserted"
     restored = m["verified"]["test_restore"]
-    assert restored["matched"] is True and restored["tables"] == len(m["row_counts"])
-    assert restored["rows"] == sum(m["row_counts"].values())
+    assert restored["matched"] is True and restored["tables"] == len(m["row_counts_all"])
+    assert restored["rows"] == sum(m["row_counts_all"].values())
     assert databases_like(fresh_db, "pgmigrate_verify_%") == []
 
 
@@ -243,8 +245,8 @@ def test_conninfo_never_holds_the_password() -> None:
 
 
 def test_table_keys_keep_the_manifest_contract(fresh_db: dict[str, Any]) -> None:
-    """Tables in public keep their bare names (the five the restore and the tests read),
-    others are schema-qualified."""
+    """count_rows() qualifies every table; the manifest's row_counts keeps public's tables by bare
+    name (what the restore reads), row_counts_all has them all."""
     conn = connect(fresh_db)
     try:
         with conn.cursor() as cur:
@@ -253,7 +255,9 @@ def test_table_keys_keep_the_manifest_contract(fresh_db: dict[str, Any]) -> None
         conn.rollback()
     finally:
         conn.close()
-    assert counts["extra.t"] == 2 and "clients_enhanced" in counts
+    assert counts["extra.t"] == 2 and "public.clients_enhanced" in counts
+    public = dump_utils.public_counts(counts)
+    assert "clients_enhanced" in public and "t" not in public and "extra.t" not in public
 
 
 def test_snapshot_is_read_only(fresh_db: dict[str, Any]) -> None:

@@ -34,9 +34,14 @@ USER_TABLES_SQL = f"""
 
 
 def table_key(schema: str, name: str) -> str:
-    """How a table is named in row_counts: bare in public (as the manifest always did for the
-    migration's tables), schema-qualified elsewhere."""
-    return name if schema == "public" else f"{schema}.{name}"
+    """How count_rows() names a table: schema.table, always."""
+    return f"{schema}.{name}"
+
+
+def public_counts(counts: dict[str, int]) -> dict[str, int]:
+    """The manifest's row_counts as the restore reads them (since the first manifest): the tables
+    of public, by bare name. Every table, schema-qualified, is in row_counts_all."""
+    return {key.split(".", 1)[1]: n for key, n in counts.items() if key.startswith("public.")}
 
 
 def quote_ident(name: str) -> str:

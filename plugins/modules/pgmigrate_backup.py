@@ -64,6 +64,7 @@ from ansible.module_utils.pgmigrate_dump import (
     pg_program,
     private_workdir,
     program_version,
+    public_counts,
     quote_ident,
     remove_archive,
     require_dump_version,
@@ -244,7 +245,11 @@ def do_dump(module: AnsibleModule) -> None:
                     "server_version": facts["server_version"],
                     "database_size_bytes": facts["database_size_bytes"],
                     "encoding": facts["encoding"],
-                    "row_counts": counts,
+                    # The contract the restore reads: public's tables by bare name (a superset of
+                    # the five prerequisite tables the first manifests held); every table in
+                    # row_counts_all, schema-qualified (the ledger's, phase 1's backup tables...).
+                    "row_counts": public_counts(counts),
+                    "row_counts_all": counts,
                     "row_counts_exact": bool(p["row_counts"]),
                     "row_counts_source": "counted in the snapshot pg_dump read (pg_export_snapshot, "
                                          "pg_dump --snapshot)" if p["row_counts"] else "not counted",
