@@ -52,5 +52,14 @@ molecule: venv postgres
 
 test: lint pytest molecule
 
+# Benchmarks (never part of `make test`). The clone's figure (issue 4): playbooks/clone.yml
+# against pg_dump | pg_restore by hand, ratio printed. A prerequisite-only rule, so the bench
+# target's own recipe, wherever it is defined, runs after it.
+BENCH_CLONE_ARGS ?=
+.PHONY: bench bench-clone
+bench: bench-clone
+bench-clone: venv postgres
+	$(BIN)/python tools/bench/clone.py $(BENCH_CLONE_ARGS)
+
 clean:
 	rm -rf .sandbox reports backups .pytest_cache .ruff_cache

@@ -62,12 +62,13 @@ def enrich(db: dict[str, Any]) -> None:
     query(db, f'ALTER DATABASE "{db["dbname"]}" SET work_mem = \'8MB\'')
 
 
-@pytest.mark.parametrize("method", ["pipe", "directory"])
+@pytest.mark.parametrize(("method", "jobs"), [("pipe", 2), ("pipe", 1), ("directory", 2)])
 def test_clone_is_faithful_and_the_source_untouched(fresh_db: dict[str, Any], same_cluster_staging: dict[str, Any],
-                                                    method: str) -> None:
+                                                    method: str, jobs: int) -> None:
+    """Pipe with post-data in parallel, pipe as one stream, directory format: all exact copies."""
     enrich(fresh_db)
     before = db_snapshot(fresh_db)
-    result = run_clone(fresh_db, same_cluster_staging, {"clone_method": method, "clone_jobs": 2})
+    result = run_clone(fresh_db, same_cluster_staging, {"clone_method": method, "clone_jobs": jobs})
     assert result.returncode == 0, out_of(result)
     assert snapshot_diff(before, db_snapshot(fresh_db)) == [], "the source changed"
     assert snapshot_diff(before, db_snapshot(same_cluster_staging)) == [], "the clone differs from the source"

@@ -203,3 +203,29 @@ def test_verdict_no_go_names_the_first_reason(judge: Any, overrides: dict, recor
 def test_verdict_counts_phases_already_applied_in_the_source(judge: Any) -> None:
     reasons = judge(params(), applied(*["succeeded"] * 6)[2:], [], VALID, [], ["1", "2"])
     assert reasons[0].startswith("phase(s) 1, 2 were already applied in the source")
+
+
+def test_a_failed_clone_is_a_no_go_and_leaves_staging_alone(fresh_db: dict[str, Any], staging_db: dict[str, Any],
+                                                            tmp_path: Path) -> None:
+    """Masked e-mail addresses break a CHECK constraint of the source: the clone fails before its
+    swap, the verdict is no-go naming the clone, no phase ran, and nothing changed anywhere."""
+    query(fresh_db, "ALTER TABLE clients_enhanced ADD CONSTRAINT email_domain CHECK (email LIKE '%.example')")
+    before = db_snapshot(fresh_db)
+    result = rehearse(fresh_db, staging_db, tmp_path, clone_mask_personal_data=True)
+    assert result.returncode != 0
+    report, _ = reports(tmp_path)
+    assert report["verdict"] == "no-go" and report["reason"].startswith("the clone failed")
+    assert "email_domain" in report["reason"] and report["phases"] == []
+    assert not rehearsal_helpers.database_exists(staging_db)
+    assert snapshot_diff(before, db_snapshot(fresh_db)) == []
+
+
+def test_check_mode_rehearses_nothing(fresh_db: dict[str, Any], staging_db: dict[str, Any], tmp_path: Path) -> None:
+    before = db_snapshot(fresh_db)
+    result = run_with_inventory(REHEARSE, two_host_inventory(fresh_db, staging_db), output_dirs(tmp_path),
+                                check=True)
+    assert result.returncode == 0, out_of(result)
+    assert "Check mode: the rehearsal would replace" in out_of(result)
+    assert not rehearsal_helpers.database_exists(staging_db)
+    assert not (tmp_path / "reports").exists()
+    assert snapshot_diff(before, db_snapshot(fresh_db)) == []

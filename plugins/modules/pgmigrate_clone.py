@@ -37,7 +37,7 @@ options:
   protected: {type: list, elements: dict, default: [], description: "databases (host, port, name) never replaced"}
   maintenance_db: {type: str, default: postgres}
   method: {type: str, default: pipe, choices: [pipe, directory]}
-  jobs: {type: int, default: 2}
+  jobs: {type: int, default: 2, description: "parallel jobs; with method=pipe and 1 job, one single stream"}
   lock_wait_timeout: {type: str, default: 30s}
   pg_bin_dir: {type: str, default: ""}
   workdir: {type: path}
@@ -359,7 +359,9 @@ def drop_leftovers(cur, target: str) -> list[str]:
 def run_pipe(p: dict, plan: dict, src: dict, tmp_conninfo: str, env: dict, work: str, secrets: list[str],
              restore_flags: list[str], timings: dict) -> dict:
     """pre-data and data streamed from pg_dump into pg_restore; post-data from a small archive
-    restored with parallel jobs. One exported snapshot for all of it."""
+    restored with parallel jobs (with one job, everything in the one stream). One exported
+    snapshot for all of it."""
+    split = p["jobs"] > 1
     src_info = conninfo(src, read_only=True, application_name="pgmigrate-clone-dump")
     common = [plan["pg_dump"], "--format=custom", "--compress=0", "--no-password",
               f"--lock-wait-timeout={p['lock_wait_timeout']}", f"--dbname={src_info}"]
@@ -368,8 +370,9 @@ def run_pipe(p: dict, plan: dict, src: dict, tmp_conninfo: str, env: dict, work:
         dump_err = open(os.path.join(work, "dump.err"), "w+")  # noqa: SIM115 - closed below
         restore_err = open(os.path.join(work, "restore.err"), "w+")  # noqa: SIM115 - closed below
         try:
-            dump = subprocess.Popen([*common, "--blobs", "--section=pre-data", "--section=data",
-                                     f"--snapshot={snap.id}"], env=env, stdout=subprocess.PIPE, stderr=dump_err)
+            sections = ["--section=pre-data", "--section=data"] if split else []
+            dump = subprocess.Popen([*common, "--blobs", *sections, f"--snapshot={snap.id}"], env=env,
+                                    stdout=subprocess.PIPE, stderr=dump_err)
             restore = subprocess.Popen([plan["pg_restore"], *restore_flags, f"--dbname={tmp_conninfo}"], env=env,
                                        stdin=dump.stdout, stdout=subprocess.DEVNULL, stderr=restore_err)
             dump.stdout.close()
@@ -392,6 +395,8 @@ def run_pipe(p: dict, plan: dict, src: dict, tmp_conninfo: str, env: dict, work:
             dump_err.close()
             restore_err.close()
         timings["copy_s"] = round(time.monotonic() - started, 2)
+        if not split:
+            return counts
         post = os.path.join(work, "post-data.dump")
         run_tool([*common, "--section=post-data", f"--snapshot={snap.id}", f"--file={post}"], env,
                  f"pg_dump (post-data) of clone_source {p['source_label']}", secrets)
