@@ -7,6 +7,10 @@
 
 A fresh_db dict can go straight to psycopg2.connect(**fresh_db), to helpers.connect()
 or to helpers.run_playbook(), which is re-exported here.
+
+The rollback, interruption and restore tests share a cluster and a staged database of their
+own (rb_cluster, staged: see rollback_helpers.py); importing their fixtures here registers
+them once, so the session builds them once.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import pytest
 from helpers import connect, make_cluster_tempdir, pgcluster, run_playbook
 from psycopg2 import sql
+from rollback_helpers import rb_cluster_fixture, staged_fixture  # noqa: F401 - registered once, here
 
 TEMPLATE_DB = "agency_template"
 TEMPLATE_SCALE = 50

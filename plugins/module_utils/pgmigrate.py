@@ -328,3 +328,21 @@ def ledger_state(conn: Any) -> dict[str, dict[str, Any]]:
 
 def applied_phases(state: dict[str, dict[str, Any]]) -> list[str]:
     return sorted(p for p, row in state.items() if row["direction"] == "apply")
+
+
+def ledger_unfinished(conn: Any) -> dict[str, dict[str, Any]]:
+    """Phases whose latest record did not succeed (running, failed or interrupted), keyed by
+    phase: a run killed or failed half-way. A rollback treats such a phase as present (partly
+    applied, or partly rolled back) and finishes the job; status shows them."""
+    if not ledger_exists(conn):
+        return {}
+    with conn.cursor() as cur:
+        rows = fetch_dicts(
+            cur,
+            f"""SELECT phase, direction, status, run_id, started_at, finished_at, operator, error
+                  FROM (SELECT DISTINCT ON (phase) *
+                          FROM {LEDGER_SCHEMA}.history ORDER BY phase, id DESC) latest
+                 WHERE status <> 'succeeded'""",
+        )
+    conn.rollback()
+    return {row["phase"]: json_safe(row) for row in rows}

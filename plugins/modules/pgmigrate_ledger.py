@@ -10,7 +10,8 @@ description:
   - C(gate) decides whether a phase runs - already applied (skip, or refuse on drift), missing
     prerequisites (refuse) - and never writes.
   - C(begin) records a running phase; C(finish) records its outcome.
-  - C(status) returns the last finished record of every phase.
+  - C(status) returns the last finished record of every phase, and the phases whose latest
+    run did not finish (C(unfinished)).
 options:
   action: {type: str, required: true, choices: [init, status, gate, begin, finish]}
   phase: {type: str}
@@ -54,6 +55,7 @@ from ansible.module_utils.pgmigrate import (
     json_safe,
     ledger_exists,
     ledger_state,
+    ledger_unfinished,
     transaction,
 )
 
@@ -151,8 +153,9 @@ def do_finish(module, conn):
 
 def do_status(module, conn):
     state = ledger_state(conn)
+    # unfinished: phases whose latest run was killed or failed half-way (rerun the same command).
     return {"changed": False, "state": state, "applied": applied_phases(state),
-            "ledger_exists": ledger_exists(conn)}
+            "unfinished": ledger_unfinished(conn), "ledger_exists": ledger_exists(conn)}
 
 
 ACTIONS = {"init": do_init, "gate": do_gate, "begin": do_begin, "finish": do_finish,

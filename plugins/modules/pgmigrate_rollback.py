@@ -1,0 +1,454 @@
+#!/usr/bin/python
+# Roll phases back, precisely, and record it in the ledger.
+#   plan (read-only): which phases a selection rolls back, in reverse order; refuses a phase that
+#     applied later phases depend on (naming them), a database without a ledger, and objects of
+#     the application that depend on what the rollback would drop.
+#   run: each phase's files/sql/phaseN/revert/*.sql, lock-safely. Phases run together in ONE
+#     transaction (SQL and ledger records: all or nothing), except where a phase has batches
+#     (files/sql/phaseN/revert/batches/*.sql, e.g. phase 3 resetting overrides): those run first,
+#     each batch in its own short transaction, because one long transaction would hold row locks
+#     on live rows for its whole length.
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: pgmigrate_rollback
+short_description: Plan and run the rollback of migration phases, recorded in the ledger
+description:
+  - "C(plan) never changes anything. C(selection) is C([all]), C([data]) (phase 3's data only,
+    allowed while later phases stay applied) or a list of phases. A phase counts as present when
+    the ledger says it is applied, or its latest run did not finish (killed or failed half-way)."
+  - "C(run) records every phase it rolls back as running, then runs and finishes them; a failure
+    marks them failed with the error. Server notices C(pgmigrate: key=value) raised by the SQL
+    become details of the ledger record (kept objects, deleted rows)."
+options:
+  action: {type: str, required: true, choices: [plan, run]}
+  selection: {type: list, elements: str, default: []}
+  graph: {type: dict, default: {}, description: "phase -> {requires: [...]} (the phase graph)"}
+  sql_root: {type: path, required: true}
+  phases: {type: list, elements: str, default: [], description: "phases to run, in order"}
+  scope: {type: str, default: phases, choices: [all, phases, data]}
+  reason: {type: str, default: ""}
+  run_id: {type: str}
+  operator: {type: str}
+  approved_by: {type: str}
+  environment: {type: str}
+  batch_size: {type: int, default: 2000}
+  min_batch_size: {type: int, default: 200}
+  max_batch_size: {type: int, default: 50000}
+  target_batch_ms: {type: int, default: 200}
+"""
+
+import glob
+import json
+import os
+import re
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pgmigrate import (
+    CONNECTION_ARGS,
+    LEDGER_SCHEMA,
+    LOCK_ARGS,
+    MigrationError,
+    applied_phases,
+    combined_checksum,
+    connect,
+    fetch_dicts,
+    file_checksums,
+    file_directives,
+    json_safe,
+    ledger_exists,
+    ledger_state,
+    ledger_unfinished,
+    render,
+    transaction,
+    with_lock_retry,
+)
+
+NOTICE = re.compile(r"pgmigrate: (\w+)=(.*)")
+LIST_KEYS = {"kept", "dropped", "note"}
+
+
+def phase_key(phase: str) -> int:
+    return int(phase) if phase.isdigit() else 0
+
+
+def revert_files(root: str, phase: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(root, f"phase{phase}", "revert", "*.sql")))
+
+
+def batch_files(root: str, phase: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(root, f"phase{phase}", "revert", "batches", "*.sql")))
+
+
+# --- plan -----------------------------------------------------------------------------------
+
+def present_phases(conn, graph: dict) -> tuple[list[str], list[str], dict]:
+    """(applied, present, unfinished) restricted to the migration's phases."""
+    applied = [p for p in applied_phases(ledger_state(conn)) if p in graph]
+    unfinished = {p: r for p, r in ledger_unfinished(conn).items() if p in graph}
+    present = sorted(set(applied) | set(unfinished), key=phase_key)
+    return applied, present, unfinished
+
+
+def refuse_dependents(phases: list[str], present: list[str], graph: dict) -> str | None:
+    """The message refusing phases that present phases outside the selection depend on."""
+    blocked = {}
+    for phase in phases:
+        users = [p for p in present if p not in phases and phase in graph[p].get("requires", [])]
+        if users:
+            blocked[phase] = sorted(users, key=phase_key, reverse=True)
+    if not blocked:
+        return None
+    first = sorted(blocked, key=phase_key)[0]
+    users = sorted({u for us in blocked.values() for u in us}, key=phase_key, reverse=True)
+    msg = (f"phase {first} cannot be rolled back while phase(s) {', '.join(blocked[first])} "
+           f"{'is' if len(blocked[first]) == 1 else 'are'} applied: they depend on it. Roll back "
+           f"{', then '.join(users)} first (-e phase={users[0]}), or everything with -e phase=all.")
+    if first == "3":
+        msg += (" To roll back only the data phase 3 populated and keep the schema (phases 4 to 6 "
+                "stay applied): -e phase=data.")
+    return msg + " Nothing was changed."
+
+
+def blocking_dependents(conn, root: str, phases: list[str]) -> list[dict]:
+    with open(os.path.join(root, "rollback", "dependents.sql"), encoding="utf-8") as handle:
+        sql = render(handle.read(), {"phases": "{" + ",".join(phases) + "}"})
+    with conn.cursor() as cur:
+        rows = fetch_dicts(cur, sql)
+    conn.rollback()
+    return rows
+
+
+def last_apply_details(conn, phase: str) -> dict:
+    with conn.cursor() as cur:
+        cur.execute(
+            f"""SELECT details FROM {LEDGER_SCHEMA}.history
+                 WHERE phase = %s AND direction = 'apply' AND status = 'succeeded'
+                 ORDER BY finished_at DESC, id DESC LIMIT 1""", (phase,))
+        row = cur.fetchone()
+    conn.rollback()
+    return (row[0] if row else None) or {}
+
+
+def do_plan(module, conn) -> dict:
+    p = module.params
+    graph, selection = p["graph"], [str(s) for s in p["selection"]]
+    if not ledger_exists(conn):
+        module.fail_json(msg=f"{p['db_name']} has no migration ledger ({LEDGER_SCHEMA}.history): it "
+                             "was never migrated, so there is nothing to roll back. Check "
+                             "migration_db_name. Nothing was changed.")
+    applied, present, unfinished = present_phases(conn, graph)
+    result = {"changed": False, "applied": applied, "present": present, "unfinished": unfinished}
+    if selection == ["all"]:
+        scope, targets = "all", sorted(present, key=phase_key, reverse=True)
+    elif selection == ["data"]:
+        scope, targets = "data", (["3"] if "3" in present else [])
+    else:
+        unknown = [s for s in selection if s not in graph]
+        if unknown or not selection:
+            module.fail_json(msg=f"unknown phase(s) {', '.join(unknown) or '(none)'}: roll back "
+                                 f"-e phase=1 .. -e phase={max(graph, key=phase_key)}, -e phase=data "
+                                 "or -e phase=all. Nothing was changed.", **result)
+        scope = "phases"
+        targets = sorted({s for s in selection if s in present}, key=phase_key, reverse=True)
+        refusal = refuse_dependents(targets, present, graph)
+        if refusal:
+            module.fail_json(msg=refusal, **result)
+    result.update(scope=scope, targets=targets,
+                  not_applied=[s for s in selection if s in graph and s not in present])
+    if targets:
+        blockers = blocking_dependents(conn, p["sql_root"], targets)
+        if blockers:
+            named = "; ".join(f"{b['dependent']} depends on {b['depends_on']}" for b in blockers)
+            module.fail_json(
+                msg=f"objects outside the migration depend on what rolling back phase(s) "
+                    f"{', '.join(targets)} would drop: {named}. The rollback drops nothing with "
+                    "CASCADE: drop or change those objects first (the migration did not create "
+                    "them), then rerun. Nothing was changed.", blockers=blockers, **result)
+    result["files"] = {t: [os.path.relpath(f, p["sql_root"])
+                           for f in batch_files(p["sql_root"], t) + revert_files(p["sql_root"], t)]
+                       for t in targets}
+    return result
+
+
+# --- run ------------------------------------------------------------------------------------
+
+def read_notices(conn) -> dict:
+    """The `pgmigrate: key=value` notices the SQL raised since the last call."""
+    out: dict = {}
+    for line in conn.notices:
+        m = NOTICE.search(line)
+        if not m:
+            continue
+        key, value = m.group(1), m.group(2).strip()
+        if key in LIST_KEYS:
+            if value:
+                out.setdefault(key, []).append(value)
+        else:
+            out[key] = int(value) if value.lstrip("-").isdigit() else value
+    del conn.notices[:]
+    return out
+
+
+def begin_records(conn, p: dict, phases: list[str], files: dict) -> dict[str, int]:
+    ids = {}
+    with transaction(conn) as cur:
+        for phase in phases:
+            sums = file_checksums(files[phase], p["sql_root"])
+            cur.execute(
+                f"UPDATE {LEDGER_SCHEMA}.history SET status = 'interrupted', finished_at = clock_timestamp() "
+                "WHERE phase = %s AND status = 'running'", (phase,))
+            cur.execute(
+                f"""INSERT INTO {LEDGER_SCHEMA}.history
+                       (run_id, phase, direction, status, operator, approved_by, environment,
+                        checksum, files)
+                    VALUES (%s, %s, 'rollback', 'running', %s, %s, %s, %s, %s) RETURNING id""",
+                (p["run_id"], phase, p["operator"], p["approved_by"], p["environment"],
+                 combined_checksum(sums), json.dumps(sums)))
+            ids[phase] = cur.fetchone()[0]
+    return ids
+
+
+def finish_record(cur, record_id: int, status: str, rows: int, details: dict, error=None) -> None:
+    cur.execute(
+        f"""UPDATE {LEDGER_SCHEMA}.history
+               SET status = %s, finished_at = clock_timestamp(), rows_affected = %s, details = %s,
+                   error = %s
+             WHERE id = %s""",
+        (status, rows, json.dumps(json_safe(details)), error, record_id))
+
+
+def relation_exists(conn, name: str) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
+        found = cur.fetchone()[0]
+    conn.rollback()
+    return found
+
+
+def run_batches(conn, path: str, p: dict, lock: dict) -> dict:
+    """Run a batch file again and again until a batch takes no row; adapt the batch size so a
+    batch takes about target_batch_ms. Returns the summed counters."""
+    with open(path, encoding="utf-8") as handle:
+        template = handle.read()
+    for directive in file_directives(template):
+        if directive.startswith("needs=") and not relation_exists(conn, directive[6:]):
+            return {"skipped": f"{directive[6:]} does not exist"}
+    size, totals = p["batch_size"], {"batches": 0, "lock_retries": 0}
+    started = time.monotonic()
+    while True:
+        sql = render(template, {"batch_size": size})
+        t0 = time.monotonic()
+
+        def work(cur, sql=sql):
+            cur.execute(sql)
+            cols = [c.name for c in cur.description]
+            return dict(zip(cols, cur.fetchone(), strict=True))
+
+        row, retries = with_lock_retry(conn, work, lock, transactional=True)
+        elapsed = max(time.monotonic() - t0, 1e-4)
+        totals["lock_retries"] += retries
+        if not row.get("taken"):
+            break
+        totals["batches"] += 1
+        for key, value in row.items():
+            totals[key] = totals.get(key, 0) + int(value or 0)
+        factor = min(2.0, max(0.5, p["target_batch_ms"] / 1000.0 / elapsed))
+        size = int(min(p["max_batch_size"], max(p["min_batch_size"], size * factor)))
+    totals["seconds"] = round(time.monotonic() - started, 3)
+    return totals
+
+
+def run_group(conn, group: list[str], p: dict, files: dict, ids: dict, extra: dict,
+              lock: dict, current: dict) -> tuple[dict, int]:
+    """Run the revert files of every phase of the group and finish their records, in ONE
+    transaction, retried as a whole on a lock timeout. Returns ({phase: details}, retries)."""
+    sqls = {}
+    for phase in group:
+        sqls[phase] = []
+        for path in files[phase]:
+            with open(path, encoding="utf-8") as handle:
+                raw = handle.read()
+            if "no-transaction" in file_directives(raw):
+                raise MigrationError(f"{path}: a revert file runs inside the rollback's transaction; "
+                                     "remove its `-- pgmigrate: no-transaction` header")
+            sqls[phase].append((path, render(raw, p["sql_params"])))
+
+    def work(cur):
+        del conn.notices[:]
+        out = {}
+        for phase in group:
+            rows = 0
+            for path, sql in sqls[phase]:
+                current["file"] = path
+                cur.execute(sql)
+                rows += max(cur.rowcount, 0)
+            current["file"] = None
+            notes = read_notices(conn)
+            rows += sum(v for k, v in notes.items()
+                        if isinstance(v, int) and (k.endswith("_deleted") or k.endswith("_reset")))
+            rows += int(extra[phase].get("batches", {}).get("reset", 0))
+            details = {**extra[phase], **notes}
+            details["summary"] = summarise(details)
+            finish_record(cur, ids[phase], "succeeded", rows, details)
+            out[phase] = {"rows": rows, **details}
+        return out
+
+    return with_lock_retry(conn, work, lock, transactional=True)
+
+
+def summarise(details: dict) -> str:
+    """One line for the operator: what a phase's rollback did."""
+    parts = []
+    b = details.get("batches") or {}
+    if b.get("taken"):
+        parts.append(f"{b.get('reset', 0)} override(s) put back in {b.get('batches', 0)} batch(es); "
+                     f"{b.get('kept', 0)} changed by the application since phase 3 kept as they are")
+    if details.get("overrides_reset"):
+        parts.append(f"{details['overrides_reset']} override(s) put back")
+    deleted = [f"{v} {k[:-len('_deleted')].replace('_', ' ')}" for k, v in details.items()
+               if k.endswith("_deleted") and isinstance(v, int)]
+    if deleted:
+        parts.append("deleted the rows phase 3 inserted: " + ", ".join(deleted))
+    dropped = [d for d in details.get("dropped", []) if d]
+    if dropped:
+        parts.append("dropped " + ", ".join(dropped))
+    if details.get("kept"):
+        parts.append("kept " + "; ".join(k.split(",")[0] for k in details["kept"]))
+    return "; ".join(parts) or "nothing to undo (recorded)"
+
+
+def mark_failed(params: dict, conn, phases: list[str], ids: dict, error: str, extra: dict) -> None:
+    """Record the failure; on a new connection when the failure took the old one with it (if
+    that fails too, the next run marks the records interrupted)."""
+    for attempt in (conn, None):
+        try:
+            if attempt is None:
+                attempt = connect(params, "pgmigrate-rollback-run")
+            attempt.rollback()
+            with transaction(attempt) as cur:
+                for phase in phases:
+                    finish_record(cur, ids[phase], "failed", 0, extra.get(phase, {}), error)
+            return
+        except Exception:  # noqa: BLE001,S112 - psycopg2 errors: try a fresh connection once
+            continue
+
+
+def do_run(module, conn) -> dict:
+    p = module.params
+    phases = [str(x) for x in p["phases"]]
+    root = p["sql_root"]
+    # Phase 2 rolled back in the same run drops phase 3's tables and columns: phase 3's rows go
+    # with them, and its batches have nothing to do.
+    phase2_follows = "2" in phases
+    p["sql_params"] = {"phase2_follows": "true" if phase2_follows else "false"}
+    batches = {ph: ([] if phase2_follows else batch_files(root, ph)) for ph in phases}
+    files = {ph: revert_files(root, ph) for ph in phases}
+    recorded = {ph: batches[ph] + files[ph] for ph in phases}
+    if module.check_mode:
+        return {"changed": bool(phases), "phases": phases,
+                "msg": f"would roll back phase(s) {', '.join(phases) or 'none'}"}
+    if not phases:
+        return {"changed": False, "phases": [], "msg": "nothing to roll back"}
+    lock = {k: p[k] for k in LOCK_ARGS}
+    extra = {ph: {"scope": p["scope"], "reason": p["reason"]} for ph in phases}
+    if "3" in phases:
+        # The event window of the run being rolled back: a rerun of phase 3 within the same
+        # migration reuses it, so it inserts the same events as the first run.
+        since = last_apply_details(conn, "3").get("events_since")
+        if since:
+            extra["3"]["events_since"] = since
+    # One rollback at a time per database (held by this session until it ends).
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(hashtext('pgmigrate:rollback'))")
+        if not cur.fetchone()[0]:
+            module.fail_json(msg="another rollback is running on this database (application_name "
+                                 "pgmigrate-rollback-run in pg_stat_activity): let it finish, then rerun. "
+                                 "Nothing was changed.")
+    conn.commit()
+    ids = begin_records(conn, p, phases, recorded)
+    results: dict = {}
+    retries = 0
+    # Groups: consecutive phases without batches share one transaction.
+    groups: list[list[str]] = []
+    for ph in phases:
+        if batches[ph] or not groups:
+            groups.append([ph])
+        else:
+            groups[-1].append(ph)
+    for group in groups:
+        for ph in group:
+            # Phases rolled back in one transaction: all of them, or none.
+            extra[ph]["transaction"] = group
+    done: list[str] = []
+    current: dict = {"file": None}
+    for group in groups:
+        try:
+            for path in batches[group[0]]:
+                current["file"] = path
+                extra[group[0]]["batches"] = run_batches(conn, path, p, lock)
+            current["file"] = None
+            out, tries = run_group(conn, group, p, files, ids, extra, lock, current)
+        except Exception as exc:  # noqa: BLE001 - psycopg2 errors and MigrationError alike
+            where = current["file"]
+            error = f"{os.path.relpath(where, root) + ': ' if where else ''}{str(exc).strip()}"
+            remaining = [ph for ph in phases if ph not in done]
+            mark_failed(p, conn, remaining, ids, error, extra)
+            module.fail_json(
+                msg=f"rollback of phase {group[0]} failed: {error}. Phase(s) "
+                    f"{', '.join(done) or 'none'} were rolled back; {', '.join(remaining)} not "
+                    "(their changes were undone with the transaction). Fix the cause and rerun "
+                    "the same command: it goes on from here.",
+                done=done, failed=remaining, record_ids=ids)
+        retries += tries
+        results.update(out)
+        done.extend(group)
+    # What the operator must know: objects kept (and why), fallbacks taken.
+    notes = [f"phase {ph}: {n}" for ph in phases
+             for n in results[ph].get("kept", []) + results[ph].get("note", [])]
+    return {"changed": True, "phases": phases, "record_ids": ids, "outcome": results,
+            "lock_retries": retries, "notes": notes, "transactions": groups}
+
+
+ACTIONS = {"plan": do_plan, "run": do_run}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            action=dict(type="str", required=True, choices=list(ACTIONS)),
+            selection=dict(type="list", elements="str", default=[]),
+            graph=dict(type="dict", default={}),
+            sql_root=dict(type="path", required=True),
+            phases=dict(type="list", elements="str", default=[]),
+            scope=dict(type="str", default="phases", choices=["all", "phases", "data"]),
+            reason=dict(type="str", default=""),
+            run_id=dict(type="str"),
+            operator=dict(type="str"),
+            approved_by=dict(type="str"),
+            environment=dict(type="str"),
+            batch_size=dict(type="int", default=2000),
+            min_batch_size=dict(type="int", default=200),
+            max_batch_size=dict(type="int", default=50000),
+            target_batch_ms=dict(type="int", default=200),
+            **CONNECTION_ARGS,
+            **LOCK_ARGS,
+        ),
+        required_if=[("action", "plan", ["graph"]),
+                     ("action", "run", ["run_id", "operator", "environment"])],
+        supports_check_mode=True,
+    )
+    try:
+        conn = connect(module.params, f"pgmigrate-rollback-{module.params['action']}")
+        try:
+            result = ACTIONS[module.params["action"]](module, conn)
+        finally:
+            conn.close()
+    except MigrationError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
