@@ -1,29 +1,41 @@
 #!/usr/bin/python
 # Phase 3's batched backfill: apply the linkage plan in many short transactions, each under a
 # short lock_timeout, sized so a batch takes about target_batch_ms. Row locks are held for one
-# batch only, so application writes to an override wait at most one batch.
+# batch only, so an application write to an override waits at most one batch.
+#
+# The plan is walked in the table's physical order (plan rows carry planned_ctid, where each
+# override was when planned): a batch is a range of heap pages, so it reads and writes a few
+# contiguous pages of both tables, and finding the next batch costs no query.
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: pgmigrate_backfill
-short_description: Apply phase 3's linkage plan in short batches
+short_description: Plan phase 3's linkage and apply it in short batches
 description:
-  - C(bounds) (read-only) splits the plan into chunks of about I(chunk_rows) rows and reports how
-    names shared by several modules were resolved.
-  - C(run) applies one chunk (I(lo) to I(hi)) with the batch SQL file, batch by batch.
+  - C(plan) runs the plan SQL file (under lock_timeout, retried with backoff), then splits the
+    plan into chunks of about I(chunk_rows) rows (ranges of heap pages), reports how names
+    shared by several modules were resolved, and returns the start of the integration-event
+    window (the server's now() minus I(event_window_days)), fixed once for the run.
+  - C(bounds) (read-only) does the same without running the plan file.
+  - C(run) applies one chunk (pages I(lo) to I(hi), I(hi) excluded) with the batch SQL file,
+    batch by batch, adapting the batch to take about I(target_batch_ms).
 options:
-  action: {type: str, required: true, choices: [bounds, run]}
+  action: {type: str, required: true, choices: [plan, bounds, run]}
   plan_table: {type: str, default: migration_ledger.phase3_override_plan}
+  plan_file: {type: path}
   batch_file: {type: path}
   chunk_rows: {type: int, default: 100000}
-  lo: {type: str}
-  hi: {type: str}
-  batch_size: {type: int, default: 2000}
-  min_batch_size: {type: int, default: 200}
-  max_batch_size: {type: int, default: 50000}
-  target_batch_ms: {type: int, default: 200}
+  event_window_days: {type: int, default: 7}
+  lo: {type: int, description: first heap page of the chunk}
+  hi: {type: int, description: heap page after the chunk}
+  rows: {type: int, description: plan rows in the chunk (sizes the first batch)}
+  batch_size: {type: int, default: 1000, description: rows in the first batch}
+  min_batch_size: {type: int, default: 100}
+  max_batch_size: {type: int, default: 20000}
+  target_batch_ms: {type: int, default: 25}
 """
 
+import re
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -32,121 +44,168 @@ from ansible.module_utils.pgmigrate import (
     LOCK_ARGS,
     MigrationError,
     connect,
-    fetch_dicts,
     json_safe,
-    render,
+    split_statements,
     with_lock_retry,
 )
 
+STATS = ("planned", "ambiguous", "ambiguous_resolved_by_installation",
+         "ambiguous_resolved_by_oldest_listing", "with_installation")
 
-def bounds(conn, plan: str, chunk_rows: int) -> dict:
-    # uuid has no min()/max(); its text form in the C collation sorts like the uuid itself.
+
+def run_plan(conn, plan_file: str, lock: dict) -> int:
+    with open(plan_file, encoding="utf-8") as handle:
+        sql = handle.read()
+
+    def work(cur):
+        cur.execute(sql)
+        return 0
+
+    _, retries = with_lock_retry(conn, work, lock, transactional=True)
+    return retries
+
+
+def bounds(conn, plan: str, chunk_rows: int, window_days: int) -> dict:
+    """Chunks of about chunk_rows plan rows, as ranges of heap pages [lo, hi)."""
     with conn.cursor() as cur:
-        stats = fetch_dicts(cur, f"""
-            SELECT count(*) AS planned,
-                   count(*) FILTER (WHERE candidates > 1) AS ambiguous,
-                   count(*) FILTER (WHERE chosen_by = 'installed') AS ambiguous_resolved_by_installation,
-                   count(*) FILTER (WHERE chosen_by = 'oldest_listing') AS ambiguous_resolved_by_oldest_listing,
-                   count(*) FILTER (WHERE installation_id IS NOT NULL) AS with_installation
-              FROM {plan}""")[0]
-        chunks = fetch_dicts(cur, f"""
-            SELECT min(override_id::text COLLATE "C") AS lo, max(override_id::text COLLATE "C") AS hi,
-                   count(*) AS rows
-              FROM (SELECT override_id,
-                           (row_number() OVER (ORDER BY override_id) - 1) / %s AS chunk
-                      FROM {plan}) s
-             GROUP BY chunk ORDER BY chunk""", (chunk_rows,))
+        cur.execute(f"""
+            SELECT (planned_ctid::text::point)[0]::bigint AS page,
+                   count(*),
+                   count(*) FILTER (WHERE candidates > 1),
+                   count(*) FILTER (WHERE chosen_by = 'installed'),
+                   count(*) FILTER (WHERE chosen_by = 'oldest_listing'),
+                   count(*) FILTER (WHERE installation_id IS NOT NULL)
+              FROM {plan}
+             GROUP BY 1 ORDER BY 1""")
+        pages = cur.fetchall()
+        cur.execute("SELECT (now() - make_interval(days => %s))::text", (window_days,))
+        since = cur.fetchone()[0]
     conn.rollback()
+    stats = dict.fromkeys(STATS, 0)
+    chunks: list[dict] = []
+    current: dict | None = None
+    for page, *counts in pages:
+        for key, value in zip(STATS, counts, strict=True):
+            stats[key] += value
+        if current is None or current["rows"] >= chunk_rows:
+            current = {"lo": page, "hi": page + 1, "rows": 0}
+            chunks.append(current)
+        current["hi"] = page + 1
+        current["rows"] += counts[0]
     done = 0
     for number, chunk in enumerate(chunks, 1):
         done += chunk["rows"]
         chunk.update(number=number, rows_through=done)
-    return {"stats": stats, "chunks": json_safe(chunks), "total": stats["planned"]}
+    return {"stats": stats, "chunks": chunks, "total": stats["planned"], "events_since": since}
 
 
-def next_batch(conn, plan: str, after: str | None, lo: str, hi: str, size: int):
+# The batch file's :'lo' and :'hi', as the prepared statement's parameters.
+BOUND = re.compile(r":'(lo|hi)'")
+
+
+def prepare_batch(conn, batch_file: str) -> None:
+    """Prepare the batch statement once per session: every batch then skips parsing and
+    planning. JIT compilation, worth it for long queries, only slows short batches down."""
+    with open(batch_file, encoding="utf-8") as handle:
+        statements = split_statements(handle.read())
+    if len(statements) != 1:
+        raise MigrationError(f"{batch_file} must hold exactly one statement, not {len(statements)}")
+    statement = BOUND.sub(lambda m: "$1" if m.group(1) == "lo" else "$2", statements[0])
     with conn.cursor() as cur:
-        cur.execute(
-            f"""SELECT min(override_id::text COLLATE "C"), max(override_id::text COLLATE "C"),
-                       count(*)
-                  FROM (SELECT override_id FROM {plan}
-                         WHERE override_id BETWEEN %(lo)s AND %(hi)s
-                           AND (%(after)s::uuid IS NULL OR override_id > %(after)s::uuid)
-                         ORDER BY override_id LIMIT %(size)s) s""",
-            {"lo": lo, "hi": hi, "after": after, "size": size})
-        row = cur.fetchone()
-    conn.rollback()
-    return row
+        cur.execute("SET jit = off")
+        cur.execute(f"PREPARE pgmigrate_link_batch(text, text) AS {statement}")
+    conn.commit()
 
 
 def run_chunk(conn, p: dict, lock: dict) -> dict:
-    with open(p["batch_file"], encoding="utf-8") as handle:
-        template = handle.read()
-    size, after = p["batch_size"], None
-    updated = batches = retries = 0
+    prepare_batch(conn, p["batch_file"])
+    lo, hi = p["lo"], p["hi"]
+    per_page = max(1.0, (p["rows"] or 0) / max(1, hi - lo))
+    # Batches are ranges of pages; sizes are kept in rows for the operator's settings.
+    pages = max(1, round(p["batch_size"] / per_page))
+    min_pages = max(1, int(p["min_batch_size"] / per_page))
+    max_pages = max(min_pages, int(p["max_batch_size"] / per_page))
+    target = p["target_batch_ms"] / 1000.0
+    linked = restated = batches = retries = 0
+    durations: list[float] = []
     started = time.monotonic()
-    slowest = 0.0
-    while True:
-        first, last, count = next_batch(conn, p["plan_table"], after, p["lo"], p["hi"], size)
-        if not count:
-            break
-        sql = render(template, {"lo": first, "hi": last})
+    page = lo
+    while page < hi:
+        end = min(hi, page + pages)
         t0 = time.monotonic()
 
-        def work(cur, sql=sql):
-            cur.execute(sql)
-            return cur.rowcount
+        def work(cur, bounds=(f"({page},0)", f"({end},0)")):
+            cur.execute("EXECUTE pgmigrate_link_batch(%s, %s)", bounds)
+            return cur.fetchone()
 
-        rows, tries = with_lock_retry(conn, work, lock, transactional=True)
+        (rows, fixed), tries = with_lock_retry(conn, work, lock, transactional=True)
         elapsed = max(time.monotonic() - t0, 1e-4)
-        slowest = max(slowest, elapsed)
-        updated += rows
+        durations.append(elapsed)
+        linked += rows
+        restated += fixed
         batches += 1
         retries += tries
-        after = last
-        # Aim every batch at target_batch_ms: halve or double at most per step.
-        factor = min(2.0, max(0.5, p["target_batch_ms"] / 1000.0 / elapsed))
-        size = int(min(p["max_batch_size"], max(p["min_batch_size"], size * factor)))
+        page = end
+        # Aim every batch at target_batch_ms: at most halve or double per step. A batch that
+        # waited for a lock says nothing about its size: keep the size.
+        if not tries:
+            factor = min(2.0, max(0.5, target / elapsed))
+            pages = int(min(max_pages, max(min_pages, round(pages * factor))))
     seconds = time.monotonic() - started
-    return {"rows": updated, "batches": batches, "lock_retries": retries,
-            "seconds": round(seconds, 3), "slowest_batch_s": round(slowest, 3),
-            "rows_per_second": int(updated / seconds) if seconds > 0 else updated,
-            "next_batch_size": size}
+    durations.sort()
+    return {"rows": linked, "restated": restated, "batches": batches, "lock_retries": retries,
+            "seconds": round(seconds, 3),
+            "batch_ms_p50": round(1000 * durations[len(durations) // 2], 1) if durations else 0,
+            "slowest_batch_ms": round(1000 * durations[-1], 1) if durations else 0,
+            "rows_per_second": int(linked / seconds) if seconds > 0 else linked,
+            "next_batch_pages": pages}
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            action=dict(type="str", required=True, choices=["bounds", "run"]),
+            action=dict(type="str", required=True, choices=["plan", "bounds", "run"]),
             plan_table=dict(type="str", default="migration_ledger.phase3_override_plan"),
+            plan_file=dict(type="path"),
             batch_file=dict(type="path"),
             chunk_rows=dict(type="int", default=100000),
-            lo=dict(type="str"),
-            hi=dict(type="str"),
-            batch_size=dict(type="int", default=2000),
-            min_batch_size=dict(type="int", default=200),
-            max_batch_size=dict(type="int", default=50000),
-            target_batch_ms=dict(type="int", default=200),
+            event_window_days=dict(type="int", default=7),
+            lo=dict(type="int"),
+            hi=dict(type="int"),
+            rows=dict(type="int"),
+            batch_size=dict(type="int", default=1000),
+            min_batch_size=dict(type="int", default=100),
+            max_batch_size=dict(type="int", default=20000),
+            target_batch_ms=dict(type="int", default=25),
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
-        required_if=[("action", "run", ["batch_file", "lo", "hi"])],
+        required_if=[("action", "plan", ["plan_file"]),
+                     ("action", "run", ["batch_file", "lo", "hi"])],
         supports_check_mode=True,
     )
     p = module.params
-    if p["action"] == "run" and module.check_mode:
-        module.exit_json(changed=True, msg=f"would link overrides {p['lo']} to {p['hi']}")
+    if module.check_mode and p["action"] == "plan":
+        module.exit_json(changed=True, msg=f"would run {p['plan_file']} and split the plan into chunks",
+                         chunks=[], total=0, stats={})
+    if module.check_mode and p["action"] == "run":
+        module.exit_json(changed=True, msg=f"would link the overrides planned on pages {p['lo']} to {p['hi']}")
+    lock = {k: p[k] for k in LOCK_ARGS}
     try:
         conn = connect(p, "pgmigrate-backfill")
         try:
-            if p["action"] == "bounds":
-                module.exit_json(changed=False, **bounds(conn, p["plan_table"], p["chunk_rows"]))
-            result = run_chunk(conn, p, {k: p[k] for k in LOCK_ARGS})
+            if p["action"] == "run":
+                result = run_chunk(conn, p, lock)
+                module.exit_json(changed=result["rows"] > 0, **result)
+            retries = run_plan(conn, p["plan_file"], lock) if p["action"] == "plan" else 0
+            result = bounds(conn, p["plan_table"], p["chunk_rows"], p["event_window_days"])
         finally:
             conn.close()
     except MigrationError as exc:
         module.fail_json(msg=str(exc))
-    module.exit_json(changed=result["rows"] > 0, **result)
+    except Exception as exc:  # noqa: BLE001 - psycopg2.Error and friends: name the step
+        module.fail_json(msg=f"phase 3 backfill ({p['action']}) failed: {str(exc).strip()}")
+    module.exit_json(changed=p["action"] == "plan", lock_retries=retries, **json_safe(result))
 
 
 if __name__ == "__main__":

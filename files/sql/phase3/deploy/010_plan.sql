@@ -6,8 +6,21 @@
 -- app_name, prefer one the override's client has installed (its newest installation); otherwise
 -- the oldest listing (created_at, then id). chosen_by records which rule decided.
 -- Rerunnable: overrides already planned keep their plan (and their recorded old values).
+--
+-- planned_ctid is where the override was when it was planned: the plan is laid out in the
+-- table's physical order and the backfill walks it page range by page range, so each batch
+-- touches a few contiguous pages of both tables instead of a thousand scattered ones. It is a
+-- locality hint only: an override the application moved since (an UPDATE writes a new row
+-- version elsewhere) is found by its id.
+--
+-- One transaction: the plan is created whole or not at all. The indexes are built after the
+-- rows are in (a sorted build instead of a million random inserts); the sort and the joins get
+-- the memory to run without spilling to disk.
+SET LOCAL work_mem = '256MB';
+SET LOCAL maintenance_work_mem = '256MB';
+
 CREATE TABLE IF NOT EXISTS migration_ledger.phase3_override_plan (
-    override_id          uuid PRIMARY KEY,
+    override_id          uuid NOT NULL,
     module_id            uuid NOT NULL,
     installation_id      uuid,
     new_status           varchar(50) NOT NULL,
@@ -15,11 +28,20 @@ CREATE TABLE IF NOT EXISTS migration_ledger.phase3_override_plan (
     old_installation_id  uuid,
     old_status           varchar(50),
     candidates           integer NOT NULL,
-    chosen_by            text NOT NULL CHECK (chosen_by IN ('unique', 'installed', 'oldest_listing'))
+    chosen_by            text NOT NULL CHECK (chosen_by IN ('unique', 'installed', 'oldest_listing')),
+    planned_ctid         tid
 );
+-- A plan table made before planned_ctid existed: add it, and locate its overrides.
+ALTER TABLE migration_ledger.phase3_override_plan ADD COLUMN IF NOT EXISTS planned_ctid tid;
+UPDATE migration_ledger.phase3_override_plan AS p
+   SET planned_ctid = cao.ctid
+  FROM client_app_overrides AS cao
+ WHERE p.planned_ctid IS NULL AND cao.id = p.override_id;
 
+-- One row per override: within this statement's snapshot an override's ctid identifies it, and
+-- ordering by it writes the plan in the table's physical order.
 INSERT INTO migration_ledger.phase3_override_plan
-SELECT DISTINCT ON (cao.id)
+SELECT DISTINCT ON (cao.ctid)
        cao.id,
        mm.id,
        mi.id,
@@ -30,13 +52,29 @@ SELECT DISTINCT ON (cao.id)
        n.candidates,
        CASE WHEN n.candidates = 1 THEN 'unique'
             WHEN mi.id IS NOT NULL THEN 'installed'
-            ELSE 'oldest_listing' END
+            ELSE 'oldest_listing' END,
+       cao.ctid
 FROM client_app_overrides cao
 JOIN marketplace_modules mm ON mm.name = cao.app_name
 JOIN (SELECT name, count(*)::integer AS candidates FROM marketplace_modules GROUP BY name) n
   ON n.name = cao.app_name
 LEFT JOIN module_installations mi ON mi.module_id = mm.id AND mi.tenant_id = cao.client_id
 WHERE NOT EXISTS (SELECT 1 FROM migration_ledger.phase3_override_plan p WHERE p.override_id = cao.id)
-ORDER BY cao.id, (mi.id IS NULL), mm.created_at, mm.id, mi.installed_at DESC, mi.id;
+ORDER BY cao.ctid, (mi.id IS NULL), mm.created_at, mm.id, mi.installed_at DESC, mi.id;
+
+-- The plan's key (a rerun's NOT EXISTS above, the rollback's joins) and the backfill's range
+-- index. The table is the migration's own, new in this transaction when they are built, and
+-- never read by the application.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                    WHERE conrelid = 'migration_ledger.phase3_override_plan'::regclass
+                      AND contype = 'p') THEN
+        ALTER TABLE migration_ledger.phase3_override_plan ADD PRIMARY KEY (override_id);
+    END IF;
+END
+$$;
+CREATE INDEX IF NOT EXISTS phase3_override_plan_ctid_idx
+    ON migration_ledger.phase3_override_plan (planned_ctid);
 
 ANALYZE migration_ledger.phase3_override_plan;

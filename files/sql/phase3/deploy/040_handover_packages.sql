@@ -2,6 +2,11 @@
 -- client's onboarding workflow. installed_modules lists the client's installations;
 -- module_configurations maps each app override (by app_name) to its linkage and settings state.
 -- Guarded: a client that already has a package for that workflow gets no second one.
+
+-- Fresh statistics first: the workflows (030) were just inserted, and this statement joins them
+-- and checks its foreign key against them.
+ANALYZE orchestration_workflows;
+
 WITH inserted AS (
     INSERT INTO handover_packages
         (client_id, workflow_id, package_name, installed_modules, module_configurations)
