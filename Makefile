@@ -45,7 +45,7 @@ lint: venv
 	ruff check .
 
 pytest: venv postgres
-	pytest -q tests
+	pytest -q -n 2 --dist loadfile tests
 
 molecule: venv postgres
 	@set -e; for s in $(SCENARIOS); do echo "== molecule test -s $$s"; molecule test -s $$s; done
