@@ -33,10 +33,13 @@ options:
   min_batch_size: {type: int, default: 100}
   max_batch_size: {type: int, default: 20000}
   target_batch_ms: {type: int, default: 25}
+  workers: {type: int, default: 2, description: sessions linking a chunk side by side}
 """
 
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pgmigrate import (
@@ -117,20 +120,17 @@ def prepare_batch(conn, batch_file: str) -> None:
     conn.commit()
 
 
-def run_chunk(conn, p: dict, lock: dict) -> dict:
+def link_range(conn, p: dict, lock: dict, lo: int, hi: int, per_page: float, stop: threading.Event) -> dict:
+    """One session's share of a chunk: pages lo to hi (excluded), batch by batch."""
     prepare_batch(conn, p["batch_file"])
-    lo, hi = p["lo"], p["hi"]
-    per_page = max(1.0, (p["rows"] or 0) / max(1, hi - lo))
     # Batches are ranges of pages; sizes are kept in rows for the operator's settings.
     pages = max(1, round(p["batch_size"] / per_page))
     min_pages = max(1, int(p["min_batch_size"] / per_page))
     max_pages = max(min_pages, int(p["max_batch_size"] / per_page))
     target = p["target_batch_ms"] / 1000.0
-    linked = restated = batches = retries = 0
-    durations: list[float] = []
-    started = time.monotonic()
+    done = {"rows": 0, "restated": 0, "batches": 0, "lock_retries": 0, "durations": []}
     page = lo
-    while page < hi:
+    while page < hi and not stop.is_set():
         end = min(hi, page + pages)
         t0 = time.monotonic()
 
@@ -140,25 +140,52 @@ def run_chunk(conn, p: dict, lock: dict) -> dict:
 
         (rows, fixed), tries = with_lock_retry(conn, work, lock, transactional=True)
         elapsed = max(time.monotonic() - t0, 1e-4)
-        durations.append(elapsed)
-        linked += rows
-        restated += fixed
-        batches += 1
-        retries += tries
+        done["durations"].append(elapsed)
+        done["rows"] += rows
+        done["restated"] += fixed
+        done["batches"] += 1
+        done["lock_retries"] += tries
         page = end
         # Aim every batch at target_batch_ms: at most halve or double per step. A batch that
         # waited for a lock says nothing about its size: keep the size.
         if not tries:
             factor = min(2.0, max(0.5, target / elapsed))
             pages = int(min(max_pages, max(min_pages, round(pages * factor))))
+    return done
+
+
+def run_chunk(p: dict, lock: dict) -> dict:
+    """Link a chunk with p['workers'] sessions, each on its own contiguous share of the pages:
+    they never touch the same override, so they never wait for each other."""
+    lo, hi = p["lo"], p["hi"]
+    per_page = max(1.0, (p["rows"] or 0) / max(1, hi - lo))
+    workers = max(1, min(p["workers"], hi - lo))
+    edges = [lo + (hi - lo) * n // workers for n in range(workers + 1)]
+    stop = threading.Event()
+
+    def share(n: int) -> dict:
+        conn = connect(p, "pgmigrate-backfill")
+        try:
+            return link_range(conn, p, lock, edges[n], edges[n + 1], per_page, stop)
+        except BaseException:
+            stop.set()  # the others finish their batch and stop: the chunk fails as a whole
+            raise
+        finally:
+            conn.close()
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = [f.result() for f in [pool.submit(share, n) for n in range(workers)]]
     seconds = time.monotonic() - started
-    durations.sort()
-    return {"rows": linked, "restated": restated, "batches": batches, "lock_retries": retries,
-            "seconds": round(seconds, 3),
+    durations = sorted(d for r in results for d in r["durations"])
+    linked = sum(r["rows"] for r in results)
+    return {"rows": linked, "restated": sum(r["restated"] for r in results),
+            "batches": sum(r["batches"] for r in results),
+            "lock_retries": sum(r["lock_retries"] for r in results),
+            "workers": workers, "seconds": round(seconds, 3),
             "batch_ms_p50": round(1000 * durations[len(durations) // 2], 1) if durations else 0,
             "slowest_batch_ms": round(1000 * durations[-1], 1) if durations else 0,
-            "rows_per_second": int(linked / seconds) if seconds > 0 else linked,
-            "next_batch_pages": pages}
+            "rows_per_second": int(linked / seconds) if seconds > 0 else linked}
 
 
 def main():
@@ -177,6 +204,7 @@ def main():
             min_batch_size=dict(type="int", default=100),
             max_batch_size=dict(type="int", default=20000),
             target_batch_ms=dict(type="int", default=25),
+            workers=dict(type="int", default=2),
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
@@ -192,11 +220,11 @@ def main():
         module.exit_json(changed=True, msg=f"would link the overrides planned on pages {p['lo']} to {p['hi']}")
     lock = {k: p[k] for k in LOCK_ARGS}
     try:
+        if p["action"] == "run":
+            result = run_chunk(p, lock)
+            module.exit_json(changed=result["rows"] > 0, **result)
         conn = connect(p, "pgmigrate-backfill")
         try:
-            if p["action"] == "run":
-                result = run_chunk(conn, p, lock)
-                module.exit_json(changed=result["rows"] > 0, **result)
             retries = run_plan(conn, p["plan_file"], lock) if p["action"] == "plan" else 0
             result = bounds(conn, p["plan_table"], p["chunk_rows"], p["event_window_days"])
         finally:
