@@ -64,6 +64,15 @@ bench-clone: venv postgres
 clean:
 	rm -rf .sandbox reports backups .pytest_cache .ruff_cache
 
+# The zero-downtime figure (issue 5): the strategy's procedure through psql against
+# migrate.yml -e phase=all, each on a fresh copy of 100,000 clients under application traffic;
+# prints the table and writes reports/bench-<time>.json and .png. BENCH_ARGS=--help for options.
+BENCH_ARGS ?=
+.PHONY: bench-migrate
+bench: bench-migrate
+bench-migrate: venv postgres
+	$(BIN)/python tools/bench/bench.py $(BENCH_ARGS)
+
 # The fleet figure: 8 databases of 10,000 clients, migrated with --forks 1 and --forks 4.
 bench-fleet: venv postgres
 	$(BIN)/python tools/bench/fleet.py $(BENCH_FLEET_ARGS)

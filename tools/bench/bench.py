@@ -1,0 +1,664 @@
+#!/usr/bin/env python3
+"""make bench: the strategy's procedure as written against migrate.yml, under application traffic.
+
+A benchmark, not a test: it prints figures and judges them against the targets of issue 5, and
+never runs in `make test`. In one go, on one throwaway cluster (tools/pgcluster.py), with the
+benchmark data set (files/sql/baseline/generate.sql at --scale clients; 100000 clients make
+1,005,000 overrides), each run on a fresh copy of the same seeded database and under the same
+workload (tools/bench/workload.py):
+
+  baseline  the workload alone, no migration: the p99 the migration is held to;
+  (a)       the strategy's procedure as written, through psql (tools/bench/strategy/): pg_dump
+            -F c -b -v and pg_restore --list, then phases 1 to 6, each phase one psql script in
+            autocommit; the strategy's elided parts are filled with our SQL (files/sql);
+  (b)       ansible-playbook playbooks/migrate.yml -e phase=all.
+
+Both sides run the same work: the same backup, the same SQL where the strategy elides it,
+and the same phase 6 (our validator's checks, the tenant-isolation sessions, and each
+cross-system query phase6_validate_query_runs times); (a) skips only the checks that read our
+ledger, which (a) does not have.
+
+It prints a table (wall time per phase and in total, worst application transaction, p99, errors,
+lock waits sampled from pg_locks and pg_stat_activity, the ratios of (b) to (a)), saves it as
+JSON under reports/ and draws reports/bench-<time>.png: application latency over time, phase
+boundaries marked, one panel per run. Exit status 1 when a run failed, or with --strict when a
+target is missed; 0 otherwise.
+
+    tools/bench/bench.py [--scale 100000] [--workers 4] [--think-ms 10] [--baseline-s 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import psycopg2.sql
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO / "plugins" / "module_utils"))
+sys.path.insert(0, str(HERE))
+
+import pgcluster  # noqa: E402
+from pgmigrate import split_statements  # noqa: E402
+from workload import APP_NAME, Traffic  # noqa: E402
+
+STRATEGY = HERE / "strategy"
+SQL = REPO / "files" / "sql"
+TEMPLATE = "bench_template"
+PHASES = ["1", "2", "3", "4", "5", "6"]
+PHASE_TITLES = {
+    "1": "validate + backup", "2": "schema", "3": "data", "4": "constraints",
+    "5": "access", "6": "validation",
+}
+TARGET_WORST_MS = 100.0
+TARGET_P99_FACTOR = 2.0
+TARGET_WALL_RATIO = 1.25
+
+
+# --- the cluster and the copies ---------------------------------------------------------------
+
+
+def admin(info: dict[str, Any]) -> Any:
+    conn = psycopg2.connect(host=info["host"], port=info["port"], user=info["user"],
+                            password=info["password"], dbname="postgres", connect_timeout=10)
+    conn.autocommit = True
+    return conn
+
+
+def execute(info: dict[str, Any], dbname: str, statement: str) -> list[tuple[Any, ...]]:
+    conn = psycopg2.connect(host=info["host"], port=info["port"], user=info["user"],
+                            password=info["password"], dbname=dbname, connect_timeout=10)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+            return list(cur.fetchall()) if cur.description else []
+    finally:
+        conn.close()
+
+
+def fresh_copy(info: dict[str, Any], name: str) -> dict[str, Any]:
+    """A copy of the seeded template, checkpointed so no run pays for another's writes."""
+    conn = admin(info)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(psycopg2.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                psycopg2.sql.Identifier(name)))
+            cur.execute(psycopg2.sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                psycopg2.sql.Identifier(name), psycopg2.sql.Identifier(TEMPLATE)))
+            cur.execute("CHECKPOINT")
+    finally:
+        conn.close()
+    return {**info, "dbname": name}
+
+
+def drop(info: dict[str, Any], name: str) -> None:
+    conn = admin(info)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(psycopg2.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                psycopg2.sql.Identifier(name)))
+    finally:
+        conn.close()
+
+
+def seed_template(info: dict[str, Any], scale: int) -> float:
+    started = time.monotonic()
+    if pgcluster.database_exists(info, TEMPLATE):
+        rows = execute(info, TEMPLATE, "SELECT count(*) FROM clients_enhanced")
+        if rows[0][0] == scale:
+            return 0.0
+        drop(info, TEMPLATE)
+    pgcluster.seed_database(info, TEMPLATE, scale)
+    # A production table has been vacuumed: hint bits and the visibility map are set.
+    execute(info, TEMPLATE, "VACUUM ANALYZE")
+    return time.monotonic() - started
+
+
+# --- (a): the strategy through psql -------------------------------------------------------------
+
+
+def role_default(role: str, name: str) -> Any:
+    return yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())[name]
+
+
+def strategy_phase6(workdir: Path, query_runs: int) -> Path:
+    """(a)'s phase 6, the way ours runs it: our validator's checks (those that need our ledger
+    left out), tenant isolation as two authenticated sessions, and each cross-system query
+    query_runs times."""
+    lines = ["-- (a) phase 6, generated by tools/bench/bench.py from files/sql/phase6/verify."]
+    checks = (SQL / "phase6" / "verify" / "checks.sql").read_text()
+    lines += [s + ";" for s in split_statements(checks) if "migration_ledger" not in s]
+    lines += [
+        "SELECT client_id AS c1 FROM handover_packages GROUP BY client_id ORDER BY client_id LIMIT 1 \\gset",
+        "SELECT client_id AS c2 FROM handover_packages GROUP BY client_id ORDER BY client_id "
+        "OFFSET 1 LIMIT 1 \\gset",
+    ]
+    for var in ("c1", "c2"):
+        claims = "json_build_object('role', 'authenticated', 'app_metadata', " \
+                 f"json_build_object('client_id', :'{var}'))::text"
+        lines += [
+            "BEGIN;",
+            f"SELECT set_config('request.jwt.claims', {claims}, true);",
+            "SET LOCAL ROLE authenticated;",
+        ]
+        for relation in ("orchestration_workflows", "handover_packages", "unified_client_dashboard"):
+            lines.append(f"SELECT count(*) FILTER (WHERE client_id = :'{var}'), "
+                         f"count(*) FILTER (WHERE client_id <> :'{var}') FROM {relation};")
+        lines += [f"UPDATE orchestration_workflows SET status = status WHERE client_id <> :'{var}';",
+                  "ROLLBACK;"]
+    queries = split_statements((SQL / "phase6" / "verify" / "cross_system_queries.sql").read_text())
+    for query in queries:
+        lines += [query + ";"] * query_runs
+    path = workdir / "phase6.sql"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class ProcedureFailed(RuntimeError):
+    """A run that failed part way; what it did until then is kept for the table."""
+
+    def __init__(self, message: str, spans: dict[str, list[float]], steps: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.spans = spans
+        self.steps = steps
+
+
+def pg_env(db: dict[str, Any]) -> dict[str, str]:
+    return {**os.environ, "PGHOST": db["host"], "PGPORT": str(db["port"]), "PGUSER": db["user"],
+            "PGPASSWORD": db["password"], "PGDATABASE": db["dbname"], "PGAPPNAME": "bench-strategy"}
+
+
+def run_strategy(db: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """(a). Returns the phase spans (wall clock) and what each step took."""
+    env = pg_env(db)
+    log = workdir / "strategy.log"
+    psql = [pgcluster.find_pg_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", os.devnull]
+    claim_path = "{" + ",".join(role_default("migration", "migration_tenant_claim_path")) + "}"
+    phase6 = strategy_phase6(workdir, int(role_default("phase6_validate", "phase6_validate_query_runs")))
+    spans: dict[str, list[float]] = {}
+    steps: dict[str, Any] = {}
+
+    def step(name: str, cmd: list[str]) -> str:
+        started = time.time()
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        steps[name] = round(time.time() - started, 3)
+        with log.open("a") as handle:
+            handle.write(f"$ {' '.join(cmd)}  # {steps[name]} s\n{result.stderr}\n")
+        if result.returncode != 0:
+            raise ProcedureFailed(f"{name} failed ({result.returncode}): {result.stderr[-1500:]}", spans, steps)
+        return result.stdout
+
+    dump = workdir / "backup_pre_migration.dump"
+    started = time.time()
+    step("pg_dump", [pgcluster.find_pg_bin("pg_dump"), "-F", "c", "-b", "-v", "-f", str(dump)])
+    listed = step("pg_restore --list", [pgcluster.find_pg_bin("pg_restore"), "--list", str(dump)])
+    steps["backup_toc_lines"] = len(listed.splitlines())
+    step("phase 1 SQL", [*psql, "-f", str(STRATEGY / "phase1.sql")])
+    spans["1"] = [started, time.time()]
+    for phase in ("2", "3", "4", "5"):
+        started = time.time()
+        step(f"phase {phase} SQL",
+             [*psql, "-v", f"claim_path={claim_path}", "-f", str(STRATEGY / f"phase{phase}.sql")])
+        spans[phase] = [started, time.time()]
+    started = time.time()
+    since = execute(db, db["dbname"], "SELECT (now() - interval '7 days')::text")[0][0]
+    step("phase 6 validator + queries", [*psql, "-v", f"events_since={since}", "-f", str(phase6)])
+    spans["6"] = [started, time.time()]
+    dump.unlink(missing_ok=True)
+    return {"spans": spans, "steps": steps}
+
+
+# --- (b): migrate.yml -e phase=all ------------------------------------------------------------------
+
+
+def run_playbook(db: dict[str, Any], workdir: Path, repo: Path, extra_vars: dict[str, Any]) -> dict[str, Any]:
+    """(b). Phase spans come from the ledger: each phase's recorded start and finish."""
+    inventory = {"all": {"children": {"databases": {"hosts": {"bench": {
+        "migration_db_host": db["host"], "migration_db_port": int(db["port"]),
+        "migration_db_name": db["dbname"], "migration_db_user": db["user"],
+        "migration_db_password": db["password"], "migration_env": "local",
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}}}
+    (workdir / "hosts.yml").write_text(json.dumps(inventory))
+    extra = {"phase": "all", "migration_backup_dir": str(workdir / "backups"),
+             "migration_report_dir": str(workdir / "reports"), **extra_vars}
+    (workdir / "extra.json").write_text(json.dumps(extra))
+    playbook = shutil.which("ansible-playbook", path=str(Path(sys.executable).parent)) or "ansible-playbook"
+    env = {**os.environ, "ANSIBLE_CONFIG": str(repo / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_RETRY_FILES_ENABLED": "0",
+           # Each task's duration in the saved log: where (b)'s time goes.
+           "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks", "PROFILE_TASKS_SORT_ORDER": "none",
+           "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "all",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = workdir / "migrate.log"
+    with log.open("w") as handle:
+        result = subprocess.run(
+            [playbook, "-i", str(workdir / "hosts.yml"), "-e", f"@{workdir / 'extra.json'}",
+             str(repo / "playbooks" / "migrate.yml")],
+            cwd=repo, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False)
+    rows: list[tuple[Any, ...]] = []
+    if pgcluster_table_exists(db, "migration_ledger.history"):
+        rows = execute(db, db["dbname"], """
+            SELECT phase, extract(epoch FROM started_at), extract(epoch FROM finished_at), status, details
+              FROM migration_ledger.history
+             WHERE direction = 'apply' AND finished_at IS NOT NULL ORDER BY id""")
+    spans = {phase: [float(start), float(end)] for phase, start, end, _, _ in rows}
+    details = {phase: d for phase, _, _, _, d in rows}
+    phase3 = details.get("3", {})
+    steps: dict[str, Any] = {key: phase3.get(key) for key in (
+        "overrides_linked", "backfill_batches", "backfill_seconds", "slowest_batch_ms", "lock_retries")
+        if key in phase3}
+    steps["phases"] = {phase: status for phase, _, _, status, _ in rows}
+    steps["ansible"] = task_profile(log.read_text())
+    if result.returncode != 0:
+        failed = [line.strip() for line in log.read_text().splitlines() if "msg:" in line or "[ERROR]" in line]
+        raise ProcedureFailed(f"migrate.yml failed ({result.returncode}): {' / '.join(failed[-3:])}",
+                              spans, steps)
+    return {"spans": spans, "steps": steps}
+
+
+def pgcluster_table_exists(db: dict[str, Any], name: str) -> bool:
+    return bool(execute(db, db["dbname"], f"SELECT to_regclass('{name}') IS NOT NULL")[0][0])
+
+
+PROFILE_LINE = re.compile(r"^(?:(?P<role>[\w.]+) : )?(?P<task>.+?) -{3,} (?P<seconds>[\d.]+)s$")
+
+
+def task_profile(log: str) -> dict[str, Any]:
+    """Where (b)'s time goes, from ansible.posix.profile_tasks' lines: tasks and seconds per role
+    (tasks outside a role, the includes in the playbook, under '(playbook)')."""
+    by_role: dict[str, list[float]] = {}
+    for line in log.splitlines():
+        match = PROFILE_LINE.match(line.strip())
+        if match and "PLAY RECAP" not in line:
+            entry = by_role.setdefault(match["role"] or "(playbook)", [0.0, 0])
+            entry[0] += float(match["seconds"])
+            entry[1] += 1
+    ordered = dict(sorted(by_role.items(), key=lambda kv: -kv[1][0]))
+    return {"tasks": int(sum(v[1] for v in ordered.values())),
+            "seconds": round(sum(v[0] for v in ordered.values()), 1),
+            "by_role": {k: {"seconds": round(v[0], 1), "tasks": int(v[1])} for k, v in ordered.items()}}
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+Transaction = tuple[float, float, str, "str | None"]
+
+
+@dataclass
+class Run:
+    """One recording: traffic from before the procedure started until after it ended."""
+
+    name: str
+    t0: float = 0.0
+    t1: float = 0.0
+    spans: dict[str, list[float]] = field(default_factory=dict)
+    steps: dict[str, Any] = field(default_factory=dict)
+    transactions: list[Transaction] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def wall(self) -> float:
+        return self.t1 - self.t0
+
+    def during(self, start: float, end: float) -> list[Transaction]:
+        """Transactions that ran at some point in [start, end]."""
+        return [t for t in self.transactions if t[0] <= end and t[0] + t[1] / 1000 >= start]
+
+    def lock_episodes(self) -> list[dict[str, Any]]:
+        """Lock waits seen by the sampler during the run, one per (session, wait start)."""
+        episodes: dict[tuple[Any, Any], dict[str, Any]] = {}
+        for s in self.samples:
+            if not self.t0 <= s["at"] <= self.t1:
+                continue
+            key = (s["pid"], s["wait_started"])
+            waited = float(s["waited_ms"] or 0)
+            if key not in episodes or waited > episodes[key]["waited_ms"]:
+                episodes[key] = {"application_name": s["application_name"], "mode": s["mode"],
+                                 "target": s["target"], "blocked_by": s["blocked_by"],
+                                 "waited_ms": round(waited, 1), "at_s": round(s["at"] - self.t0, 2),
+                                 "query": s["query"]}
+        return sorted(episodes.values(), key=lambda e: -e["waited_ms"])
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "error": self.error, "wall_s": round(self.wall, 2),
+                "spans_s": {p: [round(a - self.t0, 2), round(b - self.t0, 2)] for p, (a, b) in self.spans.items()},
+                "phase_wall_s": {p: round(b - a, 2) for p, (a, b) in self.spans.items()},
+                "app": app_stats([(self, self.t0, self.t1)]), "steps": self.steps,
+                "lock_waits": self.lock_episodes()[:10]}
+
+
+def app_stats(windows: list[tuple[Run, float, float]]) -> dict[str, Any]:
+    """Application transactions pooled over windows of runs: count, failures, worst, p50, p99."""
+    txs: list[tuple[Run, Transaction]] = [(run, t) for run, start, end in windows for t in run.during(start, end)]
+    latencies = [t[1] for _, t in txs]
+    errors: dict[str, int] = {}
+    for run, start, end in windows:
+        for t in run.during(start, end):
+            if t[3]:
+                errors[t[3]] = errors.get(t[3], 0) + 1
+    worst_run, worst = max(txs, key=lambda rt: rt[1][1]) if txs else (None, None)
+    return {"transactions": len(txs), "errors_total": sum(errors.values()), "errors": errors,
+            "worst_ms": round(worst[1], 1) if worst else None, "worst_op": worst[2] if worst else None,
+            "worst_at_s": round(worst[0] - worst_run.t0, 2) if worst else None,
+            "p50_ms": round(percentile(latencies, 50), 2), "p99_ms": round(percentile(latencies, 99), 2)}
+
+
+@dataclass
+class Side:
+    """All the runs of one side ((a), (b) or the baseline), over the rounds."""
+
+    name: str
+    label: str
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.runs) and all(r.error is None for r in self.runs)
+
+    @property
+    def wall(self) -> float:
+        return sum(r.wall for r in self.runs) / len(self.runs) if self.runs else float("nan")
+
+    def phase_wall(self, phase: str) -> float | None:
+        walls = [r.spans[phase][1] - r.spans[phase][0] for r in self.runs if phase in r.spans]
+        return sum(walls) / len(walls) if walls else None
+
+    def app(self, phase: str | None = None) -> dict[str, Any]:
+        if phase is None:
+            return app_stats([(r, r.t0, r.t1) for r in self.runs])
+        return app_stats([(r, *r.spans[phase]) for r in self.runs if phase in r.spans])
+
+    def locks(self) -> dict[str, Any]:
+        found = sorted((e for r in self.runs for e in r.lock_episodes()), key=lambda e: -e["waited_ms"])
+        app = [e for e in found if e["application_name"] == APP_NAME]
+        other = [e for e in found if e["application_name"] != APP_NAME]
+        return {"app_episodes": len(app), "app_max_ms": app[0]["waited_ms"] if app else 0.0,
+                "migration_episodes": len(other), "migration_max_ms": other[0]["waited_ms"] if other else 0.0,
+                "samples": sum(len([s for s in r.samples if r.t0 <= s["at"] <= r.t1]) for r in self.runs),
+                "longest": found[:10]}
+
+    def without_phase6(self) -> float | None:
+        six = self.phase_wall("6")
+        return None if six is None else self.wall - six
+
+    def summary(self) -> dict[str, Any]:
+        phases = {p: {"wall_s": round(w, 2), **{k: self.app(p)[k] for k in ("worst_ms", "p99_ms")}}
+                  for p in PHASES if (w := self.phase_wall(p)) is not None}
+        if phases:
+            phases["other"] = {"wall_s": round(self.wall - sum(v["wall_s"] for v in phases.values()), 2)}
+        return {"label": self.label, "ok": self.ok, "rounds": len(self.runs), "wall_s": round(self.wall, 2),
+                "phases": phases, "app": self.app(), "locks": self.locks(),
+                "errors": [r.error for r in self.runs if r.error]}
+
+
+def measure(name: str, label: str, info: dict[str, Any], args: argparse.Namespace, workdir: Path,
+            procedure: Any) -> Run:
+    run = Run(name)
+    db = fresh_copy(info, f"bench_{name}")
+    print(f"bench: {label}: traffic on a fresh copy ...", flush=True)
+    traffic = Traffic(db, workers=args.workers, think_ms=args.think_ms, scale=args.scale).start()
+    try:
+        time.sleep(args.lead_s)
+        run.t0 = time.time()
+        if procedure is None:
+            time.sleep(args.baseline_s)
+        else:
+            try:
+                result = procedure(db, workdir)
+                run.spans, run.steps = result["spans"], result["steps"]
+            except ProcedureFailed as exc:
+                run.spans, run.steps, run.error = exc.spans, exc.steps, str(exc)
+                print(f"bench: {label} FAILED: {exc}", file=sys.stderr)
+        run.t1 = time.time()
+        time.sleep(args.tail_s)
+    finally:
+        run.transactions, run.samples = traffic.stop()
+        drop(info, db["dbname"])
+    print(f"bench: {label}: {run.wall:.1f} s, {len(run.transactions)} application transactions", flush=True)
+    return run
+
+
+# --- the table ---------------------------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float | int) else str(value)
+
+
+def ratio(b: Any, a: Any) -> str:
+    try:
+        return f"{b / a:.2f}x" if a and not math.isnan(b / a) else "-"
+    except TypeError:
+        return "-"
+
+
+def judge(base: Side, a: Side, b: Side) -> list[dict[str, Any]]:
+    ab, a0 = b.app(), base.app()
+    p99_limit = TARGET_P99_FACTOR * a0["p99_ms"]
+    wall_ratio = b.wall / a.wall if a.ok and b.ok else float("nan")
+    return [
+        {"target": "(b) zero failed application transactions", "observed": ab["errors_total"],
+         "met": b.ok and ab["errors_total"] == 0},
+        {"target": f"(b) worst application transaction < {TARGET_WORST_MS:.0f} ms",
+         "observed": f"{fmt(ab['worst_ms'])} ms", "met": b.ok and (ab["worst_ms"] or 0) < TARGET_WORST_MS},
+        {"target": f"(b) p99 <= {TARGET_P99_FACTOR:.0f}x the baseline p99 ({fmt(a0['p99_ms'], 2)} ms)",
+         "observed": f"{fmt(ab['p99_ms'], 2)} ms = {ratio(ab['p99_ms'], a0['p99_ms'])}",
+         "met": b.ok and ab["p99_ms"] <= p99_limit},
+        {"target": f"(b) total wall time <= {TARGET_WALL_RATIO}x (a)",
+         "observed": f"{b.wall:.1f} s / {a.wall:.1f} s = {wall_ratio:.2f}x",
+         "met": wall_ratio <= TARGET_WALL_RATIO},
+    ]
+
+
+def table(base: Side, a: Side, b: Side, targets: list[dict[str, Any]]) -> str:
+    sa, sb = a.summary(), b.summary()
+    width = 26
+    rounds = max(len(a.runs), len(b.runs))
+    head = f"{'':<{width}} {'(a) strategy, psql':>28} | {'(b) migrate.yml phase=all':>28} | {'b/a':>6}"
+    cols = f"{'wall s':>8} {'worst ms':>9} {'p99 ms':>9}"
+    sub = f"{'':<{width}} {cols} | {cols} | {'wall':>6}"
+    lines = [f"{rounds} round(s), walls are means; worst and p99 over every round's transactions",
+             head, sub, "-" * len(sub)]
+    for phase in [*PHASES, "other"]:
+        ra, rb = sa["phases"].get(phase, {}), sb["phases"].get(phase, {})
+        name = f"phase {phase} {PHASE_TITLES[phase]}" if phase != "other" else "between phases (ansible)"
+        lines.append(f"{name:<{width}} {fmt(ra.get('wall_s')):>8} {fmt(ra.get('worst_ms')):>9} "
+                     f"{fmt(ra.get('p99_ms'), 2):>9} | {fmt(rb.get('wall_s')):>8} {fmt(rb.get('worst_ms')):>9} "
+                     f"{fmt(rb.get('p99_ms'), 2):>9} | {ratio(rb.get('wall_s'), ra.get('wall_s')):>6}")
+    lines.append("-" * len(sub))
+    aa, ab, a0 = sa["app"], sb["app"], base.app()
+    lines.append(f"{'total':<{width}} {fmt(a.wall):>8} {fmt(aa['worst_ms']):>9} {fmt(aa['p99_ms'], 2):>9} | "
+                 f"{fmt(b.wall):>8} {fmt(ab['worst_ms']):>9} {fmt(ab['p99_ms'], 2):>9} | {ratio(b.wall, a.wall):>6}")
+    lines.append("")
+    la, lb = sa["locks"], sb["locks"]
+    rows = [
+        ("application transactions", aa["transactions"], ab["transactions"]),
+        ("failed transactions", aa["errors_total"], ab["errors_total"]),
+        ("worst transaction (op, at s)", f"{fmt(aa['worst_ms'])} ms ({aa['worst_op']}, {fmt(aa['worst_at_s'])})",
+         f"{fmt(ab['worst_ms'])} ms ({ab['worst_op']}, {fmt(ab['worst_at_s'])})"),
+        ("p50 / p99 ms", f"{fmt(aa['p50_ms'], 2)} / {fmt(aa['p99_ms'], 2)}",
+         f"{fmt(ab['p50_ms'], 2)} / {fmt(ab['p99_ms'], 2)}"),
+        ("p99 / baseline p99", ratio(aa["p99_ms"], a0["p99_ms"]), ratio(ab["p99_ms"], a0["p99_ms"])),
+        ("app lock waits: seen, max ms", f"{la['app_episodes']}, {fmt(la['app_max_ms'])}",
+         f"{lb['app_episodes']}, {fmt(lb['app_max_ms'])}"),
+        ("migration lock waits: seen, max", f"{la['migration_episodes']}, {fmt(la['migration_max_ms'])}",
+         f"{lb['migration_episodes']}, {fmt(lb['migration_max_ms'])}"),
+    ]
+    for name, va, vb in rows:
+        lines.append(f"{name:<{width + 6}} {str(va):>28} | {str(vb):>28}")
+    lines.append(f"baseline, no migration ({fmt(base.wall)} s x {len(base.runs)}): {a0['transactions']} transactions, "
+                 f"p50 {fmt(a0['p50_ms'], 2)} ms, p99 {fmt(a0['p99_ms'], 2)} ms, worst {fmt(a0['worst_ms'])} ms, "
+                 f"{a0['errors_total']} failed")
+    wa, wb = a.without_phase6(), b.without_phase6()
+    if wa is not None and wb is not None:
+        lines.append(f"without phase 6 (the same work on both sides): (a) {wa:.1f} s, (b) {wb:.1f} s, {ratio(wb, wa)}")
+    profiles = [r.steps["ansible"] for r in b.runs if r.steps.get("ansible")]
+    if profiles:
+        roles: dict[str, list[float]] = {}
+        for prof in profiles:
+            for role, v in prof["by_role"].items():
+                roles.setdefault(role, [0.0, 0])
+                roles[role][0] += v["seconds"] / len(profiles)
+                roles[role][1] += v["tasks"] / len(profiles)
+        top = ", ".join(f"{k} {v[0]:.0f} s/{v[1]:.0f}" for k, v in sorted(roles.items(), key=lambda kv: -kv[1][0])[:9])
+        tasks = sum(p["tasks"] for p in profiles) / len(profiles)
+        seconds = sum(p["seconds"] for p in profiles) / len(profiles)
+        lines.append(f"(b) ansible: {tasks:.0f} tasks, {seconds:.0f} s in tasks; seconds/tasks by role: {top}")
+    for side in (a, b):
+        for run in side.runs:
+            if run.error:
+                lines.append(f"{side.label} FAILED: {run.error[:300]}")
+    lines.append("")
+    for t in targets:
+        lines.append(f"[{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['observed']}")
+    return "\n".join(lines)
+
+
+def plot(sides: list[Side], path: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -r requirements.txt): no PNG"
+    shown = [(side, side.runs[0]) for side in sides if side.runs]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(14, 4.2 * len(shown)), squeeze=False)
+    colors = {"read": "tab:blue", "flip": "tab:red", "install": "tab:green", "dashboard": "tab:purple"}
+    for ax, (side, run) in zip(axes[:, 0], shown, strict=True):
+        for op, color in colors.items():
+            pts = [(t[0] - run.t0, t[1]) for t in run.transactions if t[2] == op and not t[3]]
+            if pts:
+                ax.scatter(*zip(*pts, strict=True), s=3, color=color, label=op, alpha=0.6, linewidths=0)
+        bad = [(t[0] - run.t0, t[1]) for t in run.transactions if t[3]]
+        if bad:
+            ax.scatter(*zip(*bad, strict=True), s=12, color="black", marker="x", label="failed")
+        for n, (phase, (start, end)) in enumerate(sorted(run.spans.items())):
+            ax.axvspan(start - run.t0, end - run.t0, color="0.85" if n % 2 else "0.93", zorder=0)
+            ax.text((start + end) / 2 - run.t0, 0.97 - 0.05 * (n % 2), f"phase {phase}",
+                    transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=8)
+        ax.axvline(0, color="0.3", linewidth=0.8)
+        ax.axvline(run.wall, color="0.3", linewidth=0.8)
+        ax.axhline(TARGET_WORST_MS, color="tab:orange", linestyle="--", linewidth=1, label="100 ms")
+        ax.set_yscale("log")
+        ax.set_ylabel("transaction latency, ms")
+        s = app_stats([(run, run.t0, run.t1)])
+        ax.set_title(f"{side.label} (round 1): {run.wall:.1f} s, worst {fmt(s['worst_ms'])} ms, "
+                     f"p99 {fmt(s['p99_ms'], 2)} ms, {s['errors_total']} failed"
+                     + (" - FAILED" if run.error else ""), fontsize=10)
+        ax.legend(loc="upper right", fontsize=7, markerscale=3, ncols=6)
+    axes[-1, 0].set_xlabel("seconds since the migration started")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def schedule(rounds: int) -> list[str]:
+    """The baseline, then (a) and (b) in ABBA order (a linear drift of the machine's load
+    cancels out of the means), then the baseline again when there is more than one round."""
+    order: list[str] = ["baseline"]
+    for n in range(rounds):
+        order += ["a", "b"] if n % 2 == 0 else ["b", "a"]
+    return order + (["baseline"] if rounds > 1 else [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=int, default=100000, help="clients (100000 -> 1,005,000 overrides)")
+    parser.add_argument("--rounds", type=int, default=1, help="(a)/(b) pairs, in ABBA order")
+    parser.add_argument("--workers", type=int, default=4, help="application connections")
+    parser.add_argument("--think-ms", type=float, default=10.0, help="mean pause between a connection's transactions")
+    parser.add_argument("--baseline-s", type=float, default=20.0, help="length of the traffic-only baseline")
+    parser.add_argument("--lead-s", type=float, default=3.0, help="traffic before each run starts")
+    parser.add_argument("--tail-s", type=float, default=3.0, help="traffic after each run ends")
+    parser.add_argument("--only", choices=["a", "b"], help="run one side only (with the baseline)")
+    parser.add_argument("--datadir", help="keep the cluster here between benches (default: a temporary one)")
+    parser.add_argument("--repo", default=str(REPO), help="the checkout whose migrate.yml (b) runs")
+    parser.add_argument("--out", default=str(REPO / "reports"), help="where the JSON and the PNG go")
+    parser.add_argument("--extra-vars", default="{}", help="JSON extra vars for (b), beyond phase=all")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+    extra_vars = json.loads(args.extra_vars)
+
+    base_dir = Path(tempfile.mkdtemp(prefix="pgmigrate-bench-"))
+    base_dir.chmod(0o711)
+    datadir = Path(args.datadir) if args.datadir else base_dir / "data"
+    started = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sides = {"baseline": Side("baseline", "baseline: traffic only"),
+             "a": Side("a", "(a) strategy via psql"),
+             "b": Side("b", "(b) migrate.yml -e phase=all")}
+    procedures = {"baseline": None, "a": run_strategy,
+                  "b": lambda db, wd: run_playbook(db, wd, Path(args.repo), extra_vars)}
+    try:
+        info = pgcluster.start_cluster(datadir, password="bench")
+        print(f"bench: cluster on port {info['port']}; seeding {args.scale} clients ...", flush=True)
+        seeded = seed_template(info, args.scale)
+        print(f"bench: template ready ({seeded:.0f} s)", flush=True)
+        for n, name in enumerate(s for s in schedule(args.rounds) if s in ("baseline", args.only or s)):
+            workdir = base_dir / "work" / f"{n:02d}-{name}"
+            workdir.mkdir(parents=True)
+            run = measure(name, sides[name].label, info, args, workdir, procedures[name])
+            sides[name].runs.append(run)
+            for log in sorted(workdir.glob("*.log")):
+                shutil.copy(log, out / f"bench-{started}-{n:02d}-{name}-{log.name}")
+    finally:
+        if not args.datadir:
+            pgcluster.destroy_cluster(datadir)
+        shutil.rmtree(base_dir, ignore_errors=True)
+    base, a, b = sides["baseline"], sides["a"], sides["b"]
+    targets = judge(base, a, b)
+    text = table(base, a, b, targets)
+    print()
+    print(text)
+    report = {
+        "started": started, "scale": args.scale, "rounds": args.rounds, "workers": args.workers,
+        "think_ms": args.think_ms, "extra_vars_b": extra_vars,
+        "host": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
+        "sides": {name: side.summary() for name, side in sides.items()},
+        "runs": [run.summary() for side in sides.values() for run in side.runs],
+        "ratios_b_over_a": {"wall": round(b.wall / a.wall, 3) if a.runs and b.runs else None,
+                            **{f"phase_{p}": round(wb / wa, 3) for p in PHASES
+                               if (wa := a.phase_wall(p)) and (wb := b.phase_wall(p)) is not None}},
+        "targets": targets, "table": text,
+    }
+    json_path = out / f"bench-{started}.json"
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    png_path = out / f"bench-{started}.png"
+    problem = plot([a, b], png_path)
+    print(f"\nbench: {json_path}" + (f"\nbench: {problem}" if problem else f"\nbench: {png_path}"))
+    failed = not all(side.ok for side in sides.values() if side.runs)
+    return 1 if failed or (args.strict and not all(t["met"] for t in targets)) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
