@@ -186,21 +186,21 @@ def test_migrate_killed_during_constraint_validation(stage_copy: dict[str, Any],
     assert_consistent(db)
 
 
-@pytest.mark.parametrize("stage_copy", [3], indirect=True)
+@pytest.mark.parametrize("stage_copy", [4], indirect=True)
 def test_migrate_killed_between_two_phases(stage_copy: dict[str, Any], tmp_path: Path) -> None:
-    """-e phase=all killed right after phase 4 was recorded: the rerun skips 1 to 4 and applies
-    5 and 6."""
+    """-e phase=all killed right after phase 5 was recorded: the rerun skips 1 to 5 and applies
+    6."""
     db = stage_copy
     run = Background(MIGRATE, db, {"phase": "all", **out_dirs_in(tmp_path)}, tmp_path / "killed")
     try:
-        wait_for(lambda: "4" in applied(db), "phase 4 to finish", run, every=0.02)
+        wait_for(lambda: "5" in applied(db), "phase 5 to finish", run, every=0.02)
         kill(run, db)
     finally:
         run.close()
-    assert applied(db) == ["1", "2", "3", "4"]
+    assert applied(db) == ["1", "2", "3", "4", "5"]
     again = run_playbook(MIGRATE, db, {"phase": "all", **out_dirs_in(tmp_path)})
     assert again.returncode == 0, playbook_output(again)
-    assert "phase 4 already applied" in again.stdout
+    assert "phase 5 already applied" in again.stdout
     assert applied(db) == ["1", "2", "3", "4", "5", "6"]
     assert_consistent(db)
 

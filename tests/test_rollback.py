@@ -36,6 +36,9 @@ from rollback_helpers import (
     phase3_content,
 )
 
+# The event window of the latest phase-3 apply.
+WINDOW_SQL = """SELECT details->>'events_since' FROM migration_ledger.history
+                 WHERE phase = '3' AND direction = 'apply' AND status = 'succeeded' ORDER BY id DESC LIMIT 1"""
 CATALOG_SECTIONS = ("schemas", "relations", "columns", "indexes", "constraints", "views", "policies",
                     "table_grants", "functions", "triggers", "extensions", "roles")
 
@@ -75,6 +78,7 @@ def test_data_rollback_then_rerun_reproduces_the_first_run(staged: Staged, copy:
     """-e phase=data leaves phases 4-6 and the whole schema applied, puts every override back
     exactly as it was before phase 3 and removes what phase 3 inserted; -e phase=3 afterwards
     gives the first run's result again."""
+    window = scalar(copy, WINDOW_SQL)
     result = rollback(copy, "data", tmp_path)
     assert result.returncode == 0, playbook_output(result)
     assert applied(copy) == ["1", "2", "4", "5", "6"]
@@ -94,6 +98,8 @@ def test_data_rollback_then_rerun_reproduces_the_first_run(staged: Staged, copy:
     again = run_playbook(MIGRATE, copy, {"phase": 3, **out_dirs_in(tmp_path)})
     assert again.returncode == 0, playbook_output(again)
     assert applied(copy) == ["1", "2", "3", "4", "5", "6"]
+    # Within the same migration the rerun reuses the event window of the run rolled back.
+    assert scalar(copy, WINDOW_SQL) == window
     assert phase3_content(copy) == staged.content
     assert_consistent(copy)
 
@@ -251,6 +257,7 @@ def test_every_phase_rolls_back_to_the_state_before_it(staged: Staged, tmp_path:
     rollback (one transaction) returns the database, the role included, to its pre-migration
     state, again. Rerunning a rollback changes nothing."""
     db = staged.db
+    window = scalar(db, WINDOW_SQL)
     for phase in range(6, 0, -1):
         result = rollback(db, phase, tmp_path)
         assert result.returncode == 0, playbook_output(result)
@@ -262,6 +269,8 @@ def test_every_phase_rolls_back_to_the_state_before_it(staged: Staged, tmp_path:
     again = run_playbook(MIGRATE, db, {"phase": "all", **staged.dirs})
     assert again.returncode == 0, playbook_output(again)
     assert applied(db) == ["1", "2", "3", "4", "5", "6"]
+    # A new migration (phase 1 applied again) fixes a new event window.
+    assert scalar(db, WINDOW_SQL) > window
     migrated = db_snapshot(db)
     assert snapshot_diff(catalog_only(staged.snapshots[6], False), catalog_only(migrated, False)) == []
     assert phase3_content(db) == staged.content
