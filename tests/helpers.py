@@ -73,6 +73,10 @@ def inventory_data(db: dict[str, Any], env_name: str = "local") -> dict[str, Any
         "migration_db_user": db["user"],
         "migration_db_password": db["password"],
         "migration_env": env_name,
+        # The suite runs two workers on shared, loaded machines: a probe 50 % slower than its
+        # baseline is load noise here, not the migration. The criterion itself is tested in
+        # tests/test_monitoring.py with its own values.
+        "migration_abort_degradation_pct": 1000,
         "ansible_connection": "local",
         "ansible_python_interpreter": sys.executable,
     }
