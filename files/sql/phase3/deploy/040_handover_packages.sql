@@ -2,6 +2,12 @@
 -- client's onboarding workflow. installed_modules lists the client's installations;
 -- module_configurations maps each app override (by app_name) to its linkage and settings state.
 -- Guarded: a client that already has a package for that workflow gets no second one.
+--
+-- It runs beside the backfill (020), not after it: the linkage phase 3 sets is in the plan
+-- (010). An override still holding the values the plan recorded before phase 3 is described
+-- with the values the backfill writes (the plan's module and installation, the status of its
+-- enabled); any other override (linked already, or changed by the application, which the
+-- backfill then leaves alone) with the values it holds.
 
 -- Fresh statistics first: the workflows (030) were just inserted, and this statement joins them
 -- and checks its foreign key against them.
@@ -20,11 +26,21 @@ WITH inserted AS (
                        FROM module_installations mi
                        JOIN marketplace_modules mm ON mm.id = mi.module_id
                       WHERE mi.tenant_id = c.id), '[]'::jsonb),
-           COALESCE((SELECT jsonb_object_agg(o.app_name, jsonb_build_object(
+           COALESCE((SELECT jsonb_object_agg(o.app_name, CASE
+                           WHEN p.override_id IS NOT NULL
+                            AND (o.marketplace_module_id, o.installation_id, o.activation_status)
+                                IS NOT DISTINCT FROM (p.old_module_id, p.old_installation_id, p.old_status)
+                           THEN jsonb_build_object(
+                                'enabled', o.enabled,
+                                'activation_status', CASE WHEN o.enabled THEN 'active' ELSE 'inactive' END,
+                                'marketplace_module_id', p.module_id,
+                                'installation_id', p.installation_id)
+                           ELSE jsonb_build_object(
                                 'enabled', o.enabled, 'activation_status', o.activation_status,
                                 'marketplace_module_id', o.marketplace_module_id,
-                                'installation_id', o.installation_id))
+                                'installation_id', o.installation_id) END)
                        FROM client_app_overrides o
+                       LEFT JOIN migration_ledger.phase3_override_plan p ON p.override_id = o.id
                       WHERE o.client_id = c.id), '{}'::jsonb)
       FROM clients_enhanced c
       JOIN orchestration_workflows ow
