@@ -145,3 +145,44 @@ def test_read_only_database(at_phase4: dict[str, Any], tmp_path: Path) -> None:
         lambda: run_playbook(ROLLBACK, at_phase4, {"phase": "all", **out_dirs_in(tmp_path)}),
         "read-only", ours=False,
     )
+
+
+# --- the plan's order rule, without a database ---------------------------------------------------
+
+
+def rollback_module() -> Any:
+    """plugins/modules/pgmigrate_rollback.py, importable outside Ansible."""
+    import importlib
+    import importlib.util
+    import sys
+
+    from helpers import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT / "plugins" / "module_utils"))
+    sys.modules.setdefault("ansible.module_utils.pgmigrate", importlib.import_module("pgmigrate"))
+    spec = importlib.util.spec_from_file_location("pgmigrate_rollback",
+                                                  REPO_ROOT / "plugins" / "modules" / "pgmigrate_rollback.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GRAPH = {str(n): {"requires": [str(r) for r in range(1, n)]} for n in range(1, 7)}
+
+
+@pytest.mark.parametrize(("targets", "present", "expected"), [
+    (["3"], ["1", "2", "3", "4", "5", "6"], "phase 3 cannot be rolled back while phase(s) 6, 5, 4 are applied"),
+    (["2"], ["1", "2", "4", "5", "6"], "phase 2 cannot be rolled back while phase(s) 6, 5, 4 are applied"),
+    (["6", "5"], ["1", "2", "3", "4", "5", "6"], None),
+    (["3", "2", "1"], ["1", "2", "3"], None),
+    (["4"], ["1", "2", "3", "4"], None),
+])
+def test_order_rule(targets: list[str], present: list[str], expected: str | None) -> None:
+    """A phase goes only when no present phase outside the selection depends on it; the refusal
+    names the phases and the order (phase 3 also names -e phase=data)."""
+    message = rollback_module().refuse_dependents(targets, present, GRAPH)
+    if expected is None:
+        assert message is None
+    else:
+        assert expected in message and "Nothing was changed" in message
+        assert ("-e phase=data" in message) == (targets == ["3"])

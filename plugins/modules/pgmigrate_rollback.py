@@ -66,7 +66,7 @@ from ansible.module_utils.pgmigrate import (
 )
 
 NOTICE = re.compile(r"pgmigrate: (\w+)=(.*)")
-LIST_KEYS = {"kept", "dropped", "note"}
+LIST_KEYS = {"kept", "dropped", "note", "done"}
 
 
 def phase_key(phase: str) -> int:
@@ -277,6 +277,7 @@ def run_group(conn, group: list[str], p: dict, files: dict, ids: dict, extra: di
 
     def work(cur):
         del conn.notices[:]
+        started = time.monotonic()
         out = {}
         for phase in group:
             rows = 0
@@ -290,6 +291,8 @@ def run_group(conn, group: list[str], p: dict, files: dict, ids: dict, extra: di
                         if isinstance(v, int) and (k.endswith("_deleted") or k.endswith("_reset")))
             rows += int(extra[phase].get("batches", {}).get("reset", 0))
             details = {**extra[phase], **notes}
+            # How long this transaction has held its locks so far (commit follows the last phase).
+            details["transaction_ms"] = round(1000 * (time.monotonic() - started), 1)
             details["summary"] = summarise(details)
             finish_record(cur, ids[phase], "succeeded", rows, details)
             out[phase] = {"rows": rows, **details}
@@ -311,6 +314,7 @@ def summarise(details: dict) -> str:
                if k.endswith("_deleted") and isinstance(v, int)]
     if deleted:
         parts.append("deleted the rows phase 3 inserted: " + ", ".join(deleted))
+    parts.extend(details.get("done", []))
     dropped = [d for d in details.get("dropped", []) if d]
     if dropped:
         parts.append("dropped " + ", ".join(dropped))

@@ -38,7 +38,9 @@ BEGIN
             GET DIAGNOSTICS n = ROW_COUNT;
             RAISE NOTICE 'pgmigrate: overrides_reset=%', n;
         END IF;
-        DELETE FROM migration_ledger.phase3_override_plan;
+        -- TRUNCATE: the migration's own table, read by nobody else; instant at any size, where
+        -- a DELETE would keep a full rollback's transaction (and its locks) open while it runs.
+        TRUNCATE migration_ledger.phase3_override_plan;
     END IF;
 
     -- Executions the application attached to our workflows go with them (ON DELETE CASCADE).
@@ -62,6 +64,11 @@ BEGIN
             RAISE NOTICE 'pgmigrate: %_deleted=%', item, n;
         END IF;
     END LOOP;
-    DELETE FROM migration_ledger.phase3_inserted;
+    SELECT count(*) INTO n FROM migration_ledger.phase3_inserted;
+    TRUNCATE migration_ledger.phase3_inserted;
+    IF phase2_follows THEN
+        RAISE NOTICE 'pgmigrate: done=cleared the linkage plan and the record of % inserted rows; the rows '
+                     'and the linkage go with the tables and columns phase 2 drops', n;
+    END IF;
 END
 $$;

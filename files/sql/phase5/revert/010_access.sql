@@ -5,6 +5,23 @@
 -- stay. One transaction, brief locks under the runner's lock_timeout. RESTRICT throughout: an
 -- application view on our views is named by the rollback's plan, never dropped with them.
 
+-- 0. The policies and row-level security lock the two tenant tables.
+-- An autovacuum of those tables would hold this step off: PostgreSQL cancels a (non-wraparound)
+-- autovacuum itself only once a conflicting lock request has waited deadlock_timeout (1 s), and
+-- our requests give up after lock_timeout (50 ms), attempt after attempt (after phase 3's
+-- writes, autovacuum is due). So we ask as PostgreSQL would (as the deploy steps do); an
+-- anti-wraparound vacuum (its query ends in "(to prevent wraparound)") is left alone, and
+-- without the right to signal autovacuum the step waits for it, as before.
+DO $$
+BEGIN
+    PERFORM pg_cancel_backend(a.pid)
+       FROM pg_stat_activity AS a
+      WHERE a.backend_type = 'autovacuum worker' AND a.datname = current_database()
+        AND a.query ~ '[ .](orchestration_workflows|handover_packages)$';
+EXCEPTION WHEN insufficient_privilege THEN NULL;
+END
+$$;
+
 -- 1. Grants: revoke what phase 5 granted, except what the table owner's default privileges
 -- grant every new table anyway (Supabase grants tables in public to authenticated): that was
 -- there before phase 5 and stays.
