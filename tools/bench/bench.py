@@ -233,6 +233,11 @@ def run_playbook(db: dict[str, Any], workdir: Path, repo: Path, extra_vars: dict
         "migration_db_host": db["host"], "migration_db_port": int(db["port"]),
         "migration_db_name": db["dbname"], "migration_db_user": db["user"],
         "migration_db_password": db["password"], "migration_env": "local",
+        # As in the test inventory (tests/helpers.py): the benchmark box is shared and loaded, and
+        # the bench itself runs the workload, so a probe 50 % slower than its pre-migration
+        # baseline is that load, not the migration; monitoring otherwise runs as configured. The
+        # bench measures the application's latency itself, on both sides.
+        "migration_abort_degradation_pct": 1000,
         "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}}}
     (workdir / "hosts.yml").write_text(json.dumps(inventory))
     extra = {"phase": "all", "migration_backup_dir": str(workdir / "backups"),
