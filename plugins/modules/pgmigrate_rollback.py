@@ -254,8 +254,11 @@ def run_batches(conn, path: str, p: dict, lock: dict) -> dict:
         totals["batches"] += 1
         for key, value in row.items():
             totals[key] = totals.get(key, 0) + int(value or 0)
-        factor = min(2.0, max(0.5, p["target_batch_ms"] / 1000.0 / elapsed))
-        size = int(min(p["max_batch_size"], max(p["min_batch_size"], size * factor)))
+        # Aim at target_batch_ms: at most halve or double per step. A batch that waited for a
+        # lock says nothing about its size: keep the size.
+        if not retries:
+            factor = min(2.0, max(0.5, p["target_batch_ms"] / 1000.0 / elapsed))
+            size = int(min(p["max_batch_size"], max(p["min_batch_size"], size * factor)))
     totals["seconds"] = round(time.monotonic() - started, 3)
     return totals
 
