@@ -167,3 +167,29 @@ def test_production_requires_approval(live: dict[str, Any], archive: Path, tmp_p
                           env_name="production")
     assert result.returncode != 0 and "approved_by" in result.stdout, playbook_output(result)
     assert databases(live) == dbs
+
+
+def test_replacing_with_another_databases_backup_is_refused(live: dict[str, Any], archive: Path,
+                                                            tmp_path: Path) -> None:
+    """The staged database's backup cannot replace another (live) database."""
+    before, dbs = db_snapshot(live), databases(live)
+    result = restore(live, tmp_path, restore_archive=str(archive), restore_replace=True,
+                     restore_confirm=live["dbname"])
+    text = " ".join(result.stdout.split())
+    assert result.returncode != 0 and "is a backup of rb_staged, not of" in text, playbook_output(result)
+    assert snapshot_diff(before, db_snapshot(live)) == [] and databases(live) == dbs
+
+
+def test_login_without_createdb_is_refused(live: dict[str, Any], archive: Path, tmp_path: Path) -> None:
+    """A login that may not create databases is told so before anything is created."""
+    query(live, "DROP ROLE IF EXISTS restore_nocreate")
+    query(live, "CREATE ROLE restore_nocreate LOGIN NOCREATEDB PASSWORD 'nocreate-pw-1'")
+    try:
+        dbs = databases(live)
+        weak = {**live, "user": "restore_nocreate", "password": "nocreate-pw-1"}
+        result = run_playbook(RESTORE, weak, {**out_dirs_in(tmp_path), "restore_archive": str(archive)})
+        text = " ".join(result.stdout.split())
+        assert result.returncode != 0 and "may not create databases (CREATEDB)" in text, playbook_output(result)
+        assert databases(live) == dbs
+    finally:
+        query(live, "DROP ROLE restore_nocreate")

@@ -186,3 +186,21 @@ def test_order_rule(targets: list[str], present: list[str], expected: str | None
     else:
         assert expected in message and "Nothing was changed" in message
         assert ("-e phase=data" in message) == (targets == ["3"])
+
+
+def test_second_rollback_at_the_same_time_is_refused(at_phase4: dict[str, Any], tmp_path: Path) -> None:
+    """While a rollback of the database runs (its advisory lock held), another is refused."""
+    from helpers import connect
+
+    running = connect(at_phase4)
+    running.autocommit = True
+    try:
+        with running.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(hashtext('pgmigrate:rollback'))")
+        before = db_snapshot(at_phase4)
+        result = run_playbook(ROLLBACK, at_phase4, {"phase": 4, **out_dirs_in(tmp_path)})
+        text = " ".join(result.stdout.split())
+        assert result.returncode != 0 and "another rollback is running" in text, playbook_output(result)
+        assert snapshot_diff(before, db_snapshot(at_phase4)) == []
+    finally:
+        running.close()

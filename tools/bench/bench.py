@@ -11,12 +11,19 @@ workload (tools/bench/workload.py):
   (a)       the strategy's procedure as written, through psql (tools/bench/strategy/): pg_dump
             -F c -b -v and pg_restore --list, then phases 1 to 6, each phase one psql script in
             autocommit; the strategy's elided parts are filled with our SQL (files/sql);
-  (b)       ansible-playbook playbooks/migrate.yml -e phase=all.
+  (b)       ansible-playbook playbooks/migrate.yml -e phase=all, monitoring included; only its
+            degradation abort criterion is relaxed, as in the test inventory (tests/helpers.py):
+            on a shared machine, under the bench's own traffic, it trips on noise.
 
 Both sides run the same work: the same backup, the same SQL where the strategy elides it,
 and the same phase 6 (our validator's checks, the tenant-isolation sessions, and each
 cross-system query phase6_validate_query_runs times); (a) skips only the checks that read our
-ledger, which (a) does not have.
+ledger, which (a) does not have. (b) does more besides: preflight refusals, the ledger, backup
+verification and manifest, monitoring, notifications, the report; the table says how long its
+Ansible tasks take, per role.
+
+With --rounds N, (a) and (b) alternate in ABBA order (a linear drift of a shared machine's load
+cancels out of the means); walls are means, worst and p99 are over every round's transactions.
 
 It prints a table (wall time per phase and in total, worst application transaction, p99, errors,
 lock waits sampled from pg_locks and pg_stat_activity, the ratios of (b) to (a)), saves it as
@@ -24,12 +31,14 @@ JSON under reports/ and draws reports/bench-<time>.png: application latency over
 boundaries marked, one panel per run. Exit status 1 when a run failed, or with --strict when a
 target is missed; 0 otherwise.
 
-    tools/bench/bench.py [--scale 100000] [--workers 4] [--think-ms 10] [--baseline-s 20]
+    tools/bench/bench.py [--rounds 1] [--scale 100000] [--workers 4] [--think-ms 10] [--strict]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import gzip
 import json
 import math
 import os
@@ -60,6 +69,9 @@ from workload import APP_NAME, Traffic  # noqa: E402
 STRATEGY = HERE / "strategy"
 SQL = REPO / "files" / "sql"
 TEMPLATE = "bench_template"
+# (b)'s fixed cost: the same playbook on a database too small for its data work to count.
+FIXED_TEMPLATE = "bench_template_fixed"
+FIXED_SCALE = 1000
 PHASES = ["1", "2", "3", "4", "5", "6"]
 PHASE_TITLES = {
     "1": "validate + backup", "2": "schema", "3": "data", "4": "constraints",
@@ -68,6 +80,8 @@ PHASE_TITLES = {
 TARGET_WORST_MS = 100.0
 TARGET_P99_FACTOR = 2.0
 TARGET_WALL_RATIO = 1.25
+# The operations the traffic runs with no migration (the dashboard reads need phase 5's views).
+BASELINE_OPS = ("read", "flip", "install")
 
 
 # --- the cluster and the copies ---------------------------------------------------------------
@@ -92,7 +106,7 @@ def execute(info: dict[str, Any], dbname: str, statement: str) -> list[tuple[Any
         conn.close()
 
 
-def fresh_copy(info: dict[str, Any], name: str) -> dict[str, Any]:
+def fresh_copy(info: dict[str, Any], name: str, template: str = TEMPLATE) -> dict[str, Any]:
     """A copy of the seeded template, checkpointed so no run pays for another's writes."""
     conn = admin(info)
     try:
@@ -100,7 +114,7 @@ def fresh_copy(info: dict[str, Any], name: str) -> dict[str, Any]:
             cur.execute(psycopg2.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 psycopg2.sql.Identifier(name)))
             cur.execute(psycopg2.sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                psycopg2.sql.Identifier(name), psycopg2.sql.Identifier(TEMPLATE)))
+                psycopg2.sql.Identifier(name), psycopg2.sql.Identifier(template)))
             cur.execute("CHECKPOINT")
     finally:
         conn.close()
@@ -117,16 +131,16 @@ def drop(info: dict[str, Any], name: str) -> None:
         conn.close()
 
 
-def seed_template(info: dict[str, Any], scale: int) -> float:
+def seed_template(info: dict[str, Any], scale: int, template: str = TEMPLATE) -> float:
     started = time.monotonic()
-    if pgcluster.database_exists(info, TEMPLATE):
-        rows = execute(info, TEMPLATE, "SELECT count(*) FROM clients_enhanced")
+    if pgcluster.database_exists(info, template):
+        rows = execute(info, template, "SELECT count(*) FROM clients_enhanced")
         if rows[0][0] == scale:
             return 0.0
-        drop(info, TEMPLATE)
-    pgcluster.seed_database(info, TEMPLATE, scale)
+        drop(info, template)
+    pgcluster.seed_database(info, template, scale)
     # A production table has been vacuumed: hint bits and the visibility map are set.
-    execute(info, TEMPLATE, "VACUUM ANALYZE")
+    execute(info, template, "VACUUM ANALYZE")
     return time.monotonic() - started
 
 
@@ -170,6 +184,19 @@ def strategy_phase6(workdir: Path, query_runs: int) -> Path:
     return path
 
 
+# The migration's client side - psql, pg_dump and pg_restore for (a); ansible-playbook and all it
+# starts for (b) - runs this much nicer than the database. In production it runs on another
+# machine than the database; on the benchmark box its CPU would otherwise be charged to the
+# application's latency (measured on two CPUs: migrate.yml on 1,000 clients, nearly nothing but
+# Ansible's own work, took the application's p99 from 2.0 to 6.0 ms). Both sides alike; the
+# database server is not reniced. Set by --client-nice.
+CLIENT_NICE = [10]
+
+
+def client_priority() -> None:
+    os.nice(CLIENT_NICE[0])
+
+
 class ProcedureFailed(RuntimeError):
     """A run that failed part way; what it did until then is kept for the table."""
 
@@ -196,7 +223,8 @@ def run_strategy(db: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
     def step(name: str, cmd: list[str]) -> str:
         started = time.time()
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False,
+                                preexec_fn=client_priority)
         steps[name] = round(time.time() - started, 3)
         with log.open("a") as handle:
             handle.write(f"$ {' '.join(cmd)}  # {steps[name]} s\n{result.stderr}\n")
@@ -255,7 +283,8 @@ def run_playbook(db: dict[str, Any], workdir: Path, repo: Path, extra_vars: dict
         result = subprocess.run(
             [playbook, "-i", str(workdir / "hosts.yml"), "-e", f"@{workdir / 'extra.json'}",
              str(repo / "playbooks" / "migrate.yml")],
-            cwd=repo, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False)
+            cwd=repo, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False,
+            preexec_fn=client_priority)
     rows: list[tuple[Any, ...]] = []
     if pgcluster_table_exists(db, "migration_ledger.history"):
         rows = execute(db, db["dbname"], """
@@ -367,10 +396,16 @@ def app_stats(windows: list[tuple[Run, float, float]]) -> dict[str, Any]:
             if t[3]:
                 errors[t[3]] = errors.get(t[3], 0) + 1
     worst_run, worst = max(txs, key=lambda rt: rt[1][1]) if txs else (None, None)
+    # The p99 the target compares: the operations the baseline runs too. The dashboard reads
+    # exist only once phase 5 has created the views, so no traffic without a migration has them.
+    same = [t[1] for _, t in txs if t[2] in BASELINE_OPS]
+    by_op = {op: round(percentile([t[1] for _, t in txs if t[2] == op], 99), 2)
+             for op in sorted({t[2] for _, t in txs})}
     return {"transactions": len(txs), "errors_total": sum(errors.values()), "errors": errors,
             "worst_ms": round(worst[1], 1) if worst else None, "worst_op": worst[2] if worst else None,
             "worst_at_s": round(worst[0] - worst_run.t0, 2) if worst else None,
-            "p50_ms": round(percentile(latencies, 50), 2), "p99_ms": round(percentile(latencies, 99), 2)}
+            "p50_ms": round(percentile(latencies, 50), 2), "p99_ms": round(percentile(latencies, 99), 2),
+            "p99_same_ops_ms": round(percentile(same, 99), 2), "p99_by_op_ms": by_op}
 
 
 @dataclass
@@ -473,16 +508,17 @@ def judge(base: Side, a: Side, b: Side) -> list[dict[str, Any]]:
          "met": b.ok and ab["errors_total"] == 0},
         {"target": f"(b) worst application transaction < {TARGET_WORST_MS:.0f} ms",
          "observed": f"{fmt(ab['worst_ms'])} ms", "met": b.ok and (ab["worst_ms"] or 0) < TARGET_WORST_MS},
-        {"target": f"(b) p99 <= {TARGET_P99_FACTOR:.0f}x the baseline p99 ({fmt(a0['p99_ms'], 2)} ms)",
-         "observed": f"{fmt(ab['p99_ms'], 2)} ms = {ratio(ab['p99_ms'], a0['p99_ms'])}",
-         "met": b.ok and ab["p99_ms"] <= p99_limit},
+        {"target": f"(b) p99 <= {TARGET_P99_FACTOR:.0f}x the baseline p99 ({fmt(a0['p99_ms'], 2)} ms; "
+                   f"the same operations: {', '.join(BASELINE_OPS)})",
+         "observed": f"{fmt(ab['p99_same_ops_ms'], 2)} ms = {ratio(ab['p99_same_ops_ms'], a0['p99_ms'])}",
+         "met": b.ok and ab["p99_same_ops_ms"] <= p99_limit},
         {"target": f"(b) total wall time <= {TARGET_WALL_RATIO}x (a)",
          "observed": f"{b.wall:.1f} s / {a.wall:.1f} s = {wall_ratio:.2f}x",
          "met": wall_ratio <= TARGET_WALL_RATIO},
     ]
 
 
-def table(base: Side, a: Side, b: Side, targets: list[dict[str, Any]]) -> str:
+def table(base: Side, a: Side, b: Side, targets: list[dict[str, Any]], fixed: dict[str, Any] | None) -> str:
     sa, sb = a.summary(), b.summary()
     width = 26
     rounds = max(len(a.runs), len(b.runs))
@@ -510,7 +546,11 @@ def table(base: Side, a: Side, b: Side, targets: list[dict[str, Any]]) -> str:
          f"{fmt(ab['worst_ms'])} ms ({ab['worst_op']}, {fmt(ab['worst_at_s'])})"),
         ("p50 / p99 ms", f"{fmt(aa['p50_ms'], 2)} / {fmt(aa['p99_ms'], 2)}",
          f"{fmt(ab['p50_ms'], 2)} / {fmt(ab['p99_ms'], 2)}"),
-        ("p99 / baseline p99", ratio(aa["p99_ms"], a0["p99_ms"]), ratio(ab["p99_ms"], a0["p99_ms"])),
+        ("p99, baseline's ops / baseline", f"{fmt(aa['p99_same_ops_ms'], 2)} ms, "
+         f"{ratio(aa['p99_same_ops_ms'], a0['p99_ms'])}",
+         f"{fmt(ab['p99_same_ops_ms'], 2)} ms, {ratio(ab['p99_same_ops_ms'], a0['p99_ms'])}"),
+        ("p99 by op ms", " ".join(f"{k[:4]} {v:.1f}" for k, v in aa["p99_by_op_ms"].items()),
+         " ".join(f"{k[:4]} {v:.1f}" for k, v in ab["p99_by_op_ms"].items())),
         ("app lock waits: seen, max ms", f"{la['app_episodes']}, {fmt(la['app_max_ms'])}",
          f"{lb['app_episodes']}, {fmt(lb['app_max_ms'])}"),
         ("migration lock waits: seen, max", f"{la['migration_episodes']}, {fmt(la['migration_max_ms'])}",
@@ -536,6 +576,10 @@ def table(base: Side, a: Side, b: Side, targets: list[dict[str, Any]]) -> str:
         tasks = sum(p["tasks"] for p in profiles) / len(profiles)
         seconds = sum(p["seconds"] for p in profiles) / len(profiles)
         lines.append(f"(b) ansible: {tasks:.0f} tasks, {seconds:.0f} s in tasks; seconds/tasks by role: {top}")
+    if fixed and not fixed["error"] and a.runs and b.runs:
+        rest = b.wall - fixed["wall_s"]
+        lines.append(f"(b)'s fixed cost, the same playbook on {fixed['scale']} clients: {fixed['wall_s']:.1f} s "
+                     f"({fixed['tasks']} tasks); (b) without it: {rest:.1f} s, {ratio(rest, a.wall)} of (a)")
     for side in (a, b):
         for run in side.runs:
             if run.error:
@@ -586,6 +630,37 @@ def plot(sides: list[Side], path: Path) -> str | None:
     return None
 
 
+def measure_fixed(info: dict[str, Any], workdir: Path, procedure: Any) -> dict[str, Any]:
+    """(b) on FIXED_SCALE clients, without traffic: what migrate.yml costs whatever the data -
+    Ansible's start, its tasks, the ledger, monitoring - measured in the same run."""
+    print(f"bench: (b) on {FIXED_SCALE} clients, its fixed cost ...", flush=True)
+    seed_template(info, FIXED_SCALE, FIXED_TEMPLATE)
+    db = fresh_copy(info, "bench_fixed", FIXED_TEMPLATE)
+    started = time.time()
+    try:
+        result = procedure(db, workdir)
+        error = None
+    except ProcedureFailed as exc:
+        result, error = {"steps": exc.steps}, str(exc)
+    finally:
+        drop(info, db["dbname"])
+    wall = time.time() - started
+    profile = result["steps"].get("ansible", {})
+    print(f"bench: (b) on {FIXED_SCALE} clients: {wall:.1f} s", flush=True)
+    return {"scale": FIXED_SCALE, "wall_s": round(wall, 2), "error": error,
+            "tasks": profile.get("tasks"), "task_seconds": profile.get("seconds")}
+
+
+def save_transactions(run: Run, path: Path) -> None:
+    """Every application transaction of a run, for a closer look: seconds since the run started,
+    latency, operation, error."""
+    with gzip.open(path, "wt", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["start_s", "latency_ms", "op", "error"])
+        for start, latency, op, error in run.transactions:
+            writer.writerow([f"{start - run.t0:.4f}", f"{latency:.3f}", op, error or ""])
+
+
 def schedule(rounds: int) -> list[str]:
     """The baseline, then (a) and (b) in ABBA order (a linear drift of the machine's load
     cancels out of the means), then the baseline again when there is more than one round."""
@@ -610,13 +685,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "reports"), help="where the JSON and the PNG go")
     parser.add_argument("--extra-vars", default="{}", help="JSON extra vars for (b), beyond phase=all")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--client-nice", type=int, default=10,
+                        help="niceness of the migration's client side (psql, pg_dump; ansible-playbook), both sides")
+    parser.add_argument("--no-fixed-cost", action="store_true",
+                        help=f"skip (b) on {FIXED_SCALE} clients (its fixed cost, whatever the data)")
     args = parser.parse_args(argv)
     extra_vars = json.loads(args.extra_vars)
+    CLIENT_NICE[0] = args.client_nice
 
     base_dir = Path(tempfile.mkdtemp(prefix="pgmigrate-bench-"))
     base_dir.chmod(0o711)
     datadir = Path(args.datadir) if args.datadir else base_dir / "data"
     started = time.strftime("%Y%m%d-%H%M%S")
+    fixed: dict[str, Any] | None = None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sides = {"baseline": Side("baseline", "baseline: traffic only"),
@@ -636,25 +717,30 @@ def main(argv: list[str] | None = None) -> int:
             sides[name].runs.append(run)
             for log in sorted(workdir.glob("*.log")):
                 shutil.copy(log, out / f"bench-{started}-{n:02d}-{name}-{log.name}")
+            save_transactions(run, out / f"bench-{started}-{n:02d}-{name}-transactions.csv.gz")
+        if not args.no_fixed_cost and args.only != "a":
+            workdir = base_dir / "work" / "fixed"
+            workdir.mkdir(parents=True)
+            fixed = measure_fixed(info, workdir, procedures["b"])
     finally:
         if not args.datadir:
             pgcluster.destroy_cluster(datadir)
         shutil.rmtree(base_dir, ignore_errors=True)
     base, a, b = sides["baseline"], sides["a"], sides["b"]
     targets = judge(base, a, b)
-    text = table(base, a, b, targets)
+    text = table(base, a, b, targets, fixed)
     print()
     print(text)
     report = {
         "started": started, "scale": args.scale, "rounds": args.rounds, "workers": args.workers,
-        "think_ms": args.think_ms, "extra_vars_b": extra_vars,
+        "think_ms": args.think_ms, "extra_vars_b": extra_vars, "client_nice": args.client_nice,
         "host": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
         "sides": {name: side.summary() for name, side in sides.items()},
         "runs": [run.summary() for side in sides.values() for run in side.runs],
         "ratios_b_over_a": {"wall": round(b.wall / a.wall, 3) if a.runs and b.runs else None,
                             **{f"phase_{p}": round(wb / wa, 3) for p in PHASES
                                if (wa := a.phase_wall(p)) and (wb := b.phase_wall(p)) is not None}},
-        "targets": targets, "table": text,
+        "fixed_cost_b": fixed, "targets": targets, "table": text,
     }
     json_path = out / f"bench-{started}.json"
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
