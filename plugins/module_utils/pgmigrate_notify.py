@@ -5,13 +5,45 @@
 # URL is a credential): they never appear in messages, results or the log.
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import urllib.error
 import urllib.request
 from typing import Any
 
-from ansible.module_utils.pgmigrate_monitor import utcnow
+# Standard library only: the pgmigrate_notify action plugin loads this file on the controller,
+# outside a module's import machinery.
+
+
+def utcnow() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+# pgmigrate_notify's options, shared by the module and its action plugin.
+ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
+    "event": {"type": "str", "required": True},
+    "text": {"type": "str", "required": True},
+    "severity": {"type": "str", "default": "info", "choices": ["info", "warning", "critical"]},
+    "details": {"type": "dict", "default": {}},
+    "context": {"type": "dict", "default": {}},
+    "log_file": {"type": "path", "required": True},
+    "webhook_url": {"type": "str", "default": "", "no_log": True},
+    "webhook_timeout_s": {"type": "float", "default": 5},
+    "other_channels": {"type": "dict", "default": {}},
+}
+
+
+def send(params: dict[str, Any]) -> dict[str, Any]:
+    """Deliver one message (validated params); the result the module and the plugin return.
+    Sending a message changes nothing in the database: not a change (idempotence is about the
+    database), like a log line."""
+    payload = message(params["event"], params["text"], params["context"], params["severity"],
+                      params["details"])
+    channels = deliver(payload, params["log_file"], params["webhook_url"], params["webhook_timeout_s"],
+                       {k: str(v) for k, v in params["other_channels"].items()})
+    failed = {k: v for k, v in channels.items() if v.startswith("failed")}
+    return {"changed": False, "channels": channels, "failed_channels": failed, "text": payload["text"]}
 
 
 def message(event: str, text: str, context: dict[str, Any], severity: str = "info",

@@ -8,13 +8,16 @@ short_description: Read and write the migration ledger (migration_ledger.history
 description:
   - C(init) creates the ledger schema when it is missing.
   - C(gate) decides whether a phase runs - already applied (skip, or refuse on drift), missing
-    prerequisites (refuse) - and never writes.
+    prerequisites (refuse) - and never writes. With I(phases), every phase of a run at once,
+    before anything changes (returns C(gates) by phase; a phase may rely on the phases listed
+    before it); with I(phase), one phase.
   - C(begin) records a running phase; C(finish) records its outcome.
   - C(status) returns the last finished record of every phase, and the phases whose latest
     run did not finish (C(unfinished)).
 options:
   action: {type: str, required: true, choices: [init, status, gate, begin, finish]}
   phase: {type: str}
+  phases: {type: list, elements: dict, default: []}
   direction: {type: str, default: apply, choices: [apply, rollback]}
   requires: {type: list, elements: str, default: []}
   planned: {type: list, elements: str, default: []}
@@ -72,16 +75,23 @@ def do_init(module, conn):
     return {"changed": True, "msg": f"created the ledger schema {LEDGER_SCHEMA}"}
 
 
-def do_gate(module, conn):
-    p = module.params
-    phase = p["phase"]
-    files = file_checksums(p["files"], p["sql_root"])
-    checksum = combined_checksum(files, p["checksum_params"])
-    state = ledger_state(conn)
+class GateRefused(Exception):
+    """A phase that must not run: drift, or a prerequisite missing."""
+
+    def __init__(self, msg: str, result: dict) -> None:
+        super().__init__(msg)
+        self.result = result
+
+
+def gate_one(state: dict, phase: str, requires: list[str], files_in: list[str], sql_root: str,
+             checksum_params: dict, direction: str, satisfied_extra: set[str]) -> dict:
+    """Whether `phase` runs, from the ledger's state: skip an applied phase whose SQL is unchanged,
+    refuse drift (applied with other SQL) and a prerequisite neither applied nor in satisfied_extra."""
+    files = file_checksums(files_in, sql_root)
+    checksum = combined_checksum(files, checksum_params)
     applied = applied_phases(state)
-    result = {"changed": False, "phase": phase, "checksum": checksum, "files": files,
-              "applied": applied}
-    if p["direction"] == "rollback":
+    result = {"phase": phase, "checksum": checksum, "files": files, "applied": applied}
+    if direction == "rollback":
         result["run"] = phase in applied
         result["reason"] = "applied" if result["run"] else "not applied"
         return result
@@ -90,27 +100,53 @@ def do_gate(module, conn):
         changed = sorted(f for f in set(files) | set(recorded) if files.get(f) != recorded.get(f))
         if changed or state[phase].get("checksum") != checksum:
             what = ", ".join(f"files/sql/{f}" for f in changed) or "its parameters"
-            module.fail_json(
-                msg=f"drift: phase {phase} was applied at {state[phase]['finished_at']} with "
-                    f"different SQL; changed since: {what}. Restore the applied version of "
-                    f"those files, or roll phase {phase} back before applying the new version.",
-                **result)
+            raise GateRefused(
+                f"drift: phase {phase} was applied at {state[phase]['finished_at']} with "
+                f"different SQL; changed since: {what}. Restore the applied version of "
+                f"those files, or roll phase {phase} back before applying the new version.", result)
         result.update(run=False, reason=f"phase {phase} already applied at "
-                                          f"{state[phase]['finished_at']}; nothing to do")
+                                        f"{state[phase]['finished_at']}; nothing to do")
         return result
-    satisfied = set(applied) | (set(p["planned"]) if module.check_mode else set())
-    missing = [r for r in p["requires"] if r not in satisfied]
+    missing = [r for r in requires if r not in set(applied) | satisfied_extra]
     # In check mode a phase may rely on earlier phases of this run that did not really run: its
     # own steps cannot be simulated against a schema that is not there yet.
-    result["simulated_prerequisites"] = [r for r in p["requires"] if r not in applied]
+    result["simulated_prerequisites"] = [r for r in requires if r not in applied]
     if missing:
-        module.fail_json(
-            msg=f"phase {phase} needs phase(s) {', '.join(missing)} applied first; run "
-                f"`-e phase={missing[0]}` (or `-e phase=all`). Applied so far: "
-                f"{', '.join(applied) or 'none'}.",
-            **result)
+        raise GateRefused(
+            f"phase {phase} needs phase(s) {', '.join(missing)} applied first; run "
+            f"`-e phase={missing[0]}` (or `-e phase=all`). Applied so far: "
+            f"{', '.join(applied) or 'none'}.", result)
     result.update(run=True, reason=f"phase {phase} will run")
     return result
+
+
+def do_gate(module, conn):
+    p = module.params
+    if not p["phases"] and not p["phase"]:
+        module.fail_json(msg="action gate needs phase or phases")
+    state = ledger_state(conn)
+    if not p["phases"]:
+        # One phase, asked when it is about to run: the phases before it in this run have run.
+        extra = set(p["planned"]) if module.check_mode else set()
+        try:
+            return {"changed": False, **gate_one(state, p["phase"], p["requires"], p["files"], p["sql_root"],
+                                                 p["checksum_params"], p["direction"], extra)}
+        except GateRefused as exc:
+            module.fail_json(msg=str(exc), **exc.result)
+    # Every phase of a run, asked once before anything changes: a phase may rely on the phases
+    # planned before it (the run stops at the first one that fails). The first refusal, in phase
+    # order, fails the run.
+    gates: dict[str, dict] = {}
+    for item in sorted(p["phases"], key=lambda i: str(i["phase"])):
+        phase = str(item["phase"])
+        earlier = {str(i["phase"]) for i in p["phases"] if str(i["phase"]) < phase}
+        try:
+            gates[phase] = gate_one(state, phase, [str(r) for r in item.get("requires") or []],
+                                    item.get("files") or [], p["sql_root"], item.get("checksum_params") or {},
+                                    p["direction"], earlier)
+        except GateRefused as exc:
+            module.fail_json(msg=str(exc), gates=gates, **exc.result)
+    return {"changed": False, "gates": gates, "applied": applied_phases(state)}
 
 
 def do_begin(module, conn):
@@ -166,6 +202,8 @@ def main():
     spec = dict(
         action=dict(type="str", required=True, choices=list(ACTIONS)),
         phase=dict(type="str"),
+        # action gate for every phase of a run at once: [{phase, requires, files, checksum_params}]
+        phases=dict(type="list", elements="dict", default=[]),
         direction=dict(type="str", default="apply", choices=["apply", "rollback"]),
         requires=dict(type="list", elements="str", default=[]),
         planned=dict(type="list", elements="str", default=[]),
@@ -189,7 +227,7 @@ def main():
         argument_spec=spec,
         supports_check_mode=True,
         required_if=[("action", "init", ["ledger_sql"]),
-                     ("action", "gate", ["phase", "sql_root"]),
+                     ("action", "gate", ["sql_root"]),
                      ("action", "begin", ["phase", "run_id", "operator", "environment", "sql_root"]),
                      ("action", "finish", ["status"])],
     )

@@ -120,22 +120,23 @@ class Sampler:
         return raw, metrics, alerts, record
 
 
-def stop_sampler(workdir: str, phase: str, timeout_s: float = 15.0) -> bool:
-    """Create the phase's stop file and wait for the sampler's done file."""
+def stop_sampler(workdir: str, phase: str, timeout_s: float = 15.0) -> dict | None:
+    """Create the phase's stop file and wait for the sampler's done file: its result (samples,
+    alerts, notifications), or None when it did not finish in time."""
     with open(os.path.join(workdir, f"sampler-{phase}.stop"), "w", encoding="utf-8") as handle:
         handle.write("stop\n")
     done = os.path.join(workdir, f"sampler-{phase}.done")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if os.path.exists(done):
-            return True
+            return _load(done) or {"samples": 0, "alerts": [], "notifications": []}
         time.sleep(0.05)
-    return False
+    return None
 
 
 def do_sample(module: AnsibleModule) -> dict:
     p = module.params
-    stopped = stop_sampler(p["workdir"], p["phase"]) if p["stop_sampler"] else None
+    sampled = stop_sampler(p["workdir"], p["phase"]) if p["stop_sampler"] else None
     sampler = Sampler(p)
     state_file = os.path.join(p["workdir"], "last_sample.json")
     previous = _load(state_file)
@@ -146,7 +147,10 @@ def do_sample(module: AnsibleModule) -> dict:
     if raw:
         _save(state_file, {"xacts": raw["xacts"], "_statements": raw.get("_statements")})
     return {"changed": False, "sample": record, "alerts": alerts,
-            "abort": [a for a in alerts if a["abort"]], "sampler_stopped": stopped,
+            "abort": [a for a in alerts if a["abort"]],
+            "sampler_stopped": (sampled is not None) if p["stop_sampler"] else None,
+            # What the background sampler saw, so no async_status call is needed to collect it.
+            "sampler_result": sampled or {},
             "summary": summary_line(raw, metrics) if raw else record.get("error", "no sample")}
 
 
@@ -195,8 +199,11 @@ def do_sampler(module: AnsibleModule) -> dict:
                 time.sleep(0.1)
     finally:
         sampler.close()
-        with open(os.path.join(p["workdir"], f"sampler-{p['phase']}.done"), "w", encoding="utf-8") as handle:
-            handle.write(f"{count} samples\n")
+        # The done file carries the result: the after-phase sample that stopped the sampler
+        # returns it (sampler_result).
+        _save(os.path.join(p["workdir"], f"sampler-{p['phase']}.done"),
+              {"samples": count, "alerts": alerts_all, "notifications": sent,
+               "seconds": round(time.monotonic() - started, 1)})
 
 
 def main() -> None:

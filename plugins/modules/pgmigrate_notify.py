@@ -3,6 +3,9 @@
 # Slack and e-mail are sent by roles/notify through community.general before this module runs,
 # and their outcomes are passed in, so the log line records every channel. Never fails: a channel
 # that fails is reported in the result (failed_channels), the migration goes on.
+# Playbooks run it through its action plugin (plugins/action/pgmigrate_notify.py), on the
+# controller and in process: a message is sent from the controller whatever the host's
+# connection, without a module process per message.
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -21,34 +24,14 @@ options:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate_notify import deliver, message
+from ansible.module_utils.pgmigrate_notify import ARGUMENT_SPEC, send
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=dict(
-            event=dict(type="str", required=True),
-            text=dict(type="str", required=True),
-            severity=dict(type="str", default="info", choices=["info", "warning", "critical"]),
-            details=dict(type="dict", default={}),
-            context=dict(type="dict", default={}),
-            log_file=dict(type="path", required=True),
-            webhook_url=dict(type="str", default="", no_log=True),
-            webhook_timeout_s=dict(type="float", default=5),
-            other_channels=dict(type="dict", default={}),
-        ),
-        supports_check_mode=True,
-    )
-    p = module.params
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     if module.check_mode:
         module.exit_json(changed=False, channels={}, failed_channels={}, msg="check mode: nothing sent")
-    payload = message(p["event"], p["text"], p["context"], p["severity"], p["details"])
-    channels = deliver(payload, p["log_file"], p["webhook_url"], p["webhook_timeout_s"],
-                       {k: str(v) for k, v in p["other_channels"].items()})
-    failed = {k: v for k, v in channels.items() if v.startswith("failed")}
-    # Sending a message changes nothing in the database: not a change (idempotence is about the
-    # database), like a log line.
-    module.exit_json(changed=False, channels=channels, failed_channels=failed, text=payload["text"])
+    module.exit_json(**send(module.params))
 
 
 if __name__ == "__main__":

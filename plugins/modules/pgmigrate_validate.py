@@ -18,10 +18,15 @@ options:
   p95_target_ms: {type: float, default: 2000}
   claim_path: {type: list, elements: str, default: [app_metadata, client_id]}
   tenant_role: {type: str, default: authenticated}
+  report_file:
+    type: path
+    description: Where to write the result as JSON (directory 0750, file 0640), with report_meta.
+  report_meta: {type: dict, default: {}}
 """
 
 import json
 import math
+import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -129,6 +134,18 @@ def time_queries(conn, sql: str, runs: int, target_ms: float) -> list[dict]:
     return results
 
 
+def write_report(module, path: str, report: dict) -> None:
+    """The result as JSON in the reports directory: an artifact of the run, not a change."""
+    try:
+        os.makedirs(os.path.dirname(path) or ".", mode=0o750, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(report, indent=4, sort_keys=True, default=str) + "\n")
+    except OSError as exc:
+        module.fail_json(msg=f"cannot write the validation report {path}: {exc.strerror or exc} "
+                             "(check migration_report_dir)")
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -139,6 +156,8 @@ def main():
             p95_target_ms=dict(type="float", default=2000),
             claim_path=dict(type="list", elements="str", default=["app_metadata", "client_id"]),
             tenant_role=dict(type="str", default="authenticated"),
+            report_file=dict(type="path"),
+            report_meta=dict(type="dict", default={}),
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
@@ -162,6 +181,9 @@ def main():
     except Exception as exc:  # noqa: BLE001 - a check that errors is a failed validation, reported as such
         module.fail_json(msg=f"validator error: {str(exc).strip()}")
     failed = [c["check"] for c in checks if not c["passed"]]
+    if p["report_file"]:
+        write_report(module, p["report_file"],
+                     {**p["report_meta"], "passed": not failed, "failed": failed, "checks": json_safe(checks)})
     # Not `failed=`: Ansible would take a non-empty list there for the task's own failure
     # ("Unknown error") before the role could write the report and name the checks.
     module.exit_json(changed=False, passed=not failed, failed_checks=failed, checks=json_safe(checks))
