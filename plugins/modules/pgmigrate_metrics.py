@@ -33,8 +33,12 @@ options:
   webhook_timeout_s: {type: float, default: 5}
   context: {type: dict, default: {}}
   stop_sampler: {type: bool, default: false}
+  sampler_job_file:
+    type: path
+    description: The sampler's async job file (its start task's results_file), removed once final.
 """
 
+import contextlib
 import json
 import os
 import time
@@ -134,9 +138,24 @@ def stop_sampler(workdir: str, phase: str, timeout_s: float = 15.0) -> dict | No
     return None
 
 
+def remove_job_file(path: str, timeout_s: float = 10.0) -> bool:
+    """Remove the stopped sampler's async job file (what async_status mode=cleanup does) once
+    Ansible's async wrapper has written the final result into it; False if it did not in time."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = _load(path)
+        if job is not None and not job.get("started"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def do_sample(module: AnsibleModule) -> dict:
     p = module.params
     sampled = stop_sampler(p["workdir"], p["phase"]) if p["stop_sampler"] else None
+    job_removed = bool(sampled is not None and p["sampler_job_file"] and remove_job_file(p["sampler_job_file"]))
     sampler = Sampler(p)
     state_file = os.path.join(p["workdir"], "last_sample.json")
     previous = _load(state_file)
@@ -150,7 +169,7 @@ def do_sample(module: AnsibleModule) -> dict:
             "abort": [a for a in alerts if a["abort"]],
             "sampler_stopped": (sampled is not None) if p["stop_sampler"] else None,
             # What the background sampler saw, so no async_status call is needed to collect it.
-            "sampler_result": sampled or {},
+            "sampler_result": sampled or {}, "sampler_job_removed": job_removed,
             "summary": summary_line(raw, metrics) if raw else record.get("error", "no sample")}
 
 
@@ -227,6 +246,7 @@ def main() -> None:
             webhook_timeout_s=dict(type="float", default=5),
             context=dict(type="dict", default={}),
             stop_sampler=dict(type="bool", default=False),
+            sampler_job_file=dict(type="path"),
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
