@@ -31,6 +31,17 @@ ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "webhook_url": {"type": "str", "default": "", "no_log": True},
     "webhook_timeout_s": {"type": "float", "default": 5},
     "other_channels": {"type": "dict", "default": {}},
+    # Slack and e-mail: sent by the action plugin through community.general.slack and .mail,
+    # only when configured (a token, recipients); the module alone ignores them.
+    "slack_token": {"type": "str", "default": "", "no_log": True},
+    "slack_channel": {"type": "str", "default": ""},
+    "email_to": {"type": "list", "elements": "str", "default": []},
+    "email_from": {"type": "str", "default": "pgmigrate@localhost"},
+    "smtp_host": {"type": "str", "default": "localhost"},
+    "smtp_port": {"type": "int", "default": 25},
+    "smtp_username": {"type": "str", "default": ""},
+    "smtp_password": {"type": "str", "default": "", "no_log": True},
+    "smtp_secure": {"type": "str", "default": "try"},
 }
 
 
@@ -43,7 +54,12 @@ def send(params: dict[str, Any]) -> dict[str, Any]:
     channels = deliver(payload, params["log_file"], params["webhook_url"], params["webhook_timeout_s"],
                        {k: str(v) for k, v in params["other_channels"].items()})
     failed = {k: v for k, v in channels.items() if v.startswith("failed")}
-    return {"changed": False, "channels": channels, "failed_channels": failed, "text": payload["text"]}
+    result = {"changed": False, "channels": channels, "failed_channels": failed, "text": payload["text"]}
+    if failed:
+        # Printed like a debug message (the action plugin shows it): visible, never fatal.
+        result["msg"] = (f'Notification "{params["event"]}" not delivered by {", ".join(failed)}: '
+                         f'{"; ".join(failed.values())}. The migration goes on.')
+    return result
 
 
 def message(event: str, text: str, context: dict[str, Any], severity: str = "info",
