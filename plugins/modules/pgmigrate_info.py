@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Reach the database and say what it is before anything changes: reachable, credentials right,
-# writable (not a standby, not default_transaction_read_only), which server version.
+# writable (not a standby, not default_transaction_read_only), which server version; with
+# ledger=true also what the ledger says (pgmigrate_ledger's status), in the same module call.
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -12,6 +13,10 @@ description:
 options:
   require_writable: {type: bool, default: true}
   min_server_version: {type: int, default: 130000}
+  ledger:
+    type: bool
+    default: false
+    description: Also return C(ledger) - what pgmigrate_ledger C(action=status) returns.
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -19,8 +24,12 @@ from ansible.module_utils.pgmigrate import (
     CONNECTION_ARGS,
     LOCK_ARGS,
     MigrationError,
+    applied_phases,
     connect,
     describe_target,
+    ledger_exists,
+    ledger_state,
+    ledger_unfinished,
 )
 
 
@@ -51,6 +60,7 @@ def main():
         argument_spec=dict(
             require_writable=dict(type="bool", default=True),
             min_server_version=dict(type="int", default=130000),
+            ledger=dict(type="bool", default=False),
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
@@ -63,19 +73,33 @@ def main():
         module.fail_json(msg=str(exc))
     try:
         facts = inspect(conn)
+        refusal = refuse(p, facts)
+        if refusal:
+            module.fail_json(msg=refusal, **facts)
+        if p["ledger"]:
+            # What pgmigrate_ledger's status returns: one module process instead of two.
+            state = ledger_state(conn)
+            facts["ledger"] = {"changed": False, "state": state, "applied": applied_phases(state),
+                               "unfinished": ledger_unfinished(conn), "ledger_exists": ledger_exists(conn)}
+    except MigrationError as exc:
+        module.fail_json(msg=str(exc))
     finally:
         conn.close()
+    module.exit_json(changed=False, **facts)
+
+
+def refuse(p: dict, facts: dict) -> str | None:
+    """Why this database cannot be migrated, or None."""
     target = describe_target(p)
     if p["require_writable"] and facts["read_only"]:
         why = "it is a standby in recovery" if facts["in_recovery"] else \
             "default_transaction_read_only is on"
-        module.fail_json(msg=f"{target} is read-only ({why}); point migration_db_host at the "
-                             "primary, or clear default_transaction_read_only", **facts)
+        return (f"{target} is read-only ({why}); point migration_db_host at the "
+                "primary, or clear default_transaction_read_only")
     if facts["server_version_num"] < p["min_server_version"]:
-        module.fail_json(msg=f"{target} runs PostgreSQL {facts['server_version']}; this migration "
-                             f"needs {p['min_server_version'] // 10000} or newer (gen_random_uuid in core)",
-                         **facts)
-    module.exit_json(changed=False, **facts)
+        return (f"{target} runs PostgreSQL {facts['server_version']}; this migration "
+                f"needs {p['min_server_version'] // 10000} or newer (gen_random_uuid in core)")
+    return None
 
 
 if __name__ == "__main__":
