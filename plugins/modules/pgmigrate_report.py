@@ -23,6 +23,12 @@ options:
   phase_titles: {type: dict, default: {}}
   extra: {type: dict, default: {}}
   read_ledger: {type: bool, default: true}
+  announcement:
+    type: dict
+    description:
+      - "C({src, dest}): a template (the role's templates/) rendered with the task's variables and
+        C(report_written), this module's result, and written to C(dest) (0640). Done by the action
+        plugin (plugins/action/pgmigrate_report.py), in process; the module alone ignores it."
 """
 
 import json
@@ -216,6 +222,7 @@ def main() -> None:
             phase_titles=dict(type="dict", default={}),
             extra=dict(type="dict", default={}),
             read_ledger=dict(type="bool", default=True),
+            announcement=dict(type="dict"),  # rendered by the action plugin
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),

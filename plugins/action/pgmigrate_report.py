@@ -1,0 +1,43 @@
+# pgmigrate_report, then the completion announcement rendered and written on the controller, in
+# process: the announcement needs the report's figures (the module's result, as report_written),
+# and as an ansible.builtin.template task it cost two more module processes (stat, copy).
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ansible.plugins.action import ActionBase
+from ansible.template import trust_as_template
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _supports_check_mode = True
+
+    def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+        result = super().run(tmp, task_vars)
+        del tmp
+        task_vars = task_vars or {}
+        module_args = dict(self._task.args)
+        announcement = module_args.pop("announcement", None)
+        try:
+            result.update(self._execute_module(module_name="pgmigrate_report", module_args=module_args,
+                                               task_vars=task_vars))
+        finally:
+            self._remove_tmp_path(self._connection._shell.tmpdir)
+        if announcement and not result.get("failed") and not self._task.check_mode:
+            result["announcement"] = self._announce(announcement, task_vars, result)
+        return result
+
+    def _announce(self, announcement: dict[str, Any], task_vars: dict[str, Any], written: dict[str, Any]) -> str:
+        source = self._find_needle("templates", announcement["src"])
+        template = trust_as_template(self._loader.get_text_file_contents(source))
+        templar = self._templar.copy_with_new_env(available_variables={**task_vars, "report_written": written})
+        text = templar.template(template, escape_backslashes=False)
+        dest = announcement["dest"]
+        partial = dest + ".tmp"
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(partial, dest)
+        return dest
