@@ -34,6 +34,13 @@ options:
   max_batch_size: {type: int, default: 20000}
   target_batch_ms: {type: int, default: 25}
   workers: {type: int, default: 2, description: sessions linking a chunk side by side}
+  reuse_rolled_back_window:
+    type: bool
+    default: false
+    description:
+      - C(plan), C(bounds) - return as C(events_since) the window of a phase-3 run rolled back
+        within this migration (after phase 1's latest apply), recorded by the rollback, when
+        there is one; a rerun then inserts the same events as that run. Also in check mode.
 """
 
 import re
@@ -44,6 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pgmigrate import (
     CONNECTION_ARGS,
+    LEDGER_SCHEMA,
     LOCK_ARGS,
     MigrationError,
     connect,
@@ -66,6 +74,22 @@ def run_plan(conn, plan_file: str, lock: dict) -> int:
 
     _, retries = with_lock_retry(conn, work, lock, transactional=True)
     return retries
+
+
+def rolled_back_window(conn) -> str | None:
+    """The event window of a phase-3 run rolled back within this migration, or None."""
+    with conn.cursor() as cur:
+        cur.execute(f"""
+            SELECT h.details ->> 'events_since'
+              FROM {LEDGER_SCHEMA}.history h
+             WHERE h.phase = '3' AND h.direction = 'rollback' AND h.status = 'succeeded'
+               AND h.details ? 'events_since'
+               AND h.id = (SELECT max(id) FROM {LEDGER_SCHEMA}.history WHERE phase = '3' AND status = 'succeeded')
+               AND h.finished_at > (SELECT max(finished_at) FROM {LEDGER_SCHEMA}.history
+                                     WHERE phase = '1' AND direction = 'apply' AND status = 'succeeded')""")
+        row = cur.fetchone()
+    conn.rollback()
+    return (row[0] if row else None) or None
 
 
 def bounds(conn, plan: str, chunk_rows: int, window_days: int) -> dict:
@@ -205,6 +229,7 @@ def main():
             max_batch_size=dict(type="int", default=20000),
             target_batch_ms=dict(type="int", default=25),
             workers=dict(type="int", default=2),
+            reuse_rolled_back_window=dict(type="bool", default=False),
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
@@ -214,8 +239,19 @@ def main():
     )
     p = module.params
     if module.check_mode and p["action"] == "plan":
+        window = {}
+        if p["reuse_rolled_back_window"]:
+            try:
+                conn = connect(p, "pgmigrate-backfill")
+                try:
+                    since = rolled_back_window(conn)
+                finally:
+                    conn.close()
+            except MigrationError as exc:
+                module.fail_json(msg=str(exc))
+            window = {"events_since": since} if since else {}
         module.exit_json(changed=True, msg=f"would run {p['plan_file']} and split the plan into chunks",
-                         chunks=[], total=0, stats={})
+                         chunks=[], total=0, stats={}, **window)
     if module.check_mode and p["action"] == "run":
         module.exit_json(changed=True, msg=f"would link the overrides planned on pages {p['lo']} to {p['hi']}")
     lock = {k: p[k] for k in LOCK_ARGS}
@@ -227,6 +263,8 @@ def main():
         try:
             retries = run_plan(conn, p["plan_file"], lock) if p["action"] == "plan" else 0
             result = bounds(conn, p["plan_table"], p["chunk_rows"], p["event_window_days"])
+            if p["reuse_rolled_back_window"]:
+                result["events_since"] = rolled_back_window(conn) or result["events_since"]
         finally:
             conn.close()
     except MigrationError as exc:

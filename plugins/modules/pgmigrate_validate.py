@@ -22,6 +22,12 @@ options:
     type: path
     description: Where to write the result as JSON (directory 0750, file 0640), with report_meta.
   report_meta: {type: dict, default: {}}
+  events_since_from_ledger:
+    type: bool
+    default: false
+    description:
+      - Set params.events_since to the event window phase 3's latest successful apply used (its
+        ledger record; -infinity without one), read here rather than by a task of its own.
 """
 
 import json
@@ -32,6 +38,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pgmigrate import (
     CONNECTION_ARGS,
+    LEDGER_SCHEMA,
     LOCK_ARGS,
     MigrationError,
     connect,
@@ -146,6 +153,17 @@ def write_report(module, path: str, report: dict) -> None:
                              "(check migration_report_dir)")
 
 
+def phase3_window(conn) -> str:
+    """The event window phase 3's latest successful apply used, '-infinity' without one."""
+    with conn.cursor() as cur:
+        cur.execute(f"""SELECT details ->> 'events_since' FROM {LEDGER_SCHEMA}.history
+                         WHERE phase = '3' AND direction = 'apply' AND status = 'succeeded'
+                         ORDER BY finished_at DESC LIMIT 1""")
+        row = cur.fetchone()
+    conn.rollback()
+    return (row[0] if row else None) or "-infinity"
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -158,6 +176,7 @@ def main():
             tenant_role=dict(type="str", default="authenticated"),
             report_file=dict(type="path"),
             report_meta=dict(type="dict", default={}),
+            events_since_from_ledger=dict(type="bool", default=False),
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
@@ -165,13 +184,16 @@ def main():
     )
     p = module.params
     with open(p["checks_file"], encoding="utf-8") as handle:
-        checks_sql = render(handle.read(), p["params"])
+        checks_template = handle.read()
     with open(p["queries_file"], encoding="utf-8") as handle:
         queries_sql = handle.read()
     try:
         conn = connect(p, "pgmigrate-validate")
         try:
-            checks = run_checks(conn, checks_sql)
+            params = dict(p["params"])
+            if p["events_since_from_ledger"]:
+                params["events_since"] = phase3_window(conn)
+            checks = run_checks(conn, render(checks_template, params))
             checks += isolation_checks(conn, p["tenant_role"], p["claim_path"])
             checks += time_queries(conn, queries_sql, p["query_runs"], p["p95_target_ms"])
         finally:
