@@ -4,12 +4,15 @@
 # autocommit, so sampling itself never counts as a rollback in pg_stat_database.
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
 import math
+import os
 import time
 from typing import Any
 
-from ansible.module_utils.pgmigrate import fetch_dicts, json_safe
+from ansible.module_utils.pgmigrate import MigrationError, connect, fetch_dicts, json_safe
 
 # The strategy's thresholds (4.2). The role's variables override them.
 DEFAULT_THRESHOLDS: dict[str, float] = {
@@ -350,3 +353,162 @@ def summary_line(sample: dict[str, Any], metrics: dict[str, Any]) -> str:
     if sample.get("event_lag_s") is not None:
         parts.append(f"event lag {sample['event_lag_s']:g} s")
     return ", ".join(parts)
+
+
+# --- taking samples: files under the run's monitoring workdir -----------------------------------
+# Shared by pgmigrate_metrics (sample, sampler) and pgmigrate_ledger (finish with the after-phase
+# sample, one module process for both).
+
+def _append(path: str, record: dict) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    with os.fdopen(fd, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, default=str) + "\n")
+
+
+def _load(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def save_json(path: str, data: dict) -> None:
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, default=str)
+    os.replace(tmp, path)
+
+
+class Sampler:
+    def __init__(self, p: dict) -> None:
+        self.p = p
+        self.conn = None
+        self.min_xacts = float({**DEFAULT_THRESHOLDS, **p["thresholds"]}["error_rate_min_xacts"])
+        os.makedirs(p["workdir"], mode=0o750, exist_ok=True)
+        self.samples_file = os.path.join(p["workdir"], "samples.jsonl")
+        self.alerts_file = os.path.join(p["workdir"], "alerts.jsonl")
+
+    def _connection(self):
+        if self.conn is None or self.conn.closed:
+            self.conn = connect(self.p, "pgmigrate-monitor")
+            self.conn.autocommit = True  # reads only; never counted as rollbacks
+        return self.conn
+
+    def close(self) -> None:
+        if self.conn is not None and not self.conn.closed:
+            self.conn.close()
+
+    def once(self, kind: str, previous: dict | None) -> tuple[dict, dict, list[dict], dict]:
+        """(raw sample, derived metrics, alerts, record written to samples.jsonl)."""
+        p = self.p
+        try:
+            raw = take_sample(self._connection(), p["probe_sql"] or DEFAULT_PROBE_SQL,
+                              p["probe_runs"], p["probe_timeout_ms"])
+        except MigrationError as exc:
+            record = {"at": utcnow(), "phase": p["phase"], "kind": kind, "error": str(exc)}
+            _append(self.samples_file, record)
+            return {}, {}, [], record
+        except Exception as exc:  # noqa: BLE001 - a failed sample is recorded, monitoring goes on
+            self.close()
+            record = {"at": utcnow(), "phase": p["phase"], "kind": kind,
+                      "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
+            _append(self.samples_file, record)
+            return {}, {}, [], record
+        metrics = derive(raw, previous, self.min_xacts)
+        alerts = evaluate(raw, metrics, p["thresholds"], p["baseline"], p["abort"], p["phase"] or None)
+        record = {**public_sample(raw), **metrics, "phase": p["phase"], "kind": kind}
+        _append(self.samples_file, record)
+        for alert in alerts:
+            _append(self.alerts_file, {**alert, "kind": kind})
+        return raw, metrics, alerts, record
+
+
+def stop_sampler(workdir: str, phase: str, timeout_s: float = 15.0) -> dict | None:
+    """Create the phase's stop file and wait for the sampler's done file: its result (samples,
+    alerts, notifications), or None when it did not finish in time."""
+    with open(os.path.join(workdir, f"sampler-{phase}.stop"), "w", encoding="utf-8") as handle:
+        handle.write("stop\n")
+    done = os.path.join(workdir, f"sampler-{phase}.done")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if os.path.exists(done):
+            return _load(done) or {"samples": 0, "alerts": [], "notifications": []}
+        time.sleep(0.05)
+    return None
+
+
+def remove_job_file(path: str, timeout_s: float = 10.0) -> bool:
+    """Remove the stopped sampler's async job file (what async_status mode=cleanup does) once
+    Ansible's async wrapper has written the final result into it; False if it did not in time."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = _load(path)
+        if job is not None and not job.get("started"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def sample_once(p: dict) -> dict:
+    """One sample now (pgmigrate_metrics action=sample, and pgmigrate_ledger's finish with a
+    sample): the background sampler of the phase stopped first when asked, the sample appended
+    to <workdir>/samples.jsonl, its alerts to alerts.jsonl."""
+    sampled = stop_sampler(p["workdir"], p["phase"]) if p["stop_sampler"] else None
+    job_removed = bool(sampled is not None and p["sampler_job_file"] and remove_job_file(p["sampler_job_file"]))
+    sampler = Sampler(p)
+    state_file = os.path.join(p["workdir"], "last_sample.json")
+    previous = _load(state_file)
+    try:
+        raw, metrics, alerts, record = sampler.once(p["kind"], previous)
+    finally:
+        sampler.close()
+    if raw:
+        save_json(state_file, {"xacts": raw["xacts"], "_statements": raw.get("_statements")})
+    return {"changed": False, "sample": record, "alerts": alerts,
+            "abort": [a for a in alerts if a["abort"]],
+            "sampler_stopped": (sampled is not None) if p["stop_sampler"] else None,
+            # What the background sampler saw, so no async_status call is needed to collect it.
+            "sampler_result": sampled or {}, "sampler_job_removed": job_removed,
+            "summary": summary_line(raw, metrics) if raw else record.get("error", "no sample")}
+
+
+# pgmigrate_metrics' sample options, for a sample taken by another module (pgmigrate_ledger).
+SAMPLE_DEFAULTS: dict[str, Any] = {
+    "workdir": None, "phase": "", "kind": "sample", "baseline": None, "thresholds": {}, "abort": {},
+    "probe_sql": None, "probe_runs": 10, "probe_timeout_ms": 5000, "stop_sampler": False,
+    "sampler_job_file": None,
+}
+
+
+def sample_with(connection: dict, options: dict) -> dict:
+    """sample_once with pgmigrate_metrics' sample options (None = the default) and the caller's
+    connection parameters."""
+    given = {k: v for k, v in options.items() if v is not None and v != ""}
+    unknown = sorted(set(given) - set(SAMPLE_DEFAULTS))
+    if unknown:
+        raise MigrationError(f"unknown sample option(s) {', '.join(unknown)}; see pgmigrate_metrics")
+    p = {**connection, **SAMPLE_DEFAULTS, **given}
+    if not p["workdir"] or int(p["probe_runs"]) < 1:
+        raise MigrationError("a sample needs workdir and probe_runs of at least 1 (migration_monitor_* variables)")
+    try:
+        return sample_once(p)
+    except OSError as exc:
+        raise MigrationError(f"cannot write monitoring files under {p['workdir']}: {exc.strerror or exc} "
+                             "(check migration_report_dir)") from exc
+
+
+def phase_monitoring(before: dict, sampled: dict | None) -> dict:
+    """The monitoring part of a phase's ledger record: the samples before and after the phase,
+    the pre-migration baseline (phase 1's record keeps it), how many background samples were
+    taken, and every alert of the phase (before, during, after). `before` holds before, baseline
+    and before_alerts; `sampled` is sample_once's result (None without monitoring)."""
+    sampled = sampled or {}
+    sampler = sampled.get("sampler_result") or {}
+    return {"before": before.get("before") or {}, "after": sampled.get("sample") or {},
+            "baseline": before.get("baseline"), "background_samples": sampler.get("samples", 0),
+            "alerts": [*(before.get("before_alerts") or []), *(sampler.get("alerts") or []),
+                       *(sampled.get("alerts") or [])]}

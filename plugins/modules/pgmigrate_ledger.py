@@ -11,7 +11,10 @@ description:
     prerequisites (refuse) - and never writes. With I(phases), every phase of a run at once,
     before anything changes (returns C(gates) by phase; a phase may rely on the phases listed
     before it); with I(phase), one phase.
-  - C(begin) records a running phase; C(finish) records its outcome.
+  - C(begin) records a running phase; C(finish) records its outcome. With I(sample) (the options
+    of pgmigrate_metrics' C(sample)), C(finish) first takes the after-phase sample (stopping the
+    phase's background sampler), returned as C(monitor) like pgmigrate_metrics returns it, and
+    with I(monitoring) records C(details.monitoring) - one module process for both.
   - C(status) returns the last finished record of every phase, and the phases whose latest
     run did not finish (C(unfinished)).
 options:
@@ -34,6 +37,10 @@ options:
   rows_affected: {type: int}
   details: {type: dict, default: {}}
   error: {type: str}
+  sample: {type: dict, description: "pgmigrate_metrics' sample options; finish samples first."}
+  monitoring:
+    type: dict
+    description: "C({before, baseline, before_alerts}); finish records details.monitoring with the sample."
   db_host: {type: str, required: true}
   db_port: {type: int, default: 5432}
   db_name: {type: str, required: true}
@@ -61,6 +68,7 @@ from ansible.module_utils.pgmigrate import (
     ledger_unfinished,
     transaction,
 )
+from ansible.module_utils.pgmigrate_monitor import phase_monitoring, sample_with
 
 
 def do_init(module, conn):
@@ -175,16 +183,24 @@ def do_finish(module, conn):
     p = module.params
     if module.check_mode or p["record_id"] is None:
         return {"changed": module.check_mode, "msg": "nothing recorded in check mode"}
+    # The after-phase sample, in this module call rather than a pgmigrate_metrics call before it.
+    sampled = sample_with(p, p["sample"]) if p["sample"] else None
+    details = dict(p["details"])
+    if p["monitoring"] is not None:
+        details["monitoring"] = phase_monitoring(p["monitoring"], sampled)
     with transaction(conn) as cur:
         cur.execute(
             f"""UPDATE {LEDGER_SCHEMA}.history
                    SET status = %s, finished_at = clock_timestamp(), rows_affected = %s,
                        details = %s, error = %s
                  WHERE id = %s RETURNING finished_at - started_at""",
-            (p["status"], p["rows_affected"], json.dumps(json_safe(p["details"])), p["error"],
+            (p["status"], p["rows_affected"], json.dumps(json_safe(details)), p["error"],
              p["record_id"]))
         duration = cur.fetchone()[0]
-    return {"changed": True, "duration_s": duration.total_seconds()}
+    result = {"changed": True, "duration_s": duration.total_seconds()}
+    if sampled is not None:
+        result["monitor"] = sampled
+    return result
 
 
 def do_status(module, conn):
@@ -220,6 +236,8 @@ def main():
         rows_affected=dict(type="int"),
         details=dict(type="dict", default={}),
         error=dict(type="str"),
+        sample=dict(type="dict"),
+        monitoring=dict(type="dict"),
         **CONNECTION_ARGS,
         **LOCK_ARGS,
     )

@@ -38,139 +38,17 @@ options:
     description: The sampler's async job file (its start task's results_file), removed once final.
 """
 
-import contextlib
-import json
 import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate import CONNECTION_ARGS, LOCK_ARGS, MigrationError, connect
-from ansible.module_utils.pgmigrate_monitor import (
-    DEFAULT_PROBE_SQL,
-    DEFAULT_THRESHOLDS,
-    derive,
-    evaluate,
-    public_sample,
-    summary_line,
-    take_sample,
-    utcnow,
-)
+from ansible.module_utils.pgmigrate import CONNECTION_ARGS, LOCK_ARGS
+from ansible.module_utils.pgmigrate_monitor import Sampler, sample_once, save_json, summary_line
 from ansible.module_utils.pgmigrate_notify import deliver, message
 
 
-def _append(path: str, record: dict) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-    with os.fdopen(fd, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, default=str) + "\n")
-
-
-def _load(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
-
-
-def _save(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, default=str)
-    os.replace(tmp, path)
-
-
-class Sampler:
-    def __init__(self, p: dict) -> None:
-        self.p = p
-        self.conn = None
-        self.min_xacts = float({**DEFAULT_THRESHOLDS, **p["thresholds"]}["error_rate_min_xacts"])
-        os.makedirs(p["workdir"], mode=0o750, exist_ok=True)
-        self.samples_file = os.path.join(p["workdir"], "samples.jsonl")
-        self.alerts_file = os.path.join(p["workdir"], "alerts.jsonl")
-
-    def _connection(self):
-        if self.conn is None or self.conn.closed:
-            self.conn = connect(self.p, "pgmigrate-monitor")
-            self.conn.autocommit = True  # reads only; never counted as rollbacks
-        return self.conn
-
-    def close(self) -> None:
-        if self.conn is not None and not self.conn.closed:
-            self.conn.close()
-
-    def once(self, kind: str, previous: dict | None) -> tuple[dict, dict, list[dict], dict]:
-        """(raw sample, derived metrics, alerts, record written to samples.jsonl)."""
-        p = self.p
-        try:
-            raw = take_sample(self._connection(), p["probe_sql"] or DEFAULT_PROBE_SQL,
-                              p["probe_runs"], p["probe_timeout_ms"])
-        except MigrationError as exc:
-            record = {"at": utcnow(), "phase": p["phase"], "kind": kind, "error": str(exc)}
-            _append(self.samples_file, record)
-            return {}, {}, [], record
-        except Exception as exc:  # noqa: BLE001 - a failed sample is recorded, monitoring goes on
-            self.close()
-            record = {"at": utcnow(), "phase": p["phase"], "kind": kind,
-                      "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
-            _append(self.samples_file, record)
-            return {}, {}, [], record
-        metrics = derive(raw, previous, self.min_xacts)
-        alerts = evaluate(raw, metrics, p["thresholds"], p["baseline"], p["abort"], p["phase"] or None)
-        record = {**public_sample(raw), **metrics, "phase": p["phase"], "kind": kind}
-        _append(self.samples_file, record)
-        for alert in alerts:
-            _append(self.alerts_file, {**alert, "kind": kind})
-        return raw, metrics, alerts, record
-
-
-def stop_sampler(workdir: str, phase: str, timeout_s: float = 15.0) -> dict | None:
-    """Create the phase's stop file and wait for the sampler's done file: its result (samples,
-    alerts, notifications), or None when it did not finish in time."""
-    with open(os.path.join(workdir, f"sampler-{phase}.stop"), "w", encoding="utf-8") as handle:
-        handle.write("stop\n")
-    done = os.path.join(workdir, f"sampler-{phase}.done")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if os.path.exists(done):
-            return _load(done) or {"samples": 0, "alerts": [], "notifications": []}
-        time.sleep(0.05)
-    return None
-
-
-def remove_job_file(path: str, timeout_s: float = 10.0) -> bool:
-    """Remove the stopped sampler's async job file (what async_status mode=cleanup does) once
-    Ansible's async wrapper has written the final result into it; False if it did not in time."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = _load(path)
-        if job is not None and not job.get("started"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def do_sample(module: AnsibleModule) -> dict:
-    p = module.params
-    sampled = stop_sampler(p["workdir"], p["phase"]) if p["stop_sampler"] else None
-    job_removed = bool(sampled is not None and p["sampler_job_file"] and remove_job_file(p["sampler_job_file"]))
-    sampler = Sampler(p)
-    state_file = os.path.join(p["workdir"], "last_sample.json")
-    previous = _load(state_file)
-    try:
-        raw, metrics, alerts, record = sampler.once(p["kind"], previous)
-    finally:
-        sampler.close()
-    if raw:
-        _save(state_file, {"xacts": raw["xacts"], "_statements": raw.get("_statements")})
-    return {"changed": False, "sample": record, "alerts": alerts,
-            "abort": [a for a in alerts if a["abort"]],
-            "sampler_stopped": (sampled is not None) if p["stop_sampler"] else None,
-            # What the background sampler saw, so no async_status call is needed to collect it.
-            "sampler_result": sampled or {}, "sampler_job_removed": job_removed,
-            "summary": summary_line(raw, metrics) if raw else record.get("error", "no sample")}
+    return sample_once(module.params)
 
 
 def do_sampler(module: AnsibleModule) -> dict:
@@ -220,7 +98,7 @@ def do_sampler(module: AnsibleModule) -> dict:
         sampler.close()
         # The done file carries the result: the after-phase sample that stopped the sampler
         # returns it (sampler_result).
-        _save(os.path.join(p["workdir"], f"sampler-{p['phase']}.done"),
+        save_json(os.path.join(p["workdir"], f"sampler-{p['phase']}.done"),
               {"samples": count, "alerts": alerts_all, "notifications": sent,
                "seconds": round(time.monotonic() - started, 1)})
 
