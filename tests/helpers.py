@@ -77,6 +77,7 @@ def inventory_data(db: dict[str, Any], env_name: str = "local") -> dict[str, Any
         # baseline is load noise here, not the migration. The criterion itself is tested in
         # tests/test_monitoring.py with its own values.
         "migration_abort_degradation_pct": 1000,
+        "migration_abort_min_delta_ms": 1000,
         "ansible_connection": "local",
         "ansible_python_interpreter": sys.executable,
     }

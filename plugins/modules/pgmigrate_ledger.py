@@ -8,9 +8,8 @@ short_description: Read and write the migration ledger (migration_ledger.history
 description:
   - C(init) creates the ledger schema when it is missing.
   - C(gate) decides whether a phase runs - already applied (skip, or refuse on drift), missing
-    prerequisites (refuse) - and never writes. With I(phases), every phase of a run at once,
-    before anything changes (returns C(gates) by phase; a phase may rely on the phases listed
-    before it); with I(phase), one phase.
+    prerequisites (refuse) - and never writes: every phase of a run (I(phases)) at once, before
+    anything changes; returns C(gates) by phase. A phase may rely on the phases listed before it.
   - C(begin) records a running phase; C(finish) records its outcome. With I(sample) (the options
     of pgmigrate_metrics' C(sample)), C(finish) first takes the after-phase sample (stopping the
     phase's background sampler), returned as C(monitor) like pgmigrate_metrics returns it, and
@@ -22,8 +21,6 @@ options:
   phase: {type: str}
   phases: {type: list, elements: dict, default: []}
   direction: {type: str, default: apply, choices: [apply, rollback]}
-  requires: {type: list, elements: str, default: []}
-  planned: {type: list, elements: str, default: []}
   files: {type: list, elements: path, default: []}
   sql_root: {type: path}
   checksum_params: {type: dict, default: {}}
@@ -129,21 +126,11 @@ def gate_one(state: dict, phase: str, requires: list[str], files_in: list[str], 
 
 
 def do_gate(module, conn):
+    """Every phase of a run, asked once before anything changes: a phase may rely on the phases
+    listed before it (the run stops at the first one that fails). The first refusal, in phase
+    order, fails the run."""
     p = module.params
-    if not p["phases"] and not p["phase"]:
-        module.fail_json(msg="action gate needs phase or phases")
     state = ledger_state(conn)
-    if not p["phases"]:
-        # One phase, asked when it is about to run: the phases before it in this run have run.
-        extra = set(p["planned"]) if module.check_mode else set()
-        try:
-            return {"changed": False, **gate_one(state, p["phase"], p["requires"], p["files"], p["sql_root"],
-                                                 p["checksum_params"], p["direction"], extra)}
-        except GateRefused as exc:
-            module.fail_json(msg=str(exc), **exc.result)
-    # Every phase of a run, asked once before anything changes: a phase may rely on the phases
-    # planned before it (the run stops at the first one that fails). The first refusal, in phase
-    # order, fails the run.
     gates: dict[str, dict] = {}
     for item in sorted(p["phases"], key=lambda i: str(i["phase"])):
         phase = str(item["phase"])
@@ -221,8 +208,6 @@ def main():
         # action gate for every phase of a run at once: [{phase, requires, files, checksum_params}]
         phases=dict(type="list", elements="dict", default=[]),
         direction=dict(type="str", default="apply", choices=["apply", "rollback"]),
-        requires=dict(type="list", elements="str", default=[]),
-        planned=dict(type="list", elements="str", default=[]),
         files=dict(type="list", elements="path", default=[]),
         sql_root=dict(type="path"),
         checksum_params=dict(type="dict", default={}),
@@ -245,7 +230,7 @@ def main():
         argument_spec=spec,
         supports_check_mode=True,
         required_if=[("action", "init", ["ledger_sql"]),
-                     ("action", "gate", ["sql_root"]),
+                     ("action", "gate", ["phases", "sql_root"]),
                      ("action", "begin", ["phase", "run_id", "operator", "environment", "sql_root"]),
                      ("action", "finish", ["status"])],
     )
