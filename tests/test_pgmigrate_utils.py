@@ -266,3 +266,72 @@ def test_with_lock_retry_does_not_retry_other_errors(fresh_db: dict[str, Any]) -
     finally:
         conn.close()
     assert len(attempts) == 1
+
+
+@pytest.fixture
+def slow_autovacuum(fresh_db: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A real autovacuum worker holding its lock on av_target for many seconds: dead rows, a
+    vacuum throttled to a page or so per 100 ms, autovacuum_naptime 1 s while the test runs."""
+    admin = connect({**fresh_db, "dbname": "postgres"})
+    admin.autocommit = True
+    conn = connect(fresh_db)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("""CREATE TABLE av_target (id int, pad text) WITH (
+                         autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0,
+                         autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1)""")
+        cur.execute("INSERT INTO av_target SELECT g, repeat('x', 200) FROM generate_series(1, 40000) g")
+        cur.execute("DELETE FROM av_target WHERE id % 2 = 0")
+    with admin.cursor() as cur:
+        cur.execute("ALTER SYSTEM SET autovacuum_naptime = '1s'")
+        cur.execute("SELECT pg_reload_conf()")
+    try:
+        deadline = time.monotonic() + 60
+        while not _autovacuum_pids(conn):
+            assert time.monotonic() < deadline, "no autovacuum worker started on av_target within 60 s"
+            time.sleep(0.2)
+        yield fresh_db
+    finally:
+        with admin.cursor() as cur:
+            cur.execute("ALTER SYSTEM RESET autovacuum_naptime")
+            cur.execute("SELECT pg_reload_conf()")
+        conn.close()
+        admin.close()
+
+
+def _autovacuum_pids(conn: Any) -> list[int]:
+    with conn.cursor() as cur:
+        cur.execute("""SELECT pid FROM pg_stat_activity
+                        WHERE backend_type = 'autovacuum worker' AND query LIKE '%av_target%'""")
+        pids = [r[0] for r in cur.fetchall()]
+    if not conn.autocommit:
+        conn.rollback()
+    return pids
+
+
+def test_autovacuum_yields_to_a_lock_timeout(slow_autovacuum: dict[str, Any]) -> None:
+    """An autovacuum holds av_target's SHARE UPDATE EXCLUSIVE lock: ALTER TABLE times out
+    attempt after attempt; with the SQL given, the runner cancels that autovacuum after the first
+    timeout (as PostgreSQL would after deadlock_timeout) and the ALTER goes through."""
+    conn = connect(slow_autovacuum)
+    conn.autocommit = True
+    statement = "ALTER TABLE av_target ADD COLUMN IF NOT EXISTS note text"
+
+    def work(cur: Any) -> None:
+        cur.execute(statement)
+
+    try:
+        # Without the SQL, nothing yields: three short attempts, then the operator's message.
+        with pytest.raises(pgmigrate.MigrationError, match="gave up after 3 attempts"):
+            pgmigrate.with_lock_retry(conn, work, {**FAST_LOCK, "lock_attempts": 3})
+        assert _autovacuum_pids(conn), "the autovacuum finished on its own: the test proves nothing"
+        started = time.monotonic()
+        _, retries = pgmigrate.with_lock_retry(conn, work, FAST_LOCK, sql=statement)
+        assert 1 <= retries <= 5
+        assert time.monotonic() - started < 5
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM information_schema.columns "
+                        "WHERE table_name = 'av_target' AND column_name = 'note'")
+            assert cur.fetchone()[0] == 1
+    finally:
+        conn.close()

@@ -117,17 +117,54 @@ def backoff_delays(initial_ms: int, max_ms: int) -> Iterator[float]:
         delay = min(max_ms, delay * 2)
 
 
+# PostgreSQL cancels a (non-wraparound) autovacuum that blocks a lock request once the request
+# has waited deadlock_timeout (1 s). Ours give up after lock_timeout (50 ms), long before, and
+# would wait behind the vacuum attempt after attempt (after phase 3's updates, autovacuum is due
+# on client_app_overrides). So after a lock timeout we ask as PostgreSQL would: the autovacuum
+# workers of this database that hold a lock on a relation the SQL names are cancelled, and
+# autovacuum comes back later. An anti-wraparound vacuum is left alone, as PostgreSQL leaves it;
+# without the right to signal autovacuum (superuser) the SQL waits for it, as it would anyway.
+_CANCEL_AUTOVACUUM = """
+SELECT count(pg_cancel_backend(a.pid))
+  FROM pg_stat_activity AS a
+ WHERE a.backend_type = 'autovacuum worker' AND a.datname = current_database()
+   AND a.query NOT LIKE '%%(to prevent wraparound)'
+   AND EXISTS (SELECT FROM pg_locks AS l JOIN pg_class AS c ON c.oid = l.relation
+                WHERE l.pid = a.pid AND l.locktype = 'relation' AND l.granted
+                  AND c.relname = ANY (%s))"""
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
+
+
+def yield_autovacuum(conn: Any, sql: str) -> int:
+    """Cancel the autovacuum workers holding a lock on a relation `sql` names (see above);
+    returns how many. Runs in its own short transaction; never raises."""
+    names = sorted(set(_IDENTIFIER.findall(strip_comments(sql).lower())))
+    try:
+        with conn.cursor() as cur:
+            cur.execute(_CANCEL_AUTOVACUUM, (names,))
+            cancelled = cur.fetchone()[0]
+        if not conn.autocommit:
+            conn.commit()
+        return int(cancelled)
+    except psycopg2.Error:
+        if not conn.autocommit:
+            conn.rollback()
+        return 0
+
+
 def with_lock_retry(
     conn: Any,
     work: Callable[[Any], Any],
     lock: dict[str, Any],
     transactional: bool = True,
+    sql: str | None = None,
 ) -> tuple[Any, int]:
     """Run work(cursor) under a short lock_timeout; retry lock timeouts and deadlocks.
 
     A statement that waits for a lock makes every later query on that table queue behind it, so
     we wait only lock_timeout_ms, give the lock back, sleep with backoff and try again. Returns
-    (result, retries). transactional=False runs in autocommit (CREATE INDEX CONCURRENTLY).
+    (result, retries). transactional=False runs in autocommit (CREATE INDEX CONCURRENTLY). `sql`,
+    the SQL work runs: after a lock timeout, an autovacuum on a relation it names is cancelled.
     """
     delays = backoff_delays(lock["backoff_initial_ms"], lock["backoff_max_ms"])
     retries = 0
@@ -154,6 +191,8 @@ def with_lock_retry(
                     f"{lock['lock_timeout_ms']} ms ({str(exc).strip()}); a long transaction holds "
                     "it: find it in pg_stat_activity, or raise migration_lock_attempts"
                 ) from None
+            if sql and sqlstate(exc) == LOCK_NOT_AVAILABLE:
+                yield_autovacuum(conn, sql)
             time.sleep(next(delays))
 
 

@@ -246,7 +246,7 @@ def run_batches(conn, path: str, p: dict, lock: dict) -> dict:
             cols = [c.name for c in cur.description]
             return dict(zip(cols, cur.fetchone(), strict=True))
 
-        row, retries = with_lock_retry(conn, work, lock, transactional=True)
+        row, retries = with_lock_retry(conn, work, lock, transactional=True, sql=sql)
         elapsed = max(time.monotonic() - t0, 1e-4)
         totals["lock_retries"] += retries
         if not row.get("taken"):
@@ -301,7 +301,8 @@ def run_group(conn, group: list[str], p: dict, files: dict, ids: dict, extra: di
             out[phase] = {"rows": rows, **details}
         return out
 
-    return with_lock_retry(conn, work, lock, transactional=True)
+    return with_lock_retry(conn, work, lock, transactional=True,
+                           sql="\n".join(sql for pairs in sqls.values() for _, sql in pairs))
 
 
 def summarise(details: dict) -> str:

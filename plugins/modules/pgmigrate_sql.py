@@ -61,7 +61,7 @@ def run_transactional(conn, sql: str, lock: dict) -> tuple[int, int]:
         cur.execute(sql)
         return cur.rowcount
 
-    return with_lock_retry(conn, work, lock, transactional=True)
+    return with_lock_retry(conn, work, lock, transactional=True, sql=sql)
 
 
 def run_autocommit(conn, sql: str, lock: dict) -> tuple[int, int, list[str]]:
@@ -76,7 +76,7 @@ def run_autocommit(conn, sql: str, lock: dict) -> tuple[int, int, list[str]]:
             cur.execute(statement)
             return max(cur.rowcount, 0)
 
-        done, tries = with_lock_retry(conn, work, lock, transactional=False)
+        done, tries = with_lock_retry(conn, work, lock, transactional=False, sql=statement)
         rows += done
         retries += tries
     return rows, retries, rebuilt

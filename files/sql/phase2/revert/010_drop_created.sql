@@ -6,23 +6,8 @@
 -- instead. Dropping a column drops its indexes and phase 4's foreign keys with it.
 -- One transaction: ACCESS EXCLUSIVE on each table for milliseconds (catalog changes only; the
 -- dropped columns' space is reused by later updates), taken under the runner's lock_timeout.
--- Dropping the tables and columns locks them, and clients_enhanced (their foreign keys).
--- An autovacuum of those tables would hold this step off: PostgreSQL cancels a (non-wraparound)
--- autovacuum itself only once a conflicting lock request has waited deadlock_timeout (1 s), and
--- our requests give up after lock_timeout (50 ms), attempt after attempt (after phase 3's
--- writes, autovacuum is due). So we ask as PostgreSQL would (as the deploy steps do); an
--- anti-wraparound vacuum (its query ends in "(to prevent wraparound)") is left alone, and
--- without the right to signal autovacuum the step waits for it, as before.
-DO $$
-BEGIN
-    PERFORM pg_cancel_backend(a.pid)
-       FROM pg_stat_activity AS a
-      WHERE a.backend_type = 'autovacuum worker' AND a.datname = current_database()
-        AND a.query ~ '[ .](client_app_overrides|clients_enhanced|orchestration_workflows|workflow_executions|handover_packages|integration_events)$';
-EXCEPTION WHEN insufficient_privilege THEN NULL;
-END
-$$;
-
+-- Dropping the tables and columns locks them, and clients_enhanced (their foreign keys); an
+-- autovacuum holding one of them is cancelled by the runner after a lock timeout (pgmigrate.py).
 DO $$
 DECLARE
     legacy constant boolean := NOT EXISTS (
