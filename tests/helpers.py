@@ -78,6 +78,9 @@ def inventory_data(db: dict[str, Any], env_name: str = "local") -> dict[str, Any
         # tests/test_monitoring.py with its own values.
         "migration_abort_degradation_pct": 1000,
         "migration_abort_min_delta_ms": 1000,
+        # Two linking sessions (the default is one): the suite keeps the side-by-side path,
+        # each session on its own pages, under test; Molecule runs the default.
+        "phase3_data_backfill_workers": 2,
         "ansible_connection": "local",
         "ansible_python_interpreter": sys.executable,
     }

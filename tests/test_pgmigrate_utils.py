@@ -335,3 +335,21 @@ def test_autovacuum_yields_to_a_lock_timeout(slow_autovacuum: dict[str, Any]) ->
             assert cur.fetchone()[0] == 1
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+def test_connect_keeps_a_session_to_its_parallel_workers(fresh_db: dict[str, Any], workers: int) -> None:
+    """db_parallel_workers holds for the whole session, after a rollback too, and the
+    connection is handed back outside autocommit as psycopg2 opens it."""
+    conn = pgmigrate.connect({**conn_params(fresh_db), "db_parallel_workers": workers})
+    try:
+        assert conn.autocommit is False
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        conn.rollback()
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_setting('max_parallel_workers_per_gather'), "
+                        "current_setting('max_parallel_maintenance_workers')")
+            assert cur.fetchone() == (str(workers), str(workers))
+    finally:
+        conn.close()

@@ -39,6 +39,11 @@ CONNECTION_ARGS: dict[str, dict[str, Any]] = {
     "db_password": {"type": "str", "no_log": True},
     "db_sslmode": {"type": "str", "default": "prefer"},
     "connect_timeout": {"type": "int", "default": 10},
+    # Parallel workers a migration session may start (max_parallel_workers_per_gather and
+    # max_parallel_maintenance_workers). 0: each session keeps to one CPU, and the others stay
+    # free for the application - on a small server a validation query fanning out into three
+    # processes is what takes every core from it.
+    "db_parallel_workers": {"type": "int", "default": 0},
 }
 
 # The lock-safety options of every module that takes strong locks.
@@ -82,6 +87,16 @@ def connect(params: dict[str, Any], application_name: str = "pgmigrate") -> Any:
         conn = psycopg2.connect(**kwargs)
     except psycopg2.OperationalError as exc:
         raise MigrationError(explain_connect_error(str(exc), params)) from None
+    workers = params.get("db_parallel_workers")
+    if workers is not None:
+        # Session settings, outside any transaction (a rollback would undo them), and not as the
+        # startup packet's `options`, which connection poolers such as PgBouncer refuse.
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT set_config('max_parallel_workers_per_gather', %s, false), "
+                        "set_config('max_parallel_maintenance_workers', %s, false)",
+                        (str(workers), str(workers)))
+        conn.autocommit = False
     return conn
 
 
