@@ -11,6 +11,8 @@ workload (tools/bench/workload.py):
   (a)       the strategy's procedure as written, through psql (tools/bench/strategy/): pg_dump
             -F c -b -v and pg_restore --list, then phases 1 to 6, each phase one psql script in
             autocommit; the strategy's elided parts are filled with our SQL (files/sql);
+  floor     the workload beside 1, then 2 database sessions that only burn CPU, no migration:
+            what p99 becomes on this machine when that much of it is taken, whoever takes it;
   (b)       ansible-playbook playbooks/migrate.yml -e phase=all, monitoring included; only its
             degradation abort criterion is relaxed, as in the test inventory (tests/helpers.py):
             on a shared machine, under the bench's own traffic, it trips on noise.
@@ -47,6 +49,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -518,7 +521,8 @@ def judge(base: Side, a: Side, b: Side) -> list[dict[str, Any]]:
     ]
 
 
-def table(base: Side, a: Side, b: Side, targets: list[dict[str, Any]], fixed: dict[str, Any] | None) -> str:
+def table(base: Side, a: Side, b: Side, targets: list[dict[str, Any]], fixed: dict[str, Any] | None,
+          floor: list[dict[str, Any]]) -> str:
     sa, sb = a.summary(), b.summary()
     width = 26
     rounds = max(len(a.runs), len(b.runs))
@@ -580,6 +584,10 @@ def table(base: Side, a: Side, b: Side, targets: list[dict[str, Any]], fixed: di
         rest = b.wall - fixed["wall_s"]
         lines.append(f"(b)'s fixed cost, the same playbook on {fixed['scale']} clients: {fixed['wall_s']:.1f} s "
                      f"({fixed['tasks']} tasks); (b) without it: {rest:.1f} s, {ratio(rest, a.wall)} of (a)")
+    if floor:
+        lines.append("machine floor, no migration: the same traffic beside sessions that only burn CPU: " + "; ".join(
+            f"{f['busy_sessions']} busy: p99 {fmt(f['p99_ms'], 2)} ms = {ratio(f['p99_ms'], a0['p99_ms'])}"
+            for f in floor))
     for side in (a, b):
         for run in side.runs:
             if run.error:
@@ -651,6 +659,49 @@ def measure_fixed(info: dict[str, Any], workdir: Path, procedure: Any) -> dict[s
             "tasks": profile.get("tasks"), "task_seconds": profile.get("seconds")}
 
 
+def burn_cpus(busy: int, seconds: float) -> Any:
+    """A procedure for measure(): `busy` database sessions each keeping one CPU busy (a tight
+    generate_series) for `seconds`; no migration. What the workload's p99 becomes when that
+    much of the machine is taken, whoever takes it: this machine's floor for the p99 target."""
+
+    def procedure(db: dict[str, Any], workdir: Path) -> dict[str, Any]:
+        del workdir
+        stop = time.time() + seconds
+
+        def burn() -> None:
+            conn = psycopg2.connect(host=db["host"], port=db["port"], user=db["user"],
+                                    password=db["password"], dbname=db["dbname"], application_name="bench-burn")
+            conn.autocommit = True
+            try:
+                with conn.cursor() as cur:
+                    while time.time() < stop:
+                        cur.execute("SELECT count(*) FROM generate_series(1, 2000000)")
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=burn, daemon=True) for _ in range(busy)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return {"spans": {}, "steps": {"busy_sessions": busy}}
+
+    return procedure
+
+
+def measure_floor(info: dict[str, Any], args: argparse.Namespace, base_dir: Path) -> list[dict[str, Any]]:
+    floor = []
+    for busy in (1, 2):
+        workdir = base_dir / "work" / f"floor-{busy}"
+        workdir.mkdir(parents=True)
+        run = measure(f"floor{busy}", f"floor: traffic beside {busy} busy session(s)", info, args, workdir,
+                      burn_cpus(busy, args.floor_s))
+        stats = run.summary()["app"]
+        floor.append({"busy_sessions": busy, "p99_ms": stats["p99_same_ops_ms"],
+                      "p50_ms": stats["p50_ms"], "transactions": stats["transactions"]})
+    return floor
+
+
 def save_transactions(run: Run, path: Path) -> None:
     """Every application transaction of a run, for a closer look: seconds since the run started,
     latency, operation, error."""
@@ -687,6 +738,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--client-nice", type=int, default=10,
                         help="niceness of the migration's client side (psql, pg_dump; ansible-playbook), both sides")
+    parser.add_argument("--floor-s", type=float, default=10.0,
+                        help="length of each machine-floor run (traffic beside 1, then 2 busy sessions)")
+    parser.add_argument("--no-floor", action="store_true", help="skip the machine-floor runs")
     parser.add_argument("--no-fixed-cost", action="store_true",
                         help=f"skip (b) on {FIXED_SCALE} clients (its fixed cost, whatever the data)")
     args = parser.parse_args(argv)
@@ -698,6 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     datadir = Path(args.datadir) if args.datadir else base_dir / "data"
     started = time.strftime("%Y%m%d-%H%M%S")
     fixed: dict[str, Any] | None = None
+    floor: list[dict[str, Any]] = []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sides = {"baseline": Side("baseline", "baseline: traffic only"),
@@ -718,6 +773,8 @@ def main(argv: list[str] | None = None) -> int:
             for log in sorted(workdir.glob("*.log")):
                 shutil.copy(log, out / f"bench-{started}-{n:02d}-{name}-{log.name}")
             save_transactions(run, out / f"bench-{started}-{n:02d}-{name}-transactions.csv.gz")
+        if not args.no_floor:
+            floor = measure_floor(info, args, base_dir)
         if not args.no_fixed_cost and args.only != "a":
             workdir = base_dir / "work" / "fixed"
             workdir.mkdir(parents=True)
@@ -728,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(base_dir, ignore_errors=True)
     base, a, b = sides["baseline"], sides["a"], sides["b"]
     targets = judge(base, a, b)
-    text = table(base, a, b, targets, fixed)
+    text = table(base, a, b, targets, fixed, floor)
     print()
     print(text)
     report = {
@@ -740,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios_b_over_a": {"wall": round(b.wall / a.wall, 3) if a.runs and b.runs else None,
                             **{f"phase_{p}": round(wb / wa, 3) for p in PHASES
                                if (wa := a.phase_wall(p)) and (wb := b.phase_wall(p)) is not None}},
-        "fixed_cost_b": fixed, "targets": targets, "table": text,
+        "fixed_cost_b": fixed, "machine_floor": floor, "targets": targets, "table": text,
     }
     json_path = out / f"bench-{started}.json"
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
