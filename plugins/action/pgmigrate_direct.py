@@ -30,6 +30,7 @@ from typing import Any
 from ansible import constants as C
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.json import Direction, get_module_decoder, get_module_encoder
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 from ansible.vars.clean import remove_internal_keys
 
@@ -84,7 +85,9 @@ class DirectModuleAction(ActionBase):
         if self._task.async_val or self._connection.transport != "local":
             return False
         enabled = task_vars.get("pgmigrate_direct_execution", True)
-        return bool(self._templar.template(enabled)) if isinstance(enabled, str) else bool(enabled)
+        if isinstance(enabled, str):  # an inventory's "false", or a template
+            enabled = self._templar.template(enabled)
+        return boolean(enabled, strict=False)
 
     def _run_module(self, name: str, args: dict[str, Any], task_vars: dict[str, Any]) -> dict[str, Any]:
         """The module's result, from main() here or from a module process."""
