@@ -8,12 +8,12 @@ short_description: Read and write the migration ledger (migration_ledger.history
 description:
   - C(init) creates the ledger schema when it is missing.
   - C(gate) decides whether a phase runs - already applied (skip, or refuse on drift), missing
-    prerequisites (refuse) - and never writes: every phase of a run (I(phases)) at once, before
+    prerequisites (refuse) - and never writes; every phase of a run (I(phases)) at once, before
     anything changes; returns C(gates) by phase. A phase may rely on the phases listed before it.
   - C(begin) records a running phase; C(finish) records its outcome. With I(sample) (the options
     of pgmigrate_metrics' C(sample)), C(finish) first takes the after-phase sample (stopping the
     phase's background sampler), returned as C(monitor) like pgmigrate_metrics returns it, and
-    with I(monitoring) records C(details.monitoring) - one module process for both.
+    with I(monitoring) records C(details.monitoring) - one module call for both.
   - C(status) returns the last finished record of every phase, and the phases whose latest
     run did not finish (C(unfinished)).
 options:
