@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib.abc
 import importlib.util
 import io
@@ -115,7 +114,7 @@ class DirectModuleAction(ActionBase):
 
         class Direct(AnsibleModule):
             def _load_params(self) -> None:
-                self.params = copy.deepcopy(params)
+                self.params = params
 
             def _record_module_result(self, o: dict[str, Any]) -> None:
                 recorded.append(o)
