@@ -560,3 +560,26 @@ def test_invalid_index_is_rebuilt(migrated_copy: dict[str, Any], tmp_path: Path)
     assert valid
     assert definition.endswith("(installation_id)")
     assert "UNIQUE" not in definition
+
+
+def test_inserts_before_the_linking_record_the_same(migrated: Migrated, fresh_db: dict[str, Any],
+                                                    tmp_path: Path) -> None:
+    """phase3_data_inserts_beside: false inserts workflows, packages and events in the foreground,
+    before the linking session: the same rows, the same counts in the ledger, every inserted id
+    recorded for the rollback, as the default run beside it (both from the same template)."""
+    result = run_playbook(MIGRATE, fresh_db, {"phase": "all", "phase3_data_inserts_beside": False,
+                                              **out_dirs_in(tmp_path)})
+    assert result.returncode == 0, playbook_output(result)
+
+    def phase3(db: dict[str, Any]) -> tuple[Any, ...]:
+        return query(db, """
+            SELECT rows_affected, details->>'overrides_linked', details->>'workflows_created',
+                   details->>'handover_packages_created', details->>'integration_events_created',
+                   (SELECT count(*) FROM migration_ledger.phase3_inserted),
+                   (SELECT count(*) FROM orchestration_workflows) + (SELECT count(*) FROM handover_packages)
+                     + (SELECT count(*) FROM integration_events)
+              FROM migration_ledger.history WHERE phase = '3' AND status = 'succeeded'""")[0]
+
+    foreground, beside = phase3(fresh_db), phase3(migrated.db)
+    assert foreground == beside
+    assert int(foreground[2]) > 0 and foreground[5] == foreground[6]
