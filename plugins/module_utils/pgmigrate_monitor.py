@@ -357,7 +357,7 @@ def summary_line(sample: dict[str, Any], metrics: dict[str, Any]) -> str:
 
 # --- taking samples: files under the run's monitoring workdir -----------------------------------
 # Shared by pgmigrate_metrics (sample, sampler) and pgmigrate_ledger (finish with the after-phase
-# sample, one module process for both).
+# sample, one module call for both).
 
 def _append(path: str, record: dict) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)

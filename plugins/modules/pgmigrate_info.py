@@ -77,7 +77,7 @@ def main():
         if refusal:
             module.fail_json(msg=refusal, **facts)
         if p["ledger"]:
-            # What pgmigrate_ledger's status returns: one module process instead of two.
+            # What pgmigrate_ledger's status returns: one module call instead of two.
             state = ledger_state(conn)
             facts["ledger"] = {"changed": False, "state": state, "applied": applied_phases(state),
                                "unfinished": ledger_unfinished(conn), "ledger_exists": ledger_exists(conn)}
