@@ -6,6 +6,7 @@ must really switch (Ansible prints "Using module file" at -vvv only for a module
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ PLAY = """
 
 
 def run(tmp_path: Path, db: dict[str, Any], direct: bool, wrong_password: bool = False,
-        check: bool = False) -> tuple[dict[str, Any], str]:
+        check: bool = False, extra_args: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
     play = tmp_path / "play.yml"
     play.write_text(PLAY)
     sql_file = tmp_path / "create.sql"
@@ -55,7 +56,7 @@ def run(tmp_path: Path, db: dict[str, Any], direct: bool, wrong_password: bool =
         REPO_ROOT, str(play), db,
         {"pgmigrate_direct_execution": direct, "wrong_password": wrong_password, "sql_file": str(sql_file),
          "result_file": str(tmp_path / "result.json")},
-        check=check, extra_args=["-vvv"])
+        check=check, extra_args=["-vvv", *extra_args])
     assert result.returncode == 0, playbook_output(result)
     return json.loads((tmp_path / "result.json").read_text()), result.stdout
 
@@ -91,3 +92,13 @@ def test_a_failure_reads_the_same_both_ways(tmp_path: Path, fresh_db: dict[str, 
     assert "password authentication failed" in direct["info"]["msg"]
     for out in (direct_out, process_out):
         assert "not-the-password-4471" not in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="become (su to root) without a password needs root")
+def test_become_runs_a_module_process(tmp_path: Path, fresh_db: dict[str, Any]) -> None:
+    """A task under become switches user, which only a module process can: such a task is not
+    run in the worker, whatever pgmigrate_direct_execution says."""
+    result, out = run(tmp_path, fresh_db, direct=True, extra_args=("--become", "--become-method=su"))
+    assert "Using module file" in out and "pgmigrate_info.py" in out
+    assert not result["info"].get("failed") and result["info"]["server_version_num"] >= 130000
+    assert result["sql"]["changed"] is True

@@ -10,7 +10,7 @@
 # the play sees what it would have seen.
 #
 # A module process is used as usual for an async task (the monitoring sampler), a connection
-# other than local (a bastion host), or with pgmigrate_direct_execution: false.
+# other than local (a bastion host), become, or with pgmigrate_direct_execution: false.
 #
 # One file, several names: plugins/action/pgmigrate_<module>.py are symbolic links to this one
 # (an action plugin named like a module runs in its place).
@@ -81,7 +81,8 @@ class DirectModuleAction(ActionBase):
         return result
 
     def _direct(self, task_vars: dict[str, Any]) -> bool:
-        if self._task.async_val or self._connection.transport != "local":
+        # become switches user for a module process; the worker cannot.
+        if self._task.async_val or self._connection.transport != "local" or self._play_context.become:
             return False
         enabled = task_vars.get("pgmigrate_direct_execution", True)
         if isinstance(enabled, str):  # an inventory's "false", or a template
