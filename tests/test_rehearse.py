@@ -150,6 +150,7 @@ def test_refused_rehearsal_changes_nothing(fresh_db: dict[str, Any], staging_db:
 
 def load_rehearsal() -> Any:
     for name, path in (("ansible.module_utils.pgmigrate", "plugins/module_utils/pgmigrate.py"),
+                       ("ansible.module_utils.pgmigrate_monitor", "plugins/module_utils/pgmigrate_monitor.py"),
                        ("pgmigrate_rehearsal_under_test", "plugins/modules/pgmigrate_rehearsal.py")):
         spec = importlib.util.spec_from_file_location(name, REPO_ROOT / path)
         module = importlib.util.module_from_spec(spec)

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.abc
 import importlib.util
 import io
@@ -70,9 +71,18 @@ def _load(path: str, name: str) -> ModuleType:
 
 
 class DirectModuleAction(ActionBase):
+    """Also the base of pgmigrate_notify's and pgmigrate_report's action plugins, which get it
+    with action_loader.get("pgmigrate_direct", class_only=True)."""
+
     TRANSFERS_FILES = False
     _supports_check_mode = True
     _supports_async = True
+
+    @staticmethod
+    def _module_utils(name: str) -> ModuleType:
+        """One of our module_utils files (ansible.module_utils.<name>), imported here."""
+        _install_finder()
+        return importlib.import_module(_UTILS_PREFIX + name)
 
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result = super().run(tmp, task_vars)

@@ -9,25 +9,13 @@
 # message) and never fails the task.
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 from ansible.plugins.action import ActionBase
 from ansible.plugins.filter.core import to_nice_yaml
+from ansible.plugins.loader import action_loader
 
-_SHARED = Path(__file__).resolve().parents[1] / "module_utils" / "pgmigrate_notify.py"
 _SLACK_COLOURS = {"info": "good", "warning": "warning", "critical": "danger"}
-
-
-def _load_shared() -> Any:
-    # A playbook-adjacent module_utils file is not importable on the controller by name.
-    spec = importlib.util.spec_from_file_location("pgmigrate_notify_shared", _SHARED)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {_SHARED}")
-    shared = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shared)
-    return shared
 
 
 def _subject(text: str) -> str:
@@ -35,9 +23,9 @@ def _subject(text: str) -> str:
     return text if len(text) <= 155 else text[:147] + "..."
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _supports_check_mode = True
+# The base brings the import of our module_utils (pgmigrate_direct.py); messages are never async.
+class ActionModule(action_loader.get("pgmigrate_direct", class_only=True)):  # type: ignore[misc]
+    _supports_async = False
 
     def _channel(self, module: str, module_args: dict[str, Any], task_vars: dict[str, Any]) -> str:
         """'ok', or 'failed: <the module's message>' (the module hides its own secrets)."""
@@ -69,9 +57,10 @@ class ActionModule(ActionBase):
         return channels
 
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
-        result = super().run(tmp, task_vars)
+        # ActionBase's run: the base class's own would run the module already.
+        result = ActionBase.run(self, tmp, task_vars)
         del tmp
-        shared = _load_shared()
+        shared = self._module_utils("pgmigrate_notify")
         validation, args = self.validate_argument_spec(argument_spec=shared.ARGUMENT_SPEC)
         del validation
         if self._task.check_mode:

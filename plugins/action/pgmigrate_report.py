@@ -4,29 +4,19 @@
 # module itself runs like every pgmigrate_* module (pgmigrate_direct.py).
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 from typing import Any
 
+from ansible.plugins.action import ActionBase
+from ansible.plugins.loader import action_loader
 from ansible.template import trust_as_template
 
 
-def _direct_action() -> Any:
-    # A playbook-adjacent action plugin is not importable by name from another one.
-    path = Path(__file__).resolve().parent / "pgmigrate_direct.py"
-    spec = importlib.util.spec_from_file_location("pgmigrate_direct_action", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    shared = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shared)
-    return shared.DirectModuleAction
-
-
-class ActionModule(_direct_action()):  # type: ignore[misc]
+class ActionModule(action_loader.get("pgmigrate_direct", class_only=True)):  # type: ignore[misc]
 
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
-        result = super().run(tmp, task_vars)
+        # ActionBase's run: the base class's own would run the module already.
+        result = ActionBase.run(self, tmp, task_vars)
         del tmp
         task_vars = task_vars or {}
         module_args = dict(self._task.args)

@@ -5,20 +5,13 @@
 # URL is a credential): they never appear in messages, results or the log.
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import urllib.error
 import urllib.request
 from typing import Any
 
-# Standard library only: the pgmigrate_notify action plugin loads this file on the controller,
-# outside a module's import machinery.
-
-
-def utcnow() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
+from ansible.module_utils.pgmigrate_monitor import utcnow
 
 # pgmigrate_notify's options, shared by the module and its action plugin.
 ARGUMENT_SPEC: dict[str, dict[str, Any]] = {

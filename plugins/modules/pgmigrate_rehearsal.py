@@ -35,7 +35,6 @@ options:
   run_report: {type: str, default: ""}
 """
 
-import datetime
 import json
 import os
 
@@ -49,6 +48,7 @@ from ansible.module_utils.pgmigrate import (
     fetch_dicts,
     json_safe,
 )
+from ansible.module_utils.pgmigrate_monitor import utcnow
 
 SYSTEM = "nspname !~ '^pg_' AND nspname <> 'information_schema'"
 # What the full rollback keeps on purpose: the ledger (the record of the rehearsal itself) and
@@ -113,10 +113,6 @@ CATALOG: dict[str, str] = {
           LEFT JOIN pg_roles r ON r.oid = s.setrole
          WHERE d.datname = current_database()""",
 }
-
-
-def utcnow() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 # --- fingerprint ----------------------------------------------------------------------------
