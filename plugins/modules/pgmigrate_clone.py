@@ -270,11 +270,15 @@ def check(p: dict, src: dict) -> dict:
                                   "name": other.get("name")}):
             raise MigrationError(f"{where} is the database of {other.get('label', 'a production host')} "
                                  "(migration_env=production): a clone never replaces it. Nothing was changed.")
-    pg_dump = pg_program("pg_dump", p["pg_bin_dir"])
-    pg_restore = pg_program("pg_restore", p["pg_bin_dir"])
+    pg_program("pg_dump", p["pg_bin_dir"])  # a bin_dir without the programs is refused first
+    pg_program("pg_restore", p["pg_bin_dir"])
     facts = read_source(src, p)
+    # Without clone_pg_bin_dir: pg_dump of the source's major, pg_restore of staging's (never older).
+    pg_dump = pg_program("pg_dump", p["pg_bin_dir"], facts["server_version_num"] // 10000)
     require_dump_version(pg_dump, facts["server_version_num"], f"clone_source {p['source_label']}")
     server = read_target_server(p)
+    pg_restore = pg_program("pg_restore", p["pg_bin_dir"],
+                            max(server["server_version_num"], facts["server_version_num"]) // 10000)
     if (facts["started"], facts["port"]) == (server["started"], server["port"]) and src["db_name"] == p["db_name"]:
         raise MigrationError(f"clone_source {p['source_label']} is the staging database itself {where} (same server, "
                              "same database): a clone would destroy its own source. Nothing was changed.")
