@@ -53,7 +53,12 @@ LOCK_ARGS: dict[str, dict[str, Any]] = {
     "backoff_initial_ms": {"type": "int", "default": 100},
     "backoff_max_ms": {"type": "int", "default": 5000},
     "statement_timeout_ms": {"type": "int", "default": 0},
+    # How long a statement may wait for an autovacuum this login may not cancel (see
+    # yield_autovacuum); such waits do not use up lock_attempts.
+    "autovacuum_wait_s": {"type": "int", "default": 1800},
 }
+AUTOVACUUM_WAIT_S = 1800
+AUTOVACUUM_POLL_S = 0.5
 
 
 class MigrationError(Exception):
@@ -137,34 +142,96 @@ def backoff_delays(initial_ms: int, max_ms: int) -> Iterator[float]:
 # would wait behind the vacuum attempt after attempt (after phase 3's updates, autovacuum is due
 # on client_app_overrides). So after a lock timeout we ask as PostgreSQL would: the autovacuum
 # workers of this database that hold a lock on a relation the SQL names are cancelled, and
-# autovacuum comes back later. An anti-wraparound vacuum is left alone, as PostgreSQL leaves it;
-# without the right to signal autovacuum (superuser) the SQL waits for it, as it would anyway.
-_CANCEL_AUTOVACUUM = """
-SELECT count(pg_cancel_backend(a.pid))
+# autovacuum comes back later. An anti-wraparound vacuum is left alone, as PostgreSQL leaves it.
+# Only a superuser may cancel an autovacuum worker (on PostgreSQL 18 also a member of
+# pg_signal_autovacuum_worker): a managed database's login (Supabase's postgres, RDS's master
+# user) may not. What we may not cancel we wait out (with_lock_retry): without taking the lock
+# meanwhile, so the application never queues behind our request.
+_AUTOVACUUM_HOLDERS = """
+SELECT a.pid,
+       -- the tables it vacuums (its indexes' locks follow from those), else whatever it holds
+       coalesce(array_agg(DISTINCT c.relname::text ORDER BY c.relname::text) FILTER (WHERE c.relkind <> 'i'),
+                array_agg(DISTINCT c.relname::text ORDER BY c.relname::text)),
+       coalesce(a.query LIKE '%%(to prevent wraparound)', false)
   FROM pg_stat_activity AS a
+  JOIN pg_locks AS l ON l.pid = a.pid AND l.locktype = 'relation' AND l.granted
+  JOIN pg_class AS c ON c.oid = l.relation
  WHERE a.backend_type = 'autovacuum worker' AND a.datname = current_database()
-   AND a.query NOT LIKE '%%(to prevent wraparound)'
-   AND EXISTS (SELECT FROM pg_locks AS l JOIN pg_class AS c ON c.oid = l.relation
-                WHERE l.pid = a.pid AND l.locktype = 'relation' AND l.granted
-                  AND c.relname = ANY (%s))"""
+   AND c.relname = ANY (%s)
+ GROUP BY a.pid, a.query"""
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
-def yield_autovacuum(conn: Any, sql: str) -> int:
-    """Cancel the autovacuum workers holding a lock on a relation `sql` names (see above);
-    returns how many. Runs in its own short transaction; never raises."""
+def _end(conn: Any, ok: bool) -> None:
+    if not conn.autocommit:
+        conn.commit() if ok else conn.rollback()
+
+
+def autovacuum_holders(conn: Any, sql: str) -> list[dict[str, Any]]:
+    """The autovacuum workers holding a lock on a relation `sql` names; never raises."""
     names = sorted(set(_IDENTIFIER.findall(strip_comments(sql).lower())))
     try:
         with conn.cursor() as cur:
-            cur.execute(_CANCEL_AUTOVACUUM, (names,))
-            cancelled = cur.fetchone()[0]
-        if not conn.autocommit:
-            conn.commit()
-        return int(cancelled)
+            cur.execute(_AUTOVACUUM_HOLDERS, (names,))
+            rows = cur.fetchall()
+        _end(conn, True)
     except psycopg2.Error:
-        if not conn.autocommit:
-            conn.rollback()
-        return 0
+        _end(conn, False)
+        return []
+    return [{"pid": pid, "relations": list(rels), "wraparound": bool(wrap)} for pid, rels, wrap in rows]
+
+
+def cancel_autovacuum(conn: Any, sql: str) -> tuple[int, list[dict[str, Any]]]:
+    """Cancel the autovacuum workers holding a lock on a relation `sql` names (see above).
+    Returns (how many were cancelled, those left running: anti-wraparound, or not ours to
+    signal, each with `why`). Each cancel in its own short transaction; never raises."""
+    cancelled, kept = 0, []
+    for holder in autovacuum_holders(conn, sql):
+        if holder["wraparound"]:
+            kept.append({**holder, "why": "it prevents transaction ID wraparound"})
+            continue
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_cancel_backend(%s)", (holder["pid"],))
+                cancelled += bool(cur.fetchone()[0])
+            _end(conn, True)
+        except psycopg2.Error as exc:
+            _end(conn, False)
+            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+            kept.append({**holder, "why": " ".join(lines[:2]) or "permission denied"})
+    return cancelled, kept
+
+
+def yield_autovacuum(conn: Any, sql: str) -> int:
+    """Cancel the autovacuum workers holding a lock on a relation `sql` names; how many."""
+    return cancel_autovacuum(conn, sql)[0]
+
+
+def wait_out_autovacuum(conn: Any, sql: str, kept: list[dict[str, Any]], deadline: float,
+                        bound_s: int) -> None:
+    """Poll until no autovacuum holds a relation `sql` names (taking no lock meanwhile), or
+    raise MigrationError once `deadline` (time.monotonic()) has passed."""
+    while True:
+        holders = autovacuum_holders(conn, sql)
+        if not holders:
+            return
+        if time.monotonic() >= deadline:
+            what = ", ".join(f"{'/'.join(h['relations'])} (pid {h['pid']})" for h in holders)
+            why = (kept or [{"why": "it may not be cancelled"}])[0]["why"]
+            raise MigrationError(
+                f"waited {bound_s} s for an autovacuum of {what} that this login may not cancel ({why}); "
+                "let it finish and run again, cancel it as a superuser (on PostgreSQL 18: GRANT "
+                "pg_signal_autovacuum_worker to the login), or raise migration_lock_autovacuum_wait_s")
+        time.sleep(AUTOVACUUM_POLL_S)
+
+
+def _warn(message: str) -> None:
+    """A warning in the task's result (AnsibleModule.exit_json returns the module's warnings)."""
+    try:
+        from ansible.module_utils.common.warnings import warn
+    except ImportError:  # pragma: no cover - outside Ansible
+        return
+    warn(message)
 
 
 def with_lock_retry(
@@ -179,10 +246,15 @@ def with_lock_retry(
     A statement that waits for a lock makes every later query on that table queue behind it, so
     we wait only lock_timeout_ms, give the lock back, sleep with backoff and try again. Returns
     (result, retries). transactional=False runs in autocommit (CREATE INDEX CONCURRENTLY). `sql`,
-    the SQL work runs: after a lock timeout, an autovacuum on a relation it names is cancelled.
+    the SQL work runs: after a lock timeout, an autovacuum on a relation it names is cancelled;
+    one this login may not cancel is waited out (up to autovacuum_wait_s in all, a warning says
+    so), and that attempt does not count against lock_attempts.
     """
     delays = backoff_delays(lock["backoff_initial_ms"], lock["backoff_max_ms"])
     retries = 0
+    bound_s = int(lock.get("autovacuum_wait_s") or AUTOVACUUM_WAIT_S)
+    waited: dict[int, dict[str, Any]] = {}
+    wait_started: float | None = None
     conn.autocommit = not transactional
     while True:
         try:
@@ -193,12 +265,26 @@ def with_lock_retry(
                 result = work(cur)
             if transactional:
                 conn.commit()
+            if waited and wait_started is not None:
+                relations = ", ".join(sorted({r for h in waited.values() for r in h["relations"]}))
+                why = next(iter(waited.values()))["why"]
+                _warn(f"waited {time.monotonic() - wait_started:.1f} s for an autovacuum of {relations} that "
+                      f"this login may not cancel ({why}); the lock was not requested meanwhile, so nothing "
+                      "queued behind it")
             return result, retries
         except psycopg2.Error as exc:
             if transactional:
                 conn.rollback()
             if sqlstate(exc) not in RETRYABLE:
                 raise
+            if sql and sqlstate(exc) == LOCK_NOT_AVAILABLE:
+                cancelled, kept = cancel_autovacuum(conn, sql)
+                if kept and not cancelled:
+                    # An autovacuum we may not cancel holds the lock: wait it out, then try again.
+                    wait_started = wait_started or time.monotonic()
+                    waited.update({h["pid"]: h for h in kept})
+                    wait_out_autovacuum(conn, sql, kept, wait_started + bound_s, bound_s)
+                    continue
             retries += 1
             if retries >= lock["lock_attempts"]:
                 raise MigrationError(
@@ -206,8 +292,6 @@ def with_lock_retry(
                     f"{lock['lock_timeout_ms']} ms ({str(exc).strip()}); a long transaction holds "
                     "it: find it in pg_stat_activity, or raise migration_lock_attempts"
                 ) from None
-            if sql and sqlstate(exc) == LOCK_NOT_AVAILABLE:
-                yield_autovacuum(conn, sql)
             time.sleep(next(delays))
 
 
