@@ -8,6 +8,7 @@ import json
 import os
 import random
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -103,6 +104,81 @@ def connect(params: dict[str, Any], application_name: str = "pgmigrate") -> Any:
                         (str(workers), str(workers)))
         conn.autocommit = False
     return conn
+
+
+# A connection pooler in transaction or statement mode (Supabase's port 6543, PgBouncer's
+# pool_mode=transaction) gives each transaction of one client connection whichever server session
+# is free: session settings, advisory locks and the run lock do not survive it. Detected before
+# anything changes: a direct connection's backend sees our own TCP port as its client_port (and
+# that is the end of it); otherwise we note our backend's pid, end the transaction, and open up to
+# POOLER_PROBES more client connections, each holding a transaction open. A pool that hands
+# server sessions out per transaction gives one of them our former session - at once with
+# PgBouncer's default LIFO reuse, after the idle ones with server_round_robin - or, in statement
+# mode, refuses their BEGIN; and our next transaction may land elsewhere. A session-mode pool
+# keeps our session ours, so no probe ever sees its pid.
+POOLER_PROBES = 8
+
+
+def _local_port(conn: Any) -> int | None:
+    try:
+        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            address = sock.getsockname()
+    except OSError:
+        return None
+    return address[1] if isinstance(address, tuple) and len(address) >= 2 else None
+
+
+def transaction_pooler(conn: Any, params: dict[str, Any]) -> str | None:
+    """Why `conn` goes through a transaction- or statement-mode pooler, or None (see above)."""
+    was = conn.autocommit
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid(), (SELECT client_port FROM pg_stat_activity "
+                        "WHERE pid = pg_backend_pid())")
+            pid, client_port = cur.fetchone()
+        if client_port is not None and client_port == _local_port(conn):
+            return None
+        probes = []
+        try:
+            for _ in range(POOLER_PROBES):
+                probe = connect(params, "pgmigrate-pooler-probe")
+                probes.append(probe)
+                try:
+                    with probe.cursor() as cur:
+                        cur.execute("SELECT pg_backend_pid()")  # in a transaction, held open
+                        other = cur.fetchone()[0]
+                except psycopg2.Error as exc:
+                    # PgBouncer in statement mode answers a BEGIN with an error and closes the
+                    # connection ("transaction blocks not allowed in statement mode").
+                    first = (str(exc).strip().splitlines() or ["connection closed"])[0]
+                    return f"a transaction of two statements failed on a new connection: {first} (statement mode)"
+                if other == pid:
+                    return (f"another client connection got this connection's server session "
+                            f"(backend {pid}) as soon as its transaction ended")
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_backend_pid()")
+                again = cur.fetchone()[0]
+            if again != pid:
+                return f"consecutive transactions of one connection ran in backends {pid} and {again}"
+        finally:
+            for probe in probes:
+                probe.close()
+        return None
+    finally:
+        conn.autocommit = was
+
+
+def refuse_transaction_pooler(conn: Any, params: dict[str, Any]) -> None:
+    """MigrationError naming the fix when `conn` goes through a transaction-mode pooler."""
+    why = transaction_pooler(conn, params)
+    if why:
+        raise MigrationError(
+            f"{describe_target(params)} is reached through a connection pooler in transaction or statement "
+            f"mode ({why}): session settings, advisory locks and the run's lock do not survive it. Point "
+            "migration_db_host and migration_db_port at the database's direct connection (Supabase: "
+            "db.<project>.supabase.co port 5432, not the pooler's 6543) or at a session-mode pool "
+            "(PgBouncer pool_mode=session). Nothing was changed.")
 
 
 def explain_connect_error(text: str, params: dict[str, Any]) -> str:

@@ -26,6 +26,12 @@ options:
         pg_restore) of the server's major version on the controller, from I(pg_bin_dir) when
         given (pgmigrate_dump.pg_program)."
   pg_bin_dir: {type: str, default: ""}
+  refuse_pooler:
+    type: bool
+    default: true
+    description: >-
+      Refuse a connection through a transaction- or statement-mode pooler
+      (pgmigrate.transaction_pooler); a session-mode pool is accepted.
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -39,6 +45,7 @@ from ansible.module_utils.pgmigrate import (
     ledger_exists,
     ledger_state,
     ledger_unfinished,
+    refuse_transaction_pooler,
 )
 from ansible.module_utils.pgmigrate_dump import pg_program
 
@@ -73,6 +80,7 @@ def main():
             ledger=dict(type="bool", default=False),
             programs=dict(type="list", elements="str", default=[]),
             pg_bin_dir=dict(type="str", default=""),
+            refuse_pooler=dict(type="bool", default=True),
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
@@ -84,6 +92,8 @@ def main():
     except MigrationError as exc:
         module.fail_json(msg=str(exc))
     try:
+        if p["refuse_pooler"]:
+            refuse_transaction_pooler(conn, p)
         facts = inspect(conn)
         refusal = refuse(p, facts)
         if refusal:
