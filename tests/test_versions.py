@@ -11,10 +11,13 @@ of the server's major, chosen without backup_pg_bin_dir / restore_pg_bin_dir.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import secrets
 import shutil
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,9 @@ from typing import Any
 
 import pytest
 from helpers import (
+    REPO_ROOT,
     clone_database,
+    connect,
     db_snapshot,
     drop_database,
     make_cluster_tempdir,
@@ -38,6 +43,11 @@ from rollback_helpers import (
     fidelity_diff,
     out_dirs_in,
 )
+
+MODULE_UTILS = REPO_ROOT / "plugins" / "module_utils"
+if str(MODULE_UTILS) not in sys.path:
+    sys.path.insert(0, str(MODULE_UTILS))
+pgmigrate = importlib.import_module("pgmigrate")
 
 VERSIONS = [15, 16, 18]
 SCALE = 20
@@ -141,3 +151,74 @@ def test_restore_into_a_new_database(versioned: Versioned, tmp_path: Path) -> No
         assert fidelity_diff(_without_roles(versioned.before), _without_roles(db_snapshot(target))) == []
     finally:
         drop_database(target)
+
+
+# --- who may cancel an autovacuum worker ----------------------------------------------------------
+
+def _slow_autovacuum(db: dict[str, Any], superuser: dict[str, Any]) -> None:
+    """A throttled autovacuum worker holding av_target (as in tests/test_pgmigrate_utils.py)."""
+    query(db, """CREATE TABLE av_target (id int, pad text) WITH (
+                   autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0,
+                   autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1)""")
+    query(db, "INSERT INTO av_target SELECT g, repeat('x', 200) FROM generate_series(1, 40000) g")
+    query(db, "DELETE FROM av_target WHERE id % 2 = 0")
+    admin = connect({**superuser, "dbname": "postgres"})
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute("ALTER SYSTEM SET autovacuum_naptime = '1s'")
+            cur.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 60
+        while not query(db, "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
+                            "AND query LIKE '%%av_target%%'"):
+            assert time.monotonic() < deadline, "no autovacuum worker started on av_target within 60 s"
+            time.sleep(0.1)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute("ALTER SYSTEM RESET autovacuum_naptime")
+            cur.execute("SELECT pg_reload_conf()")
+        admin.close()
+
+
+def test_who_may_cancel_an_autovacuum(versioned: Versioned) -> None:
+    """A managed login (CREATEROLE, CREATEDB, pg_signal_backend, pg_read_all_stats, no SUPERUSER)
+    may not cancel an autovacuum worker on any version; on 18 a member of
+    pg_signal_autovacuum_worker may. What it may not cancel is reported with PostgreSQL's reason
+    (the migration then waits it out: tests/test_managed_login.py)."""
+    superuser = versioned.cluster
+    password = secrets.token_hex(8)
+    login = f"managed_{secrets.token_hex(3)}"
+    query({**superuser, "dbname": "postgres"},
+          f"CREATE ROLE {login} LOGIN CREATEROLE CREATEDB PASSWORD %s; "
+          f"GRANT pg_signal_backend, pg_read_all_stats TO {login}", (password,))
+    db = {**{k: superuser[k] for k in ("host", "port")}, "user": login, "password": password, "dbname": "postgres"}
+    admin = connect(db)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {login}")
+    admin.close()
+    db["dbname"] = login
+    statement = "ALTER TABLE av_target ADD COLUMN note text"
+    params = {"db_host": db["host"], "db_port": db["port"], "db_name": login, "db_user": login,
+              "db_password": password, "db_sslmode": "disable"}
+    try:
+        _slow_autovacuum(db, superuser)
+        conn = pgmigrate.connect(params)
+        try:
+            cancelled, kept = pgmigrate.cancel_autovacuum(conn, statement)
+        finally:
+            conn.close()
+        assert cancelled == 0 and len(kept) == 1 and kept[0]["relations"] == ["av_target"], kept
+        reason = {15: "must be a superuser", 16: "SUPERUSER attribute",
+                  18: "pg_signal_autovacuum_worker"}[versioned.major]
+        assert reason in kept[0]["why"], kept[0]["why"]
+        if versioned.major >= 18:
+            query({**superuser, "dbname": "postgres"}, f"GRANT pg_signal_autovacuum_worker TO {login}")
+            conn = pgmigrate.connect(params)
+            try:
+                assert pgmigrate.cancel_autovacuum(conn, statement) == (1, [])
+            finally:
+                conn.close()
+    finally:
+        drop_database({**superuser, "dbname": login})
+        query({**superuser, "dbname": "postgres"}, f"DROP ROLE {login}")
