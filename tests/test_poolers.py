@@ -34,6 +34,7 @@ from helpers import (
     run_playbook,
     snapshot_diff,
 )
+from rehearsal_helpers import database_exists, out_of, run_with_inventory, two_host_inventory
 from rollback_helpers import applied, out_dirs_in
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
@@ -172,3 +173,14 @@ def test_application_through_a_transaction_pool_keeps_working(pgbouncer: dict[st
     assert applied(pgbouncer["direct"]) == ["1", "2", "3", "4", "5", "6"]
     assert [e for app in apps for e in app.errors] == []
     assert sum(app.done for app in apps) > 200
+
+
+def test_clone_from_a_transaction_pool_is_refused(pgbouncer: dict[str, Any], tmp_path: Path) -> None:
+    """The clone's pg_dump imports the snapshot the module's session exports: a transaction-mode
+    source is refused before the staging database is created."""
+    staging = {**pgbouncer["direct"], "dbname": f"{pgbouncer['direct']['dbname']}_staging"}
+    inventory = two_host_inventory(pgbouncer["transaction"], staging)
+    result = run_with_inventory("playbooks/clone.yml", inventory, out_dirs_in(tmp_path))
+    assert result.returncode != 0, out_of(result)
+    assert "connection pooler in transaction or statement mode" in out_of(result)
+    assert not database_exists(staging)

@@ -68,6 +68,7 @@ from ansible.module_utils.pgmigrate import (
     MigrationError,
     connect,
     quote_literal,
+    refuse_transaction_pooler,
 )
 from ansible.module_utils.pgmigrate_dump import (
     SYSTEM_SCHEMAS,
@@ -157,6 +158,8 @@ def read_source(src: dict, p: dict) -> dict:
     """What the clone needs to know of the source, read in a read-only session."""
     conn = connect(src, "pgmigrate-clone-source")
     try:
+        # pg_dump imports the snapshot this session exports: a transaction-mode pool breaks that.
+        refuse_transaction_pooler(conn, src)
         conn.set_session(readonly=True)
         with conn.cursor() as cur:
             cur.execute("""SELECT current_setting('server_version_num')::int, current_setting('server_version'),
@@ -201,6 +204,7 @@ def text_columns(cur) -> dict[str, dict[str, str]]:
 def read_target_server(p: dict) -> dict:
     admin = connect({**p, "db_name": p["maintenance_db"]}, "pgmigrate-clone-check")
     try:
+        refuse_transaction_pooler(admin, {**p, "db_name": p["maintenance_db"]})
         admin.set_session(readonly=True)
         with admin.cursor() as cur:
             cur.execute("""SELECT current_setting('server_version_num')::int, current_setting('server_version'),
