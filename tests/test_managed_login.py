@@ -67,7 +67,7 @@ def managed(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
         query(db, APPLICATION_EXTRAS)
         assert query(db, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user") == [(False,)]
         assert query(db, "SELECT DISTINCT tableowner::text FROM pg_tables WHERE schemaname = 'public'") == [(LOGIN,)]
-        yield {"cluster": cluster, "login": login, "template": db}
+        yield {"cluster": cluster, "login": login, "template": db, "major": request.param}
     finally:
         pgcluster.destroy_cluster(base / "data")
         shutil.rmtree(base, ignore_errors=True)
@@ -214,6 +214,10 @@ def test_autovacuum_it_may_not_cancel_is_waited_out(managed: dict[str, Any], cop
                                                     tmp_path: Path) -> None:
     """Phase 2, phase 4 and the full rollback (of phases 5 to 1) each start while a throttled autovacuum holds
     client_app_overrides: each waits it out, says so, completes; the application never waits."""
+    if managed["major"] != 15:
+        # The wait is the same code on every version; who may cancel on 15, 16 and 18 (with and
+        # without pg_signal_autovacuum_worker) is tests/test_versions.py's, in seconds, not minutes.
+        pytest.skip("the throttled-autovacuum scenario runs on 15")
     superuser = managed["cluster"]
     dirs = out_dirs_in(tmp_path)
     _ok(run_playbook("playbooks/migrate.yml", copy, {"phase": "1", **dirs}))

@@ -274,8 +274,9 @@ def check(p: dict, src: dict) -> dict:
                                   "name": other.get("name")}):
             raise MigrationError(f"{where} is the database of {other.get('label', 'a production host')} "
                                  "(migration_env=production): a clone never replaces it. Nothing was changed.")
-    pg_program("pg_dump", p["pg_bin_dir"])  # a bin_dir without the programs is refused first
-    pg_program("pg_restore", p["pg_bin_dir"])
+    if p["pg_bin_dir"]:  # a bin_dir without the programs is refused before anything is read
+        pg_program("pg_dump", p["pg_bin_dir"])
+        pg_program("pg_restore", p["pg_bin_dir"])
     facts = read_source(src, p)
     # Without clone_pg_bin_dir: pg_dump of the source's major, pg_restore of staging's (never older).
     pg_dump = pg_program("pg_dump", p["pg_bin_dir"], facts["server_version_num"] // 10000)
