@@ -12,6 +12,7 @@ of the server's major, chosen without backup_pg_bin_dir / restore_pg_bin_dir.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import re
 import secrets
@@ -222,3 +223,28 @@ def test_who_may_cancel_an_autovacuum(versioned: Versioned) -> None:
     finally:
         drop_database({**superuser, "dbname": login})
         query({**superuser, "dbname": "postgres"}, f"DROP ROLE {login}")
+
+
+def _dump_utils() -> Any:
+    """plugins/module_utils/pgmigrate_dump.py as Ansible imports it (ansible.module_utils.X)."""
+    for name in ("pgmigrate", "pgmigrate_dump"):
+        full = f"ansible.module_utils.{name}"
+        if full not in sys.modules:
+            spec = importlib.util.spec_from_file_location(full, MODULE_UTILS / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[full] = module
+            spec.loader.exec_module(module)
+    return sys.modules["ansible.module_utils.pgmigrate_dump"]
+
+
+def test_pg_dump_and_pg_restore_of_each_major_are_found() -> None:
+    """Without a bin_dir: the server's major where the controller has it (15 Debian's, 16 and 18
+    the wheels'), else the oldest newer one, else PATH's, which the version check refuses."""
+    dump = _dump_utils()
+    for name in ("pg_dump", "pg_restore"):
+        for major in VERSIONS:
+            assert dump.program_major(dump.pg_program(name, "", major)) == major, (name, major)
+        assert dump.program_major(dump.pg_program(name, "", 17)) == 18
+    too_old = dump.pg_program("pg_dump", "", 19)
+    with pytest.raises(Exception, match="must be at least as new as the server.*none of version 19"):
+        dump.require_dump_version(too_old, 190000, "the test server")
