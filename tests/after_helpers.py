@@ -1,8 +1,8 @@
 """Helpers of the after-the-migration tests (brief, watch, review, application checks,
-Prometheus): a database migrated once (phases 1 to 6, as `make demo` does) kept as a template,
-and a fresh copy of it per test.
+Prometheus; the fixtures are registered in conftest.py): a database migrated once (phases 1 to 6,
+as `make demo` does) kept as a template, and a fresh copy of it per test.
 
-    migrated_template (fixture, module)   a database of the test cluster migrated by migrate.yml
+    migrated_template (fixture, session)   a database of the test cluster migrated by migrate.yml
     migrated_db       (fixture)           a copy of it (CREATE DATABASE ... TEMPLATE), dropped after
 """
 
@@ -18,7 +18,7 @@ from helpers import clone_database, drop_database, playbook_output, query, run_p
 __all__ = ["migrated_db_fixture", "migrated_template_fixture", "next_version_processes_events"]
 
 
-@pytest.fixture(scope="module", name="migrated_template")
+@pytest.fixture(scope="session", name="migrated_template")
 def migrated_template_fixture(pg_cluster: dict[str, Any], template_db: str,
                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     base = {k: pg_cluster[k] for k in ("host", "port", "user", "password")}

@@ -11,11 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from after_helpers import (  # noqa: F401 - fixtures registered here
-    migrated_db_fixture,
-    migrated_template_fixture,
-    next_version_processes_events,
-)
+from after_helpers import next_version_processes_events
 from helpers import REPO_ROOT, db_snapshot, ledger_exists, query, run_playbook, snapshot_diff
 from rehearsal_helpers import out_of
 
