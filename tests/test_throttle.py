@@ -208,7 +208,7 @@ def test_bad_throttle_options_are_refused() -> None:
 def test_limits_derive_from_the_baseline() -> None:
     limits = throttle_mod.derive_limits(throttle_mod.options({}),
                                         {"probe_ms": 4.0, "active_sessions": 2, "lock_waiters": 0})
-    assert limits["probe"] == (14.0, 104.0)  # max(3x, +10 ms), max(10x, +100 ms)
+    assert limits["probe"] == (8.0, 34.0)  # max(2x, +3 ms), max(6x, +30 ms)
     assert limits["active_sessions"] == (8.0, 24.0)
     assert limits["lock_waiters"] == (2.0, 8.0)
     assert throttle_mod.derive_limits(throttle_mod.options({"probe_max_ms": 50}), {"probe_ms": 4.0})["probe"][0] == 50

@@ -32,6 +32,7 @@ from ansible.module_utils.pgmigrate_monitor import DEFAULT_PROBE_SQL
 
 try:
     import psycopg2
+    import psycopg2.extensions
 except ImportError:  # pragma: no cover - connect() says what to install
     psycopg2 = None
 
@@ -50,14 +51,14 @@ THROTTLE_DEFAULTS: dict[str, Any] = {
     "replication_lag_max_s": 5.0,
     "replication_lag_critical_s": 30.0,
     "check_interval_ms": 500,
-    "slow_pause_ms": 100,
+    "slow_pause_ms": 50,
     "max_pause_s": 900.0,
 }
 THROTTLE_ARG = {"type": "dict", "default": {}}
 SIGNALS = ("probe", "active_sessions", "lock_waiters", "replication_lag")
 # How a limit of 0 is derived from the baseline: max(factor x baseline, baseline + delta).
-PROBE_MAX = (3.0, 10.0)
-PROBE_CRITICAL = (10.0, 100.0)
+PROBE_MAX = (2.0, 3.0)
+PROBE_CRITICAL = (6.0, 30.0)
 STATEMENT_TIMEOUT = "57014"
 OWN_SESSIONS = "pgmigrate%"
 
@@ -368,14 +369,33 @@ def run_capped(conn, statement, lock: dict, cap_ms: float | None) -> tuple[Any, 
     def work(cur):
         if cap_ms:
             cur.execute("SET LOCAL statement_timeout = %s", (f"{max(1, int(cap_ms))}ms",))
-        return statement(cur)
+        result = statement(cur)
+        if cap_ms:
+            # Off again before COMMIT: a timeout firing as the statement ends may land on the
+            # next command, and a COMMIT failing so would leave the server's transaction
+            # aborted while the driver believes it ended.
+            cur.execute("SET LOCAL statement_timeout = 0")
+        return result
 
     try:
         return with_lock_retry(conn, work, lock, transactional=True)
     except psycopg2.Error as exc:
         if cap_ms and sqlstate(exc) == STATEMENT_TIMEOUT and "statement timeout" in str(exc):
+            clear_aborted(conn)
             raise BatchCut(str(exc).strip()) from None
         raise
+
+
+def clear_aborted(conn) -> None:
+    """End a transaction the server still holds aborted after the driver's rollback."""
+    if conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INERROR:
+        autocommit = conn.autocommit
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute("ROLLBACK")
+        finally:
+            conn.autocommit = autocommit
 
 
 class BatchSizer:
