@@ -218,11 +218,21 @@ def test_a_batch_reaching_its_target_is_cut_and_retried_smaller(fresh_db: dict[s
     conn = connect(fresh_db)
     try:
         with pytest.raises(throttle_mod.BatchCut):
-            throttle_mod.run_capped(conn, lambda cur: cur.execute("SELECT pg_sleep(2)"), FAST_LOCK, 100)
+            throttle_mod.run_capped(conn, "SELECT pg_sleep(2)", None, FAST_LOCK, 100)
         assert conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE  # rolled back
-        result, tries = throttle_mod.run_capped(conn, lambda cur: (cur.execute("SELECT 1"), cur.fetchone())[1],
-                                                FAST_LOCK, 1000)
-        assert result == (1,) and tries == 0
+        # One round trip, its own implicit transaction: the row lock is gone once it returns.
+        override = query(fresh_db, "SELECT id::text FROM client_app_overrides ORDER BY id LIMIT 1")[0][0]
+        row, tries = throttle_mod.run_capped(
+            conn, "UPDATE client_app_overrides SET enabled = NOT enabled WHERE id = %s RETURNING 1 AS one",
+            (override,), FAST_LOCK, 1000)
+        assert row == {"one": 1} and tries == 0
+        assert conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        assert query(fresh_db, "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND pid = %s",
+                     (conn.get_backend_pid(),))[0][0] == 0
+        throttle_mod.end_batches(conn)
+        with conn.cursor() as cur:
+            cur.execute("SHOW statement_timeout")
+            assert cur.fetchone()[0] == "0"
     finally:
         conn.close()
     sizer = throttle_mod.BatchSizer(1000, 100, 20000, 25)

@@ -23,10 +23,11 @@ from typing import Any
 
 from ansible.module_utils.pgmigrate import (
     LEDGER_SCHEMA,
+    RETRYABLE,
     MigrationError,
+    backoff_delays,
     connect,
     sqlstate,
-    with_lock_retry,
 )
 from ansible.module_utils.pgmigrate_monitor import DEFAULT_PROBE_SQL
 
@@ -362,28 +363,52 @@ class BatchCut(Exception):
     """The batch ran into its statement_timeout (its target) and was rolled back."""
 
 
-def run_capped(conn, statement, lock: dict, cap_ms: float | None) -> tuple[Any, int]:
-    """with_lock_retry(statement) in one transaction under SET LOCAL statement_timeout = cap_ms
-    (None: no cap). A batch cut short by the cap raises BatchCut, after its rollback."""
-
-    def work(cur):
-        if cap_ms:
-            cur.execute("SET LOCAL statement_timeout = %s", (f"{max(1, int(cap_ms))}ms",))
-        result = statement(cur)
-        if cap_ms:
-            # Off again before COMMIT: a timeout firing as the statement ends may land on the
-            # next command, and a COMMIT failing so would leave the server's transaction
-            # aborted while the driver believes it ended.
-            cur.execute("SET LOCAL statement_timeout = 0")
-        return result
-
-    try:
-        return with_lock_retry(conn, work, lock, transactional=True)
-    except psycopg2.Error as exc:
-        if cap_ms and sqlstate(exc) == STATEMENT_TIMEOUT and "statement timeout" in str(exc):
+def run_capped(conn, sql: str, args: Any, lock: dict, cap_ms: float | None) -> tuple[dict, int]:
+    """One batch statement in ONE round trip: SET lock_timeout, SET statement_timeout (cap_ms;
+    None: the lock settings') and the statement go as one simple query, which the server runs as
+    one implicit transaction, committed when the statement ends: the batch's row locks are
+    released then, without waiting for the client's next round trip (a busy controller may take
+    its time). Lock timeouts and deadlocks are retried with backoff, as with_lock_retry does.
+    Returns ({column: value} of the statement's first row, retries); a batch cut short by the
+    cap raises BatchCut (rolled back with its implicit transaction)."""
+    timeout = int(cap_ms) if cap_ms else int(lock["statement_timeout_ms"])
+    prefix = (f"SET lock_timeout = '{int(lock['lock_timeout_ms'])}ms'; "
+              f"SET statement_timeout = '{max(0, timeout)}ms'; ")
+    delays = backoff_delays(lock["backoff_initial_ms"], lock["backoff_max_ms"])
+    retries = 0
+    conn.autocommit = True
+    while True:
+        try:
+            with conn.cursor() as cur:
+                cur.execute(prefix + sql, args)
+                cols = [c.name for c in cur.description]
+                row = cur.fetchone()
+            return dict(zip(cols, row, strict=True)), retries
+        except psycopg2.Error as exc:
             clear_aborted(conn)
-            raise BatchCut(str(exc).strip()) from None
-        raise
+            code = sqlstate(exc)
+            if cap_ms and code == STATEMENT_TIMEOUT and "statement timeout" in str(exc):
+                raise BatchCut(str(exc).strip()) from None
+            if code not in RETRYABLE:
+                raise
+            retries += 1
+            if retries >= lock["lock_attempts"]:
+                raise MigrationError(
+                    f"gave up after {retries} attempts to take a lock within {lock['lock_timeout_ms']} ms "
+                    f"({str(exc).strip()}); a long transaction holds it: find it in pg_stat_activity, "
+                    "or raise migration_lock_attempts") from None
+            time.sleep(next(delays))
+
+
+def end_batches(conn) -> None:
+    """The session's lock_timeout and statement_timeout as they were before run_capped set them
+    (each run_capped sets them for the session, in its one round trip)."""
+    if conn.closed:
+        return
+    clear_aborted(conn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("RESET lock_timeout; RESET statement_timeout")
 
 
 def clear_aborted(conn) -> None:

@@ -192,13 +192,11 @@ def link_range(conn, p: dict, lock: dict, lo: int, hi: int, per_page: float, sto
 
 
 def link_batch(conn, lock: dict, page: int, end: int, cap_ms: float | None) -> tuple[tuple[int, int], int]:
-    """One batch: the plan's pages [page, end), in one transaction capped at cap_ms."""
-
-    def statement(cur):
-        cur.execute("EXECUTE pgmigrate_link_batch(%s, %s)", (f"({page},0)", f"({end},0)"))
-        return cur.fetchone()
-
-    return run_capped(conn, statement, lock, cap_ms)
+    """One batch: the plan's pages [page, end), one statement in one round trip, capped at
+    cap_ms (pgmigrate_throttle.run_capped)."""
+    row, tries = run_capped(conn, "EXECUTE pgmigrate_link_batch(%s, %s)", (f"({page},0)", f"({end},0)"),
+                            lock, cap_ms)
+    return tuple(row.values()), tries
 
 
 def run_chunk(p: dict, lock: dict) -> dict:

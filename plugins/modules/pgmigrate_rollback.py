@@ -68,7 +68,14 @@ from ansible.module_utils.pgmigrate import (
     transaction,
     with_lock_retry,
 )
-from ansible.module_utils.pgmigrate_throttle import THROTTLE_ARG, BatchCut, BatchSizer, Throttle, run_capped
+from ansible.module_utils.pgmigrate_throttle import (
+    THROTTLE_ARG,
+    BatchCut,
+    BatchSizer,
+    Throttle,
+    end_batches,
+    run_capped,
+)
 from ansible.module_utils.pgmigrate_throttle import options as throttle_options
 
 # What the rollback's batches write: the throttle counts the lock waiters on these.
@@ -268,19 +275,14 @@ def run_batches(conn, path: str, p: dict, lock: dict) -> dict:
     finally:
         totals["throttle"] = throttle.summary()
         throttle.close()
+        end_batches(conn)
     totals.update(seconds=round(time.monotonic() - started, 3), cut=sizer.cut, over_target=sizer.over_target)
     return totals
 
 
 def run_batch(conn, sql: str, lock: dict, cap_ms: float | None) -> tuple[dict, int]:
-    """One batch in its own transaction, capped at cap_ms: its result row as a dict."""
-
-    def statement(cur):
-        cur.execute(sql)
-        cols = [c.name for c in cur.description]
-        return dict(zip(cols, cur.fetchone(), strict=True))
-
-    return run_capped(conn, statement, lock, cap_ms)
+    """One batch: one statement in one round trip, capped at cap_ms (its result row as a dict)."""
+    return run_capped(conn, sql, None, lock, cap_ms)
 
 
 def run_group(conn, group: list[str], p: dict, files: dict, ids: dict, extra: dict,

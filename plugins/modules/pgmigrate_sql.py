@@ -51,7 +51,14 @@ from ansible.module_utils.pgmigrate import (
     split_statements,
     with_lock_retry,
 )
-from ansible.module_utils.pgmigrate_throttle import THROTTLE_ARG, BatchCut, BatchSizer, Throttle, run_capped
+from ansible.module_utils.pgmigrate_throttle import (
+    THROTTLE_ARG,
+    BatchCut,
+    BatchSizer,
+    Throttle,
+    end_batches,
+    run_capped,
+)
 from ansible.module_utils.pgmigrate_throttle import options as throttle_options
 
 # A batches file's first batch starts at the smallest uuid, each next one just after the last
@@ -125,7 +132,7 @@ def run_batched(conn, raw: str, p: dict, lock: dict, name: str) -> dict:
             sql = render(batch, {**p["params"], "from": start, "batch_size": sizer.size})
             started = time.monotonic()
             try:
-                row, tries = run_capped(conn, lambda cur, sql=sql: fetch_row(cur, sql), lock, sizer.cap_ms())
+                row, tries = run_capped(conn, sql, None, lock, sizer.cap_ms())
             except BatchCut:
                 sizer.was_cut()
                 continue
@@ -141,14 +148,9 @@ def run_batched(conn, raw: str, p: dict, lock: dict, name: str) -> dict:
     finally:
         throttled = throttle.summary()
         throttle.close()
+        end_batches(conn)
     return {"rows": rows, "lock_retries": retries, "batches": batches, "batches_cut": sizer.cut,
             "batches_over_target": sizer.over_target, "throttle": throttled}
-
-
-def fetch_row(cur, sql: str) -> dict:
-    cur.execute(sql)
-    cols = [c.name for c in cur.description]
-    return dict(zip(cols, cur.fetchone(), strict=True))
 
 
 def main():
