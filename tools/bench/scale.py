@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    json_path = out / f"bench-scale-{started}.json"
     try:
         info = pgcluster.start_cluster(datadir, password="bench")
         for clients in sizes:
@@ -323,25 +324,31 @@ def main(argv: list[str] | None = None) -> int:
             workdir.mkdir(parents=True)
             rows.append(measure_size(info, clients, workdir, args))
             shutil.copy(workdir / "migrate.log", out / f"bench-scale-{started}-{clients}-migrate.log")
+            # After every size: an interrupted bench keeps the sizes it measured.
+            save(json_path, started, sizes, rows, print_table=False)
     finally:
         if not args.datadir:
             pgcluster.destroy_cluster(datadir)
         shutil.rmtree(base, ignore_errors=True)
+    save(json_path, started, sizes, rows, print_table=True)
+    png = out / f"bench-scale-{started}.png"
+    problem = plot(rows, png) if rows else "no size measured"
+    print(f"\nbench-scale: {json_path}" + (f"\nbench-scale: {problem}" if problem else f"\nbench-scale: {png}"))
+    return 1 if any(r["error"] for r in rows) else 0
+
+
+def save(path: Path, started: str, sizes: list[int], rows: list[dict[str, Any]], print_table: bool) -> None:
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     grown = growth(rows)
     text = table(rows, grown)
     text += f"\n(getrusage RUSAGE_CHILDREN: the largest process this bench waited for peaked at {mib(children)} MiB)"
-    print()
-    print(text)
+    if print_table:
+        print()
+        print(text)
     report = {"started": started, "sizes": sizes, "rows": rows, "growth": grown, "table": text,
-              "host": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
+              "host": {"cpus": os.cpu_count(), "load_avg": os.getloadavg()},
               "rusage_children_maxrss_bytes": children}
-    json_path = out / f"bench-scale-{started}.json"
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    png = out / f"bench-scale-{started}.png"
-    problem = plot(rows, png)
-    print(f"\nbench-scale: {json_path}" + (f"\nbench-scale: {problem}" if problem else f"\nbench-scale: {png}"))
-    return 1 if any(r["error"] for r in rows) else 0
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":
