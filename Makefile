@@ -81,6 +81,15 @@ bench: bench-migrate
 bench-migrate: venv postgres
 	$(BIN)/python tools/bench/bench.py $(BENCH_ARGS)
 
+# The cost curve (issue 14): migrate.yml -e phase=all without traffic on 100,000, 300,000 and
+# 1,000,000 clients (about 1, 3 and 10 million overrides): wall per phase, plan table, WAL, the
+# controller's and the sessions' peak memory, growth exponents; reports/bench-scale-<time>.json
+# and .png. BENCH_SCALE_ARGS=--sizes 100000,300000 for fewer.
+BENCH_SCALE_ARGS ?=
+.PHONY: bench-scale
+bench-scale: venv postgres
+	$(BIN)/python tools/bench/scale.py $(BENCH_SCALE_ARGS)
+
 # The fleet figure: 8 databases of 10,000 clients, migrated with --forks 1 and --forks 4.
 bench-fleet: venv postgres
 	$(BIN)/python tools/bench/fleet.py $(BENCH_FLEET_ARGS)

@@ -70,11 +70,14 @@ def _exists(cur: Any, relation: str, column: str | None = None) -> bool:
 def connections(cur: Any) -> dict[str, Any]:
     row = _one(cur, """
         SELECT count(*) FILTER (WHERE backend_type = 'client backend') AS used,
+               count(*) FILTER (WHERE backend_type = 'client backend' AND state = 'active'
+                                  AND pid <> pg_backend_pid()
+                                  AND application_name NOT LIKE 'pgmigrate%') AS active,
                current_setting('max_connections')::int AS max,
                current_setting('superuser_reserved_connections')::int AS reserved
           FROM pg_stat_activity""")
     used, maximum = int(row["used"]), int(row["max"])
-    return {"used": used, "max": maximum, "reserved": int(row["reserved"]),
+    return {"used": used, "max": maximum, "reserved": int(row["reserved"]), "active": int(row["active"]),
             "utilisation_pct": round(100.0 * used / maximum, 1) if maximum else 0.0}
 
 

@@ -1,7 +1,10 @@
 #!/usr/bin/python
 # Phase 3's batched backfill: apply the linkage plan in many short transactions, each under a
-# short lock_timeout, sized so a batch takes about target_batch_ms. Row locks are held for one
-# batch only, so an application write to an override waits at most one batch.
+# short lock_timeout, sized so a batch takes well under target_batch_ms and cut (rolled back,
+# retried smaller) when it reaches it. Row locks are held for one batch only, so an application
+# write to an override waits at most one batch. Between batches the throttle
+# (module_utils/pgmigrate_throttle.py) slows the batches down or pauses them while the
+# application suffers.
 #
 # The plan is walked in the table's physical order (plan rows carry planned_ctid, where each
 # override was when planned): a batch is a range of heap pages, so it reads and writes a few
@@ -34,6 +37,13 @@ options:
   max_batch_size: {type: int, default: 20000}
   target_batch_ms: {type: int, default: 25}
   workers: {type: int, default: 2, description: sessions linking a chunk side by side}
+  throttle:
+    type: dict
+    default: {}
+    description:
+      - C(run) - how the batches yield to the application (module_utils/pgmigrate_throttle.py,
+        THROTTLE_DEFAULTS; the migration_throttle_* variables). Each batch also runs under a
+        statement_timeout of I(target_batch_ms), so it holds its row locks no longer.
   reuse_rolled_back_window:
     type: bool
     default: false
@@ -59,6 +69,11 @@ from ansible.module_utils.pgmigrate import (
     split_statements,
     with_lock_retry,
 )
+from ansible.module_utils.pgmigrate_throttle import THROTTLE_ARG, BatchCut, BatchSizer, Throttle, run_capped
+from ansible.module_utils.pgmigrate_throttle import options as throttle_options
+
+# What the batches write: the throttle counts the lock waiters on these.
+THROTTLED_TABLES = ["public.client_app_overrides", "migration_ledger.phase3_override_plan"]
 
 STATS = ("planned", "ambiguous", "ambiguous_resolved_by_installation",
          "ambiguous_resolved_by_oldest_listing", "with_installation")
@@ -144,25 +159,26 @@ def prepare_batch(conn, batch_file: str) -> None:
     conn.commit()
 
 
-def link_range(conn, p: dict, lock: dict, lo: int, hi: int, per_page: float, stop: threading.Event) -> dict:
-    """One session's share of a chunk: pages lo to hi (excluded), batch by batch."""
+def link_range(conn, p: dict, lock: dict, lo: int, hi: int, per_page: float, stop: threading.Event,
+               throttle: Throttle) -> dict:
+    """One session's share of a chunk: pages lo to hi (excluded), batch by batch, each batch
+    after the throttle's word (pgmigrate_throttle) and under a statement_timeout of its target."""
     prepare_batch(conn, p["batch_file"])
     # Batches are ranges of pages; sizes are kept in rows for the operator's settings.
-    pages = max(1, round(p["batch_size"] / per_page))
     min_pages = max(1, int(p["min_batch_size"] / per_page))
-    max_pages = max(min_pages, int(p["max_batch_size"] / per_page))
-    target = p["target_batch_ms"] / 1000.0
+    sizer = BatchSizer(max(1, round(p["batch_size"] / per_page)), min_pages,
+                       max(min_pages, int(p["max_batch_size"] / per_page)), p["target_batch_ms"])
     done = {"rows": 0, "restated": 0, "batches": 0, "lock_retries": 0, "durations": []}
     page = lo
     while page < hi and not stop.is_set():
-        end = min(hi, page + pages)
+        share = throttle.wait()
+        end = min(hi, page + sizer.size)
         t0 = time.monotonic()
-
-        def work(cur, bounds=(f"({page},0)", f"({end},0)")):
-            cur.execute("EXECUTE pgmigrate_link_batch(%s, %s)", bounds)
-            return cur.fetchone()
-
-        (rows, fixed), tries = with_lock_retry(conn, work, lock, transactional=True)
+        try:
+            (rows, fixed), tries = link_batch(conn, lock, page, end, sizer.cap_ms())
+        except BatchCut:
+            sizer.was_cut()  # rolled back: the same pages again, in a quarter of the size
+            continue
         elapsed = max(time.monotonic() - t0, 1e-4)
         done["durations"].append(elapsed)
         done["rows"] += rows
@@ -170,12 +186,17 @@ def link_range(conn, p: dict, lock: dict, lo: int, hi: int, per_page: float, sto
         done["batches"] += 1
         done["lock_retries"] += tries
         page = end
-        # Aim every batch at target_batch_ms: at most halve or double per step. A batch that
-        # waited for a lock says nothing about its size: keep the size.
-        if not tries:
-            factor = min(2.0, max(0.5, target / elapsed))
-            pages = int(min(max_pages, max(min_pages, round(pages * factor))))
+        sizer.done(elapsed, bool(tries), share)
+    done.update(cut=sizer.cut, over_target=sizer.over_target)
     return done
+
+
+def link_batch(conn, lock: dict, page: int, end: int, cap_ms: float | None) -> tuple[tuple[int, int], int]:
+    """One batch: the plan's pages [page, end), one statement in one round trip, capped at
+    cap_ms (pgmigrate_throttle.run_capped)."""
+    row, tries = run_capped(conn, "EXECUTE pgmigrate_link_batch(%s, %s)", (f"({page},0)", f"({end},0)"),
+                            lock, cap_ms)
+    return tuple(row.values()), tries
 
 
 def run_chunk(p: dict, lock: dict) -> dict:
@@ -186,11 +207,12 @@ def run_chunk(p: dict, lock: dict) -> dict:
     workers = max(1, min(p["workers"], hi - lo))
     edges = [lo + (hi - lo) * n // workers for n in range(workers + 1)]
     stop = threading.Event()
+    throttle = Throttle(p, p["throttle"], THROTTLED_TABLES, "the phase 3 backfill")
 
     def share(n: int) -> dict:
         conn = connect(p, "pgmigrate-backfill")
         try:
-            return link_range(conn, p, lock, edges[n], edges[n + 1], per_page, stop)
+            return link_range(conn, p, lock, edges[n], edges[n + 1], per_page, stop, throttle)
         except BaseException:
             stop.set()  # the others finish their batch and stop: the chunk fails as a whole
             raise
@@ -198,15 +220,21 @@ def run_chunk(p: dict, lock: dict) -> dict:
             conn.close()
 
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = [f.result() for f in [pool.submit(share, n) for n in range(workers)]]
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = [f.result() for f in [pool.submit(share, n) for n in range(workers)]]
+    finally:
+        throttled = throttle.summary()
+        throttle.close()
     seconds = time.monotonic() - started
     durations = sorted(d for r in results for d in r["durations"])
     linked = sum(r["rows"] for r in results)
     return {"rows": linked, "restated": sum(r["restated"] for r in results),
             "batches": sum(r["batches"] for r in results),
             "lock_retries": sum(r["lock_retries"] for r in results),
-            "workers": workers, "seconds": round(seconds, 3),
+            "batches_cut": sum(r["cut"] for r in results),
+            "batches_over_target": sum(r["over_target"] for r in results),
+            "throttle": throttled, "workers": workers, "seconds": round(seconds, 3),
             "batch_ms_p50": round(1000 * durations[len(durations) // 2], 1) if durations else 0,
             "slowest_batch_ms": round(1000 * durations[-1], 1) if durations else 0,
             "rows_per_second": int(linked / seconds) if seconds > 0 else linked}
@@ -230,6 +258,7 @@ def main():
             target_batch_ms=dict(type="int", default=25),
             workers=dict(type="int", default=2),
             reuse_rolled_back_window=dict(type="bool", default=False),
+            throttle=THROTTLE_ARG,
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
@@ -238,6 +267,10 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    try:
+        throttle_options(p["throttle"])  # a bad option is refused before anything runs
+    except MigrationError as exc:
+        module.fail_json(msg=str(exc))
     if module.check_mode and p["action"] == "plan":
         window = {}
         if p["reuse_rolled_back_window"]:

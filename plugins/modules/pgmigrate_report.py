@@ -107,6 +107,33 @@ def validation_part(phases: list[dict], state: dict) -> dict | None:
     return result
 
 
+def throttled(p: dict) -> list[tuple[str, dict]]:
+    """(what, throttle summary) of a phase's record: phase 3's batches and inserts, the
+    rollback's batches (module_utils/pgmigrate_throttle.py)."""
+    d = p.get("details") or {}
+    t = d.get("throttle") or {}
+    found = [(name, t[key]) for key, name in (("backfill", "backfill batches"), ("inserts", "inserts"))
+             if isinstance(t.get(key), dict)]
+    b = (d.get("batches") or {}).get("throttle")
+    if isinstance(b, dict):
+        found.append(("reset batches", b))
+    return found
+
+
+def throttle_section(phases: list[dict]) -> list[str]:
+    rows = [(p, what, t) for p in phases for what, t in throttled(p)]
+    if not rows:
+        return []
+    out = ["## Throttle", "", "How long the batches yielded to the application, and why.", "",
+           "| phase | direction | batches of | throttled (s) | slowed down (s) | paused (s) | because of |",
+           "|---|---|---|---|---|---|---|"]
+    for p, what, t in rows:
+        because = t.get("because") or list((t.get("by_signal_s") or {}).keys())
+        out.append(f"| {p['phase']} | {p['direction']} | {what} | {fmt(t.get('throttled_s'))} | "
+                   f"{fmt(t.get('slowed_s'))} | {fmt(t.get('paused_s'))} | {', '.join(because) or '-'} |")
+    return [*out, ""]
+
+
 def fmt(value, unit: str = "") -> str:
     if value is None:
         return "n/a"
@@ -146,6 +173,7 @@ def markdown(r: dict) -> str:
             out += [f"| {ch['check']} | {'yes' if ch['passed'] else 'NO'} | {ch.get('observed')} | "
                     f"{ch.get('expected', '')} |" for ch in v["checks"]]
             out.append("")
+    out += throttle_section(r["phases"])
     out += ["## Alerts", ""]
     if r["alerts"]:
         out += [f"- {a['at']} phase {a.get('phase') or '-'} **{a['severity']}**"

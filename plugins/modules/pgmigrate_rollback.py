@@ -35,7 +35,11 @@ options:
   batch_size: {type: int, default: 2000}
   min_batch_size: {type: int, default: 200}
   max_batch_size: {type: int, default: 50000}
-  target_batch_ms: {type: int, default: 200}
+  target_batch_ms: {type: int, default: 200, description: "a batch is cut (rolled back, retried smaller) at this"}
+  throttle:
+    type: dict
+    default: {}
+    description: how the batches yield to the application (module_utils/pgmigrate_throttle.py, migration_throttle_*)
 """
 
 import glob
@@ -64,6 +68,18 @@ from ansible.module_utils.pgmigrate import (
     transaction,
     with_lock_retry,
 )
+from ansible.module_utils.pgmigrate_throttle import (
+    THROTTLE_ARG,
+    BatchCut,
+    BatchSizer,
+    Throttle,
+    end_batches,
+    run_capped,
+)
+from ansible.module_utils.pgmigrate_throttle import options as throttle_options
+
+# What the rollback's batches write: the throttle counts the lock waiters on these.
+THROTTLED_TABLES = ["public.client_app_overrides", "migration_ledger.phase3_override_plan"]
 
 NOTICE = re.compile(r"pgmigrate: (\w+)=(.*)")
 LIST_KEYS = {"kept", "dropped", "note", "done"}
@@ -228,39 +244,45 @@ def relation_exists(conn, name: str) -> bool:
 
 
 def run_batches(conn, path: str, p: dict, lock: dict) -> dict:
-    """Run a batch file again and again until a batch takes no row; adapt the batch size so a
-    batch takes about target_batch_ms. Returns the summed counters."""
+    """Run a batch file again and again until a batch takes no row, each batch after the
+    throttle's word (pgmigrate_throttle) and sized to stay under target_batch_ms (cut, rolled
+    back and retried smaller when it reaches it). Returns the summed counters."""
     with open(path, encoding="utf-8") as handle:
         template = handle.read()
     for directive in file_directives(template):
         if directive.startswith("needs=") and not relation_exists(conn, directive[6:]):
             return {"skipped": f"{directive[6:]} does not exist"}
-    size, totals = p["batch_size"], {"batches": 0, "lock_retries": 0}
+    sizer = BatchSizer(p["batch_size"], p["min_batch_size"], p["max_batch_size"], p["target_batch_ms"])
+    totals = {"batches": 0, "lock_retries": 0}
     started = time.monotonic()
-    while True:
-        sql = render(template, {"batch_size": size})
-        t0 = time.monotonic()
-
-        def work(cur, sql=sql):
-            cur.execute(sql)
-            cols = [c.name for c in cur.description]
-            return dict(zip(cols, cur.fetchone(), strict=True))
-
-        row, retries = with_lock_retry(conn, work, lock, transactional=True, sql=sql)
-        elapsed = max(time.monotonic() - t0, 1e-4)
-        totals["lock_retries"] += retries
-        if not row.get("taken"):
-            break
-        totals["batches"] += 1
-        for key, value in row.items():
-            totals[key] = totals.get(key, 0) + int(value or 0)
-        # Aim at target_batch_ms: at most halve or double per step. A batch that waited for a
-        # lock says nothing about its size: keep the size.
-        if not retries:
-            factor = min(2.0, max(0.5, p["target_batch_ms"] / 1000.0 / elapsed))
-            size = int(min(p["max_batch_size"], max(p["min_batch_size"], size * factor)))
-    totals["seconds"] = round(time.monotonic() - started, 3)
+    throttle = Throttle(p, p["throttle"], THROTTLED_TABLES, f"the rollback's batches ({os.path.basename(path)})")
+    try:
+        while True:
+            share = throttle.wait()
+            t0 = time.monotonic()
+            try:
+                row, retries = run_batch(conn, render(template, {"batch_size": sizer.size}), lock, sizer.cap_ms())
+            except BatchCut:
+                sizer.was_cut()
+                continue
+            totals["lock_retries"] += retries
+            if not row.get("taken"):
+                break
+            totals["batches"] += 1
+            for key, value in row.items():
+                totals[key] = totals.get(key, 0) + int(value or 0)
+            sizer.done(time.monotonic() - t0, bool(retries), share)
+    finally:
+        totals["throttle"] = throttle.summary()
+        throttle.close()
+        end_batches(conn)
+    totals.update(seconds=round(time.monotonic() - started, 3), cut=sizer.cut, over_target=sizer.over_target)
     return totals
+
+
+def run_batch(conn, sql: str, lock: dict, cap_ms: float | None) -> tuple[dict, int]:
+    """One batch: one statement in one round trip, capped at cap_ms (its result row as a dict)."""
+    return run_capped(conn, sql, None, lock, cap_ms)
 
 
 def run_group(conn, group: list[str], p: dict, files: dict, ids: dict, extra: dict,
@@ -312,6 +334,8 @@ def summarise(details: dict) -> str:
     if b.get("taken"):
         parts.append(f"{b.get('reset', 0)} override(s) put back in {b.get('batches', 0)} batch(es); "
                      f"{b.get('kept', 0)} changed by the application since phase 3 kept as they are")
+        if (b.get("throttle") or {}).get("throttled_s"):
+            parts.append(f"the batches {b['throttle']['line']}")
     if details.get("overrides_reset"):
         parts.append(f"{details['overrides_reset']} override(s) put back")
     deleted = [f"{v} {k[:-len('_deleted')].replace('_', ' ')}" for k, v in details.items()
@@ -440,6 +464,7 @@ def main():
             min_batch_size=dict(type="int", default=200),
             max_batch_size=dict(type="int", default=50000),
             target_batch_ms=dict(type="int", default=200),
+            throttle=THROTTLE_ARG,
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
@@ -448,6 +473,7 @@ def main():
         supports_check_mode=True,
     )
     try:
+        throttle_options(module.params["throttle"])  # a bad option is refused before anything runs
         conn = connect(module.params, f"pgmigrate-rollback-{module.params['action']}")
         try:
             result = ACTIONS[module.params["action"]](module, conn)

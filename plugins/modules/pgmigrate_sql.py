@@ -4,7 +4,13 @@
 #     timeout or deadlock rolls it back and it is retried with backoff;
 #   * a file whose header says `-- pgmigrate: no-transaction` runs statement by statement in
 #     autocommit (CREATE INDEX CONCURRENTLY, VALIDATE CONSTRAINT), each retried on its own; an
-#     index left invalid by an interrupted concurrent build is dropped and built again.
+#     index left invalid by an interrupted concurrent build is dropped and built again;
+#   * a file whose header says `-- pgmigrate: batches` runs its statements but the last once,
+#     then the last again and again, one short transaction per batch, the throttle
+#     (module_utils/pgmigrate_throttle.py) between batches, until a batch takes no row. The
+#     batch statement walks a uuid key in order: from :'from' on (the smallest uuid, then the
+#     one after the previous batch's last key), :batch_size keys, sized to target_batch_ms; it
+#     returns one row: taken (keys looked at), last (the last of them), rows (rows written).
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -17,10 +23,22 @@ description:
 options:
   files: {type: list, elements: path, required: true}
   params: {type: dict, default: {}}
+  batch_size: {type: int, default: 1000, description: first batch of a batches file}
+  min_batch_size: {type: int, default: 100}
+  max_batch_size: {type: int, default: 50000}
+  target_batch_ms:
+    type: int
+    default: 200
+    description: a batch is sized to take well under this, and cut (rolled back, retried smaller) at it
+  throttle:
+    type: dict
+    default: {}
+    description: how a batches file yields to the application (module_utils/pgmigrate_throttle.py)
 """
 
 import re
 import time
+import uuid
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pgmigrate import (
@@ -33,6 +51,20 @@ from ansible.module_utils.pgmigrate import (
     split_statements,
     with_lock_retry,
 )
+from ansible.module_utils.pgmigrate_throttle import (
+    THROTTLE_ARG,
+    BatchCut,
+    BatchSizer,
+    Throttle,
+    end_batches,
+    run_capped,
+)
+from ansible.module_utils.pgmigrate_throttle import options as throttle_options
+
+# A batches file's first batch starts at the smallest uuid, each next one just after the last
+# key of the one before.
+FIRST_KEY = "00000000-0000-0000-0000-000000000000"
+LAST_KEY = (1 << 128) - 1
 
 CONCURRENT_INDEX = re.compile(
     r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?(\"?[\w.]+\"?)",
@@ -82,11 +114,55 @@ def run_autocommit(conn, sql: str, lock: dict) -> tuple[int, int, list[str]]:
     return rows, retries, rebuilt
 
 
+def run_batched(conn, raw: str, p: dict, lock: dict, name: str) -> dict:
+    """A batches file: every statement but the last once (its own transaction), then the last
+    batch after batch until one takes no row."""
+    statements = split_statements(raw)
+    head, batch = statements[:-1], statements[-1]
+    rows = retries = 0
+    for statement in head:
+        done, tries = run_transactional(conn, render(statement, p["params"]), lock)
+        retries += tries
+    sizer = BatchSizer(p["batch_size"], p["min_batch_size"], p["max_batch_size"], p["target_batch_ms"])
+    start, batches = FIRST_KEY, 0
+    throttle = Throttle(p, p["throttle"], [], name)
+    try:
+        while True:
+            share = throttle.wait()
+            sql = render(batch, {**p["params"], "from": start, "batch_size": sizer.size})
+            started = time.monotonic()
+            try:
+                row, tries = run_capped(conn, sql, None, lock, sizer.cap_ms())
+            except BatchCut:
+                sizer.was_cut()
+                continue
+            retries += tries
+            if not row.get("taken"):
+                break
+            batches += 1
+            rows += int(row.get("rows") or 0)
+            sizer.done(time.monotonic() - started, bool(tries), share)
+            if uuid.UUID(row["last"]).int == LAST_KEY:
+                break
+            start = str(uuid.UUID(int=uuid.UUID(row["last"]).int + 1))
+    finally:
+        throttled = throttle.summary()
+        throttle.close()
+        end_batches(conn)
+    return {"rows": rows, "lock_retries": retries, "batches": batches, "batches_cut": sizer.cut,
+            "batches_over_target": sizer.over_target, "throttle": throttled}
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             files=dict(type="list", elements="path", required=True),
             params=dict(type="dict", default={}),
+            batch_size=dict(type="int", default=1000),
+            min_batch_size=dict(type="int", default=100),
+            max_batch_size=dict(type="int", default=50000),
+            target_batch_ms=dict(type="int", default=200),
+            throttle=THROTTLE_ARG,
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
@@ -95,6 +171,10 @@ def main():
     p = module.params
     lock = {k: p[k] for k in LOCK_ARGS}
     steps = []
+    try:
+        throttle_options(p["throttle"])  # a bad option is refused before anything runs
+    except MigrationError as exc:
+        module.fail_json(msg=str(exc))
     if module.check_mode:
         for path in p["files"]:
             steps.append({"file": path, "would_run": True})
@@ -113,7 +193,10 @@ def main():
             started = time.monotonic()
             step = {"file": path}
             try:
-                if "no-transaction" in file_directives(raw):
+                if "batches" in file_directives(raw):
+                    step.update(run_batched(conn, raw, p, lock, f"{path}'s batches"))
+                    rows, retries = step["rows"], step["lock_retries"]
+                elif "no-transaction" in file_directives(raw):
                     rows, retries, rebuilt = run_autocommit(conn, sql, lock)
                     step["rebuilt_invalid_indexes"] = rebuilt
                 else:

@@ -1,7 +1,18 @@
+-- pgmigrate: batches
 -- Phase 3, step 3: one onboarding workflow per client, named and dated as the strategy says.
 -- Guarded by the unique index uq_ow_client_onboarding; the inserted ids go to the ledger so a
 -- rollback deletes exactly these rows.
-WITH inserted AS (
+-- One batch of clients in id order (pgmigrate_sql runs it again and again, each batch in its
+-- own short transaction, the throttle between them, until a batch takes no client): from
+-- :'from' on, at most :batch_size clients.
+WITH batch AS (
+    SELECT c.id, c.name, c.created_at
+      FROM clients_enhanced c
+     WHERE c.id >= :'from'::uuid
+     ORDER BY c.id
+     LIMIT :batch_size
+),
+inserted AS (
     INSERT INTO orchestration_workflows
         (workflow_name, workflow_type, client_id, workflow_definition, status, created_at)
     SELECT 'Client Setup - ' || c.name,
@@ -20,11 +31,17 @@ WITH inserted AS (
                jsonb_build_object('key', 'handover', 'name', 'Handover', 'status', 'pending'))),
            'in_progress',
            c.created_at
-      FROM clients_enhanced c
+      FROM batch c
      WHERE NOT EXISTS (SELECT 1 FROM orchestration_workflows w
                         WHERE w.client_id = c.id AND w.workflow_type = 'client_onboarding')
     ON CONFLICT DO NOTHING
     RETURNING id
+),
+recorded AS (
+    INSERT INTO migration_ledger.phase3_inserted (table_name, row_id)
+    SELECT 'orchestration_workflows', id FROM inserted
+    RETURNING 1
 )
-INSERT INTO migration_ledger.phase3_inserted (table_name, row_id)
-SELECT 'orchestration_workflows', id FROM inserted;
+SELECT (SELECT count(*) FROM batch) AS taken,
+       (SELECT id::text FROM batch ORDER BY id DESC LIMIT 1) AS last,
+       (SELECT count(*) FROM recorded) AS rows;

@@ -1,7 +1,11 @@
+-- pgmigrate: batches
 -- Phase 3, step 4: one handover package per client with a deployed deployment, attached to the
 -- client's onboarding workflow. installed_modules lists the client's installations;
 -- module_configurations maps each app override (by app_name) to its linkage and settings state.
 -- Guarded: a client that already has a package for that workflow gets no second one.
+-- The last statement is one batch of clients in id order (pgmigrate_sql runs the others once,
+-- then it again and again, each batch in its own short transaction, the throttle between them,
+-- until a batch takes no client): from :'from' on, at most :batch_size clients.
 --
 -- It runs beside the backfill (020), not after it: the linkage phase 3 sets is in the plan
 -- (010). An override still holding the values the plan recorded before phase 3 is described
@@ -13,7 +17,14 @@
 -- and checks its foreign key against them.
 ANALYZE orchestration_workflows;
 
-WITH inserted AS (
+WITH batch AS (
+    SELECT c.id, c.name
+      FROM clients_enhanced c
+     WHERE c.id >= :'from'::uuid
+     ORDER BY c.id
+     LIMIT :batch_size
+),
+inserted AS (
     INSERT INTO handover_packages
         (client_id, workflow_id, package_name, installed_modules, module_configurations)
     SELECT c.id,
@@ -42,7 +53,7 @@ WITH inserted AS (
                        FROM client_app_overrides o
                        LEFT JOIN migration_ledger.phase3_override_plan p ON p.override_id = o.id
                       WHERE o.client_id = c.id), '{}'::jsonb)
-      FROM clients_enhanced c
+      FROM batch c
       JOIN orchestration_workflows ow
         ON ow.client_id = c.id AND ow.workflow_type = 'client_onboarding'
      WHERE EXISTS (SELECT 1 FROM client_deployments d
@@ -50,6 +61,12 @@ WITH inserted AS (
        AND NOT EXISTS (SELECT 1 FROM handover_packages hp
                         WHERE hp.client_id = c.id AND hp.workflow_id = ow.id)
     RETURNING id
+),
+recorded AS (
+    INSERT INTO migration_ledger.phase3_inserted (table_name, row_id)
+    SELECT 'handover_packages', id FROM inserted
+    RETURNING 1
 )
-INSERT INTO migration_ledger.phase3_inserted (table_name, row_id)
-SELECT 'handover_packages', id FROM inserted;
+SELECT (SELECT count(*) FROM batch) AS taken,
+       (SELECT id::text FROM batch ORDER BY id DESC LIMIT 1) AS last,
+       (SELECT count(*) FROM recorded) AS rows;
