@@ -1,0 +1,290 @@
+# One run at a time per database: the run lock.
+#
+# A session-level advisory lock on one fixed key, held for a playbook's whole run by a small
+# holder process (one Python, one connection, no Ansible) that the first task of the run starts.
+# The lock goes with its session, so nothing has to be cleaned up after a crash:
+#   - the playbook's last task stops the holder (release);
+#   - the holder watches the ansible-playbook process it belongs to (found up the process tree)
+#     and exits within a tenth of a second once it is gone (killed, crashed, Ctrl-C);
+#   - the holder exits as soon as its connection ends (terminated, server restarted, database
+#     replaced by a clone);
+#   - a lost controller (laptop closed, network cut) leaves a session nobody reads: the server's
+#     TCP keepalives on that session (set by the holder, user-settable) end it within a minute.
+# Who holds it is readable without any table (the database must stay byte for byte as it was
+# when a second run is refused): pg_locks names the holder's session, whose application_name
+# says pgmigrate-runlock and whose last statement (pg_stat_activity.query) carries the holder's
+# identity as a JSON comment: playbook, operator, run id, since when, controller host and pid.
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ansible.module_utils.pgmigrate import MigrationError, explain_connect_error
+
+# 'pgmigrat' in ASCII: one key for every pgmigrate run on a database. Advisory locks are per
+# database, so a fleet (one database per inventory host) has one lock per database.
+RUNLOCK_KEY = 0x70676D6967726174
+APPLICATION_NAME = "pgmigrate-runlock"
+IDENTITY_MARK = "-- pgmigrate-runlock "
+# Server-side keepalives of the holder's session: a controller that vanished is noticed after
+# idle + interval * count = 15 + 5 * 6 = 45 s.
+KEEPALIVES = {"tcp_keepalives_idle": 15, "tcp_keepalives_interval": 5, "tcp_keepalives_count": 6}
+
+_HOLDER_SQL = f"""
+SELECT l.pid, a.application_name, a.backend_start, host(a.client_addr), a.query, a.usename
+  FROM pg_locks AS l
+  LEFT JOIN pg_stat_activity AS a ON a.pid = l.pid
+ WHERE l.locktype = 'advisory' AND l.granted
+   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND l.classid = {RUNLOCK_KEY >> 32} AND l.objid = {RUNLOCK_KEY & 0xFFFFFFFF} AND l.objsubid = 1
+ LIMIT 1"""
+
+
+def read_holder(conn: Any) -> dict[str, Any] | None:
+    """Who holds the run lock on this database (read-only, never waits), or None."""
+    with conn.cursor() as cur:
+        cur.execute(_HOLDER_SQL)
+        row = cur.fetchone()
+    if not conn.autocommit:
+        conn.rollback()
+    if row is None:
+        return None
+    pid, app, backend_start, client, query, user = row
+    holder: dict[str, Any] = {"backend_pid": pid, "application_name": app, "db_user": user,
+                              "client_addr": client,
+                              "backend_start": backend_start.isoformat() if backend_start else None}
+    text = query or ""
+    if text.startswith(IDENTITY_MARK):
+        with contextlib.suppress(ValueError):
+            holder.update(json.loads(text[len(IDENTITY_MARK):].splitlines()[0]))
+    return holder
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    if "run_id" not in holder:
+        if holder.get("backend_start") is None:
+            # Another login without pg_read_all_stats sees neither the query nor the start.
+            return (f"session pid {holder['backend_pid']} (application_name "
+                    f"{holder.get('application_name')}, login {holder.get('db_user')}; who runs it is "
+                    "visible to that login and to members of pg_read_all_stats)")
+        # Not one of our holders: a session that took the key itself.
+        return (f"session pid {holder['backend_pid']} (application_name {holder.get('application_name')}, "
+                f"login {holder.get('db_user')}, from {holder.get('client_addr') or 'a local socket'}, "
+                f"connected since {holder['backend_start']})")
+    return (f"{holder.get('playbook')}.yml run {holder.get('run_id')} by {holder.get('operator')}, "
+            f"since {holder.get('since')}, from {holder.get('controller')} (ansible-playbook pid "
+            f"{holder.get('controller_pid')}; session pid {holder['backend_pid']})")
+
+
+def refusal(holder: dict[str, Any], target: str) -> str:
+    return (f"{target} is locked by another run: {describe_holder(holder)}. One run at a time: let "
+            "it finish and rerun (a run that died releases the lock with its session; "
+            "playbooks/status.yml shows the holder). Nothing was changed.")
+
+
+def ensure_held(conn: Any, run_id: str | None, target: str) -> bool:
+    """For a module that changes the database: the run lock must be this run's. Held by this
+    run's holder: fine. Held by another: refused. Free (the module run on its own, outside our
+    playbooks): taken by this connection's session until it closes. Returns whether it took it."""
+    holder = read_holder(conn)
+    if holder is not None and run_id and holder.get("run_id") == run_id:
+        return False
+    if holder is None:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (RUNLOCK_KEY,))
+            taken = cur.fetchone()[0]
+        if not conn.autocommit:
+            conn.commit()
+        if taken:
+            return True
+        holder = read_holder(conn) or {"backend_pid": "?"}
+    raise MigrationError(refusal(holder, target))
+
+
+# --- the ansible-playbook process the holder belongs to -------------------------------------
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot ('' where /proc is absent): with the
+    pid, it names one process even after the pid is reused."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def playbook_pid() -> int:
+    """The ansible-playbook process this task belongs to: the topmost of the chain of
+    ansible-playbook processes above us (a worker is a fork of it, a module process its
+    grandchild). Without /proc (not Linux): our parent."""
+    pid, found = os.getpid(), 0
+    while pid > 1:
+        if "ansible-playbook" in _cmdline(pid):
+            found = pid
+        elif found:
+            break
+        pid = _parent(pid)
+    return found or os.getppid()
+
+
+# --- the holder process ---------------------------------------------------------------------
+
+# Run as `python -c HOLDER`: reads its settings as JSON on stdin, answers one line on stdout
+# (OK, BUSY or ERROR), then holds the lock until it is told to stop (SIGTERM), the playbook's
+# process is gone, or its connection ends.
+HOLDER = r"""
+import json, os, select, signal, sys
+cfg = json.loads(sys.stdin.read())
+sys.stdin.close()
+def answer(text):
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+    sys.stdout.close()
+    os.close(1)
+try:
+    import psycopg2
+    conn = psycopg2.connect(**cfg["connect"])
+    conn.autocommit = True
+    cur = conn.cursor()
+    for name, value in cfg["keepalives"].items():
+        cur.execute("SELECT set_config(%s, %s, false)", (name, str(value)))
+    cur.execute("SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (cfg["key"],))
+    taken, backend = cur.fetchone()
+    if not taken:
+        answer("BUSY")
+        sys.exit(0)
+    # The session's last statement is its identity card (pg_stat_activity.query).
+    cur.execute(cfg["identity"])
+except Exception as exc:
+    answer("ERROR " + json.dumps(str(exc)))
+    sys.exit(0)
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+answer("OK " + str(backend))
+watch, born = cfg["watch_pid"], cfg["watch_start"]
+def alive():
+    try:
+        with open("/proc/%d/stat" % watch) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0] != "Z" and (not born or fields[19] == born)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(watch, 0)
+            return True
+        except OSError:
+            return False
+while not stop and alive():
+    try:
+        # Readable: the server ended the session (or sent a notice): the lock is gone.
+        if select.select([conn.fileno()], [], [], 0.1)[0]:
+            break
+    except InterruptedError:
+        pass
+try:
+    conn.close()
+except Exception:
+    pass
+"""
+
+
+def _libpq(params: dict[str, Any]) -> dict[str, Any]:
+    kwargs = {"host": params["db_host"], "port": params["db_port"], "dbname": params["db_name"],
+              "user": params["db_user"], "sslmode": params.get("db_sslmode") or "prefer",
+              "connect_timeout": params.get("connect_timeout") or 10,
+              "application_name": APPLICATION_NAME,
+              # the client side too: the holder notices a server that went away
+              "keepalives": 1, "keepalives_idle": 15, "keepalives_interval": 5, "keepalives_count": 6}
+    if params.get("db_password"):
+        kwargs["password"] = params["db_password"]
+    return kwargs
+
+
+def identity(playbook: str, operator: str, run_id: str, watch_pid: int) -> dict[str, Any]:
+    return {"playbook": playbook, "operator": operator, "run_id": run_id,
+            "since": datetime.now(UTC).isoformat(timespec="seconds"),
+            "controller": socket.gethostname(), "controller_pid": watch_pid}
+
+
+def start_holder(params: dict[str, Any], ident: dict[str, Any], watch_pid: int) -> dict[str, Any]:
+    """Start the holder; returns {'taken': True, 'holder_pid', 'holder_start', 'backend_pid'}
+    or {'taken': False} when another session holds the lock. Raises MigrationError when it
+    cannot connect."""
+    card = IDENTITY_MARK + json.dumps(ident, sort_keys=True) + "\nSELECT 1"
+    cfg = {"connect": _libpq(params), "keepalives": KEEPALIVES, "key": RUNLOCK_KEY,
+           "identity": card, "watch_pid": watch_pid, "watch_start": start_time(watch_pid)}
+    # Its own session: a Ctrl-C to the playbook's process group ends the playbook, and the
+    # holder follows it; the password goes through the pipe, never the command line.
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True,
+                            start_new_session=True, cwd="/")
+    out = _talk(proc, cfg)
+    line = out.decode(errors="replace").strip()
+    if line.startswith("OK "):
+        return {"taken": True, "holder_pid": proc.pid, "holder_start": start_time(proc.pid),
+                "backend_pid": int(line[3:])}
+    proc.wait(timeout=30)
+    if line == "BUSY":
+        return {"taken": False}
+    error = json.loads(line[6:]) if line.startswith("ERROR ") else f"the lock holder did not start ({line!r})"
+    raise MigrationError(explain_connect_error(error, params))
+
+
+def _talk(proc: subprocess.Popen, cfg: dict[str, Any]) -> bytes:
+    """Send the settings, read the one-line answer (the holder's connect_timeout bounds the
+    wait); the holder keeps running after it."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(cfg).encode())
+    proc.stdin.close()
+    out = proc.stdout.readline()
+    proc.stdout.close()
+    return out
+
+
+def stop_holder(holder_pid: int, holder_start: str, timeout_s: float = 30) -> bool:
+    """Stop our holder (it closes its session, releasing the lock) and wait until it is gone.
+    Only the process started as the holder is signalled (pid and start time)."""
+    if holder_pid <= 1 or (holder_start and start_time(holder_pid) != holder_start):
+        return False
+    try:
+        os.kill(holder_pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(holder_pid, os.WNOHANG)
+        state = Path(f"/proc/{holder_pid}/stat")
+        try:
+            if state.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except (OSError, IndexError):
+            return True
+        time.sleep(0.02)
+    return True
