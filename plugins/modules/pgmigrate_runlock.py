@@ -23,9 +23,14 @@ options:
     type: bool
     default: false
     description: A database that does not exist (yet) is no error; nothing is locked.
-  holder_pid: {type: int, default: 0}
-  holder_start: {type: str, default: ""}
+  holder_pid:
+    type: int
+    default: 0
+    description: The holder process C(acquire) returned (for C(release); for C(acquire), one already held).
+  holder_start: {type: str, default: "", description: Its start time (pid reuse), as returned.}
 """
+
+import socket
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pgmigrate import CONNECTION_ARGS, LOCK_ARGS, MigrationError, connect, describe_target
@@ -38,6 +43,14 @@ from ansible.module_utils.pgmigrate_runlock import (
     start_holder,
     stop_holder,
 )
+
+
+def ours(holder: dict, run_id: str, watch: int) -> bool:
+    """Held by this run: its run id, or this very ansible-playbook process (a rehearsal's
+    clone took it under the clone's run id)."""
+    if run_id and holder.get("run_id") == run_id:
+        return True
+    return holder.get("controller") == socket.gethostname() and holder.get("controller_pid") == watch
 
 
 def acquire(module: AnsibleModule) -> dict:
@@ -54,15 +67,19 @@ def acquire(module: AnsibleModule) -> dict:
         holder = read_holder(conn)
     finally:
         conn.close()
-    if holder is not None and p["run_id"] and holder.get("run_id") == p["run_id"]:
-        return {"changed": False, "taken": False, "holder": holder, "msg": "already held by this run"}
+    watch = playbook_pid()
+    if holder is not None and ours(holder, p["run_id"], watch):
+        # Kept: the holder this run started (its pid and start came back as holder_pid and
+        # holder_start), for release.
+        return {"changed": False, "taken": bool(p["holder_pid"]), "holder": holder,
+                "holder_pid": p["holder_pid"], "holder_start": p["holder_start"],
+                "msg": "already held by this run"}
     if module.check_mode:
         # A check-mode run never waits for the lock, nor takes it: it says who holds it.
         msg = f"{describe_holder(holder)} holds the run lock" if holder else "no run in progress"
         return {"changed": False, "taken": False, "holder": holder, "msg": msg}
     if holder is not None:
         module.fail_json(msg=refusal(holder, target), holder=holder)
-    watch = playbook_pid()
     ident = identity(p["playbook"], p["operator"], p["run_id"], watch)
     started = start_holder(p, ident, watch)
     if not started["taken"]:
