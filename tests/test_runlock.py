@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers import db_snapshot, playbook_output, query, run_playbook, snapshot_diff
 from rollback_helpers import MIGRATE, ROLLBACK, Background, duplicates, out_dirs_in, wait_for
 
@@ -97,6 +98,11 @@ def test_run_in_progress(fresh_db: dict[str, Any], tmp_path: Path) -> None:
     try:
         card = wait_for(lambda: lock_holder(fresh_db), "the migration's run lock", migration)
         assert card["playbook"] == "migrate" and card["application_name"] == "pgmigrate-runlock"
+        # The holder watches the ansible-playbook process itself, not a worker.
+        assert card["controller_pid"] == migration.proc.pid
+        # A lost controller's session is ended by the server within idle + interval * count.
+        assert card["keepalives"] == {"tcp_keepalives_idle": "15", "tcp_keepalives_interval": "5",
+                                      "tcp_keepalives_count": "6"}
         wait_for(lambda: query(fresh_db, "SELECT count(*) FROM migration_ledger.history WHERE phase = '2'")[0][0]
                  if query(fresh_db, "SELECT to_regclass('migration_ledger.history')")[0][0] else 0,
                  "phase 2 to start", migration)
@@ -138,15 +144,18 @@ def test_run_in_progress(fresh_db: dict[str, Any], tmp_path: Path) -> None:
     assert "no run in progress" in status.stdout, playbook_output(status)
 
 
-def test_killed_run_releases_the_lock(fresh_db: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize("direct", [True, False], ids=["in-worker", "module-process"])
+def test_killed_run_releases_the_lock(fresh_db: dict[str, Any], tmp_path: Path, direct: bool) -> None:
     """A migration SIGKILLed with its whole process group (the holder is in a session of its
     own, so it survives the kill and must notice) leaves no lock behind: the lock is gone within
-    seconds, and the same command run again completes."""
+    seconds, and the same command run again completes. Modules run in Ansible's worker (the
+    default) or as module processes (a non-local connection, Molecule's default scenario)."""
     blocker = blocked_in_phase2(fresh_db)
-    migration = Background(MIGRATE, fresh_db, {"phase": "all", **PATIENT, **out_dirs_in(tmp_path / "m")},
-                           tmp_path / "m")
+    migration = Background(MIGRATE, fresh_db, {"phase": "all", **PATIENT, **out_dirs_in(tmp_path / "m"),
+                                               "pgmigrate_direct_execution": direct}, tmp_path / "m")
     try:
         card = wait_for(lambda: lock_holder(fresh_db), "the migration's run lock", migration)
+        assert card["controller_pid"] == migration.proc.pid
         migration.kill()
         killed = time.monotonic()
         wait_for(lambda: lock_holder(fresh_db) is None, "the killed run's lock to go", timeout=30)

@@ -169,15 +169,19 @@ try:
     conn = psycopg2.connect(**cfg["connect"])
     conn.autocommit = True
     cur = conn.cursor()
+    keepalives = {}
     for name, value in cfg["keepalives"].items():
+        # What the server made of it: 0 on a Unix socket, where keepalives do not apply.
         cur.execute("SELECT set_config(%s, %s, false)", (name, str(value)))
+        keepalives[name] = cur.fetchone()[0]
     cur.execute("SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (cfg["key"],))
     taken, backend = cur.fetchone()
     if not taken:
         answer("BUSY")
         sys.exit(0)
     # The session's last statement is its identity card (pg_stat_activity.query).
-    cur.execute(cfg["identity"])
+    card = dict(cfg["identity"], keepalives=keepalives)
+    cur.execute(cfg["mark"] + json.dumps(card, sort_keys=True) + "\nSELECT 1")
 except Exception as exc:
     answer("ERROR " + json.dumps(str(exc)))
     sys.exit(0)
@@ -236,9 +240,9 @@ def start_holder(params: dict[str, Any], ident: dict[str, Any], watch_pid: int) 
     """Start the holder; returns {'taken': True, 'holder_pid', 'holder_start', 'backend_pid'}
     or {'taken': False} when another session holds the lock. Raises MigrationError when it
     cannot connect."""
-    card = IDENTITY_MARK + json.dumps(ident, sort_keys=True) + "\nSELECT 1"
     cfg = {"connect": _libpq(params), "keepalives": KEEPALIVES, "key": RUNLOCK_KEY,
-           "identity": card, "watch_pid": watch_pid, "watch_start": start_time(watch_pid)}
+           "identity": ident, "mark": IDENTITY_MARK, "watch_pid": watch_pid,
+           "watch_start": start_time(watch_pid)}
     # Its own session: a Ctrl-C to the playbook's process group ends the playbook, and the
     # holder follows it; the password goes through the pipe, never the command line.
     proc = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE,
