@@ -90,8 +90,8 @@ def test_two_migrations_half_a_second_apart(fresh_db: dict[str, Any], tmp_path: 
 
 def test_run_in_progress(fresh_db: dict[str, Any], tmp_path: Path) -> None:
     """While a migration runs: status.yml shows it (and does not wait), a check-mode run says who
-    holds the lock and completes without taking it, a rollback and an approval are refused
-    naming the migration, and change nothing; the migration then completes."""
+    holds the lock and completes without taking it, a rollback is refused naming the migration,
+    changing nothing, a sign-off decision is recorded; the migration then completes."""
     blocker = blocked_in_phase2(fresh_db)
     migration = Background(MIGRATE, fresh_db, {"phase": "all", **PATIENT, **out_dirs_in(tmp_path / "m")},
                            tmp_path / "m")
@@ -123,11 +123,13 @@ def test_run_in_progress(fresh_db: dict[str, Any], tmp_path: Path) -> None:
         rollback = run_playbook(ROLLBACK, fresh_db, {"phase": "all", **out_dirs_in(tmp_path / "r")})
         assert rollback.returncode != 0, playbook_output(rollback)
         assert f"is locked by another run: migrate.yml run {card['run_id']}" in flat(rollback.stdout)
+        assert snapshot_diff(before, db_snapshot(fresh_db)) == []
+        # A decision on the sign-off sheet is recorded during the run (a no-go would stop it at
+        # its next checkpoint): approve.yml takes the lock only to create the ledger.
         approve = run_playbook("playbooks/approve.yml", fresh_db, {
             "approval_role": "DBA", "approved_by": "Jane Doe", **out_dirs_in(tmp_path / "a")})
-        assert approve.returncode != 0, playbook_output(approve)
-        assert f"is locked by another run: migrate.yml run {card['run_id']}" in flat(approve.stdout)
-        assert snapshot_diff(before, db_snapshot(fresh_db)) == []
+        assert approve.returncode == 0, playbook_output(approve)
+        assert query(fresh_db, "SELECT name FROM migration_ledger.approvals") == [("Jane Doe",)]
         # None of them waited for the migration (it is still held in phase 2).
         assert migration.running(), migration.output()
         assert time.monotonic() - started < 600

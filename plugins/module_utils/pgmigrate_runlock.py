@@ -19,10 +19,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,12 +90,20 @@ def refusal(holder: dict[str, Any], target: str) -> str:
             "playbooks/status.yml shows the holder). Nothing was changed.")
 
 
+def ours(holder: dict[str, Any], run_id: str | None, watch_pid: int) -> bool:
+    """Held by this run: its run id, or this very ansible-playbook process (a rehearsal's
+    clone took it under the clone's run id)."""
+    if run_id and holder.get("run_id") == run_id:
+        return True
+    return holder.get("controller") == socket.gethostname() and holder.get("controller_pid") == watch_pid
+
+
 def ensure_held(conn: Any, run_id: str | None, target: str) -> bool:
     """For a module that changes the database: the run lock must be this run's. Held by this
     run's holder: fine. Held by another: refused. Free (the module run on its own, outside our
     playbooks): taken by this connection's session until it closes. Returns whether it took it."""
     holder = read_holder(conn)
-    if holder is not None and run_id and holder.get("run_id") == run_id:
+    if holder is not None and ours(holder, run_id, playbook_pid()):
         return False
     if holder is None:
         with conn.cursor() as cur:
@@ -152,70 +159,70 @@ def playbook_pid() -> int:
 
 # --- the holder process ---------------------------------------------------------------------
 
-# Run as `python -c HOLDER`: reads its settings as JSON on stdin, answers one line on stdout
-# (OK, BUSY or ERROR), then holds the lock until it is told to stop (SIGTERM), the playbook's
-# process is gone, or its connection ends.
-HOLDER = r"""
-import json, os, select, signal, sys
-cfg = json.loads(sys.stdin.read())
-sys.stdin.close()
-def answer(text):
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-    sys.stdout.close()
-    os.close(1)
-try:
-    import psycopg2
-    conn = psycopg2.connect(**cfg["connect"])
-    conn.autocommit = True
-    cur = conn.cursor()
-    keepalives = {}
-    for name, value in cfg["keepalives"].items():
-        # What the server made of it: 0 on a Unix socket, where keepalives do not apply.
-        cur.execute("SELECT set_config(%s, %s, false)", (name, str(value)))
-        keepalives[name] = cur.fetchone()[0]
-    cur.execute("SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (cfg["key"],))
-    taken, backend = cur.fetchone()
-    if not taken:
-        answer("BUSY")
-        sys.exit(0)
-    # The session's last statement is its identity card (pg_stat_activity.query).
-    card = dict(cfg["identity"], keepalives=keepalives)
-    cur.execute(cfg["mark"] + json.dumps(card, sort_keys=True) + "\nSELECT 1")
-except Exception as exc:
-    answer("ERROR " + json.dumps(str(exc)))
-    sys.exit(0)
-stop = []
-signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGHUP, signal.SIG_IGN)
-answer("OK " + str(backend))
-watch, born = cfg["watch_pid"], cfg["watch_start"]
-def alive():
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(*_: Any) -> None:
+    raise _Stop()
+
+
+def _alive(pid: int, born: str) -> bool:
+    """Whether the process `pid` started at `born` (start_time) still runs."""
     try:
-        with open("/proc/%d/stat" % watch) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return fields[0] != "Z" and (not born or fields[19] == born)
     except FileNotFoundError:
         return False
-    except OSError:
+    except (OSError, IndexError):
         try:
-            os.kill(watch, 0)
+            os.kill(pid, 0)
             return True
         except OSError:
             return False
-while not stop and alive():
+
+
+def _hold(cfg: dict[str, Any], answer_fd: int) -> None:
+    """The holder, in the forked child: connect, take the lock, answer one line on answer_fd
+    (OK <backend pid>, BUSY or ERROR <json>), then hold it until told to stop (SIGTERM), the
+    playbook's process is gone, or the connection ends."""
+    import psycopg2  # noqa: PLC0415 - imported already by the parent; no new interpreter
+
+    def answer(text: str) -> None:
+        os.write(answer_fd, (text + "\n").encode())
+        os.close(answer_fd)
+
     try:
-        # Readable: the server ended the session (or sent a notice): the lock is gone.
-        if select.select([conn.fileno()], [], [], 0.1)[0]:
-            break
-    except InterruptedError:
+        conn = psycopg2.connect(**cfg["connect"])
+        conn.autocommit = True
+        cur = conn.cursor()
+        keepalives = {}
+        for name, value in cfg["keepalives"].items():
+            # What the server made of it: 0 on a Unix socket, where keepalives do not apply.
+            cur.execute("SELECT set_config(%s, %s, false)", (name, str(value)))
+            keepalives[name] = cur.fetchone()[0]
+        cur.execute("SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (cfg["key"],))
+        taken, backend = cur.fetchone()
+        if not taken:
+            answer("BUSY")
+            return
+        # The session's last statement is its identity card (pg_stat_activity.query).
+        card = dict(cfg["identity"], keepalives=keepalives)
+        cur.execute(IDENTITY_MARK + json.dumps(card, sort_keys=True) + "\nSELECT 1")
+    except Exception as exc:  # noqa: BLE001 - any failure is the answer
+        answer("ERROR " + json.dumps(str(exc)))
+        return
+    signal.signal(signal.SIGTERM, _raise_stop)
+    answer(f"OK {backend}")
+    try:
+        while _alive(cfg["watch_pid"], cfg["watch_start"]):
+            # Readable: the server ended the session (or sent a notice): the lock is gone.
+            if select.select([conn.fileno()], [], [], 0.1)[0]:
+                break
+    except _Stop:
         pass
-try:
-    conn.close()
-except Exception:
-    pass
-"""
+    with contextlib.suppress(Exception):
+        conn.close()
 
 
 def _libpq(params: dict[str, Any]) -> dict[str, Any]:
@@ -239,36 +246,50 @@ def identity(playbook: str, operator: str, run_id: str, watch_pid: int) -> dict[
 def start_holder(params: dict[str, Any], ident: dict[str, Any], watch_pid: int) -> dict[str, Any]:
     """Start the holder; returns {'taken': True, 'holder_pid', 'holder_start', 'backend_pid'}
     or {'taken': False} when another session holds the lock. Raises MigrationError when it
-    cannot connect."""
+    cannot connect.
+
+    The holder is a fork of this process (psycopg2 is loaded already: no interpreter to start,
+    a few milliseconds), in a session of its own (a Ctrl-C or a kill of the playbook's process
+    group does not reach it; it sees the playbook go), with stdin/stdout/stderr on /dev/null and
+    every other inherited descriptor closed: it keeps no pipe of Ansible's (or of whoever runs
+    ansible-playbook) open."""
     cfg = {"connect": _libpq(params), "keepalives": KEEPALIVES, "key": RUNLOCK_KEY,
-           "identity": ident, "mark": IDENTITY_MARK, "watch_pid": watch_pid,
-           "watch_start": start_time(watch_pid)}
-    # Its own session: a Ctrl-C to the playbook's process group ends the playbook, and the
-    # holder follows it; the password goes through the pipe, never the command line.
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True,
-                            start_new_session=True, cwd="/")
-    out = _talk(proc, cfg)
-    line = out.decode(errors="replace").strip()
+           "identity": ident, "watch_pid": watch_pid, "watch_start": start_time(watch_pid)}
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the holder
+        try:
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.closerange(3, write_fd)
+            os.closerange(write_fd + 1, _max_fd())
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _hold(cfg, write_fd)
+        finally:
+            os._exit(0)  # no atexit handler, no flush of the parent's buffers
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as answer:
+        line = answer.readline().decode(errors="replace").strip()
     if line.startswith("OK "):
-        return {"taken": True, "holder_pid": proc.pid, "holder_start": start_time(proc.pid),
+        return {"taken": True, "holder_pid": pid, "holder_start": start_time(pid),
                 "backend_pid": int(line[3:])}
-    proc.wait(timeout=30)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
     if line == "BUSY":
         return {"taken": False}
     error = json.loads(line[6:]) if line.startswith("ERROR ") else f"the lock holder did not start ({line!r})"
     raise MigrationError(explain_connect_error(error, params))
 
 
-def _talk(proc: subprocess.Popen, cfg: dict[str, Any]) -> bytes:
-    """Send the settings, read the one-line answer (the holder's connect_timeout bounds the
-    wait); the holder keeps running after it."""
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(json.dumps(cfg).encode())
-    proc.stdin.close()
-    out = proc.stdout.readline()
-    proc.stdout.close()
-    return out
+def _max_fd() -> int:
+    try:
+        return min(os.sysconf("SC_OPEN_MAX"), 1 << 20)
+    except (ValueError, OSError):
+        return 4096
 
 
 def stop_holder(holder_pid: int, holder_start: str, timeout_s: float = 30) -> bool:

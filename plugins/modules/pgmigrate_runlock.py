@@ -30,13 +30,12 @@ options:
   holder_start: {type: str, default: "", description: Its start time (pid reuse), as returned.}
 """
 
-import socket
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.pgmigrate import CONNECTION_ARGS, LOCK_ARGS, MigrationError, connect, describe_target
 from ansible.module_utils.pgmigrate_runlock import (
     describe_holder,
     identity,
+    ours,
     playbook_pid,
     read_holder,
     refusal,
@@ -45,54 +44,44 @@ from ansible.module_utils.pgmigrate_runlock import (
 )
 
 
-def ours(holder: dict, run_id: str, watch: int) -> bool:
-    """Held by this run: its run id, or this very ansible-playbook process (a rehearsal's
-    clone took it under the clone's run id)."""
-    if run_id and holder.get("run_id") == run_id:
-        return True
-    return holder.get("controller") == socket.gethostname() and holder.get("controller_pid") == watch
+def current_holder(p: dict) -> dict | None:
+    conn = connect(p, "pgmigrate-runlock-check")
+    try:
+        return read_holder(conn)
+    finally:
+        conn.close()
 
 
 def acquire(module: AnsibleModule) -> dict:
     p = module.params
     target = describe_target(p)
+    watch = playbook_pid()
     try:
-        conn = connect(p, "pgmigrate-runlock-check")
+        if module.check_mode:
+            # A check-mode run never waits for the lock, nor takes it: it says who holds it.
+            holder = current_holder(p)
+            msg = f"{describe_holder(holder)} holds the run lock" if holder else "no run in progress"
+            return {"changed": False, "taken": False, "holder": holder, "msg": msg}
+        # Straight to the holder (one connection): it answers BUSY if another session has it.
+        ident = identity(p["playbook"], p["operator"], p["run_id"], watch)
+        started = start_holder(p, ident, watch)
     except MigrationError as exc:
         if p["missing_ok"] and "the database does not exist" in str(exc):
             return {"changed": False, "taken": False, "holder": None,
                     "msg": f"{target} does not exist yet: nothing to lock"}
         raise
-    try:
-        holder = read_holder(conn)
-    finally:
-        conn.close()
-    watch = playbook_pid()
-    if holder is not None and ours(holder, p["run_id"], watch):
+    if started["taken"]:
+        return {"changed": False, "taken": True, "holder": {**ident, "backend_pid": started["backend_pid"]},
+                "holder_pid": started["holder_pid"], "holder_start": started["holder_start"],
+                "msg": f"run lock on {target} held for run {p['run_id']}"}
+    holder = current_holder(p) or {"backend_pid": "?"}
+    if ours(holder, p["run_id"], watch):
         # Kept: the holder this run started (its pid and start came back as holder_pid and
         # holder_start), for release.
         return {"changed": False, "taken": bool(p["holder_pid"]), "holder": holder,
                 "holder_pid": p["holder_pid"], "holder_start": p["holder_start"],
                 "msg": "already held by this run"}
-    if module.check_mode:
-        # A check-mode run never waits for the lock, nor takes it: it says who holds it.
-        msg = f"{describe_holder(holder)} holds the run lock" if holder else "no run in progress"
-        return {"changed": False, "taken": False, "holder": holder, "msg": msg}
-    if holder is not None:
-        module.fail_json(msg=refusal(holder, target), holder=holder)
-    ident = identity(p["playbook"], p["operator"], p["run_id"], watch)
-    started = start_holder(p, ident, watch)
-    if not started["taken"]:
-        # Another run took it between our look and our try.
-        conn = connect(p, "pgmigrate-runlock-check")
-        try:
-            holder = read_holder(conn) or {"backend_pid": "?"}
-        finally:
-            conn.close()
-        module.fail_json(msg=refusal(holder, target), holder=holder)
-    return {"changed": False, "taken": True, "holder": {**ident, "backend_pid": started["backend_pid"]},
-            "holder_pid": started["holder_pid"], "holder_start": started["holder_start"],
-            "msg": f"run lock on {target} held for run {p['run_id']}"}
+    module.fail_json(msg=refusal(holder, target), holder=holder)
 
 
 def release(module: AnsibleModule) -> dict:
@@ -102,11 +91,7 @@ def release(module: AnsibleModule) -> dict:
 
 
 def status(module: AnsibleModule) -> dict:
-    conn = connect(module.params, "pgmigrate-runlock-check")
-    try:
-        holder = read_holder(conn)
-    finally:
-        conn.close()
+    holder = current_holder(module.params)
     return {"changed": False, "holder": holder,
             "msg": f"run in progress: {describe_holder(holder)}" if holder else "no run in progress"}
 
