@@ -172,3 +172,33 @@ def test_killed_run_releases_the_lock(fresh_db: dict[str, Any], tmp_path: Path, 
     assert query(fresh_db, "SELECT count(*) FROM migration_ledger.history WHERE status = 'succeeded' "
                            "AND direction = 'apply'")[0][0] == 6
     assert lock_holder(fresh_db) is None
+
+
+def test_clone_into_a_database_being_migrated(fresh_db: dict[str, Any], tmp_path: Path) -> None:
+    """clone.yml holds its staging target's run lock: while a migration runs there, the clone is
+    refused, naming it, and the staging database is left as it was (not replaced)."""
+    from helpers import clone_database, drop_database
+    from rehearsal_helpers import out_of, run_with_inventory, two_host_inventory
+
+    staging = clone_database(fresh_db, fresh_db["dbname"] + "_stg")
+    blocker = blocked_in_phase2(staging)
+    migration = Background(MIGRATE, staging, {"phase": "all", **PATIENT, **out_dirs_in(tmp_path / "m")},
+                           tmp_path / "m")
+    try:
+        card = wait_for(lambda: lock_holder(staging), "the migration's run lock", migration)
+        wait_for(lambda: query(staging, "SELECT to_regclass('migration_ledger.history') IS NOT NULL")[0][0]
+                 and query(staging, "SELECT count(*) FROM migration_ledger.history WHERE phase = '2'")[0][0],
+                 "phase 2 to start", migration)
+        before = db_snapshot(staging)
+        oid = query(staging, "SELECT oid FROM pg_database WHERE datname = current_database()")
+        result = run_with_inventory("playbooks/clone.yml", two_host_inventory(fresh_db, staging))
+        text = out_of(result)
+        assert result.returncode != 0, text
+        assert f"is locked by another run: migrate.yml run {card['run_id']}" in text, text
+        assert query(staging, "SELECT oid FROM pg_database WHERE datname = current_database()") == oid
+        assert snapshot_diff(before, db_snapshot(staging)) == []
+        assert migration.running()
+    finally:
+        blocker.close()
+        migration.close()
+        drop_database(staging)
