@@ -34,6 +34,14 @@ def lock_holder(db: dict[str, Any]) -> dict[str, Any] | None:
     return {"backend_pid": pid, "application_name": app, **card}
 
 
+def untouched(db: dict[str, Any]) -> dict[str, Any]:
+    """The database's fingerprint, but for the rows of the ledger, which the migration holding
+    the lock writes meanwhile (its records, its retries)."""
+    snapshot = db_snapshot(db)
+    snapshot["data"] = {k: v for k, v in snapshot["data"].items() if not k.startswith("migration_ledger.")}
+    return snapshot
+
+
 def flat(text: str) -> str:
     return " ".join(text.split())
 
@@ -119,11 +127,11 @@ def test_run_in_progress(fresh_db: dict[str, Any], tmp_path: Path) -> None:
         assert f"run {card['run_id']}" in flat(check.stdout) and "holds the run lock" in flat(check.stdout)
         assert lock_holder(fresh_db)["run_id"] == card["run_id"]
 
-        before = db_snapshot(fresh_db)
+        before = untouched(fresh_db)
         rollback = run_playbook(ROLLBACK, fresh_db, {"phase": "all", **out_dirs_in(tmp_path / "r")})
         assert rollback.returncode != 0, playbook_output(rollback)
         assert f"is locked by another run: migrate.yml run {card['run_id']}" in flat(rollback.stdout)
-        assert snapshot_diff(before, db_snapshot(fresh_db)) == []
+        assert snapshot_diff(before, untouched(fresh_db)) == []
         # A decision on the sign-off sheet is recorded during the run (a no-go would stop it at
         # its next checkpoint): approve.yml takes the lock only to create the ledger.
         approve = run_playbook("playbooks/approve.yml", fresh_db, {
@@ -189,14 +197,14 @@ def test_clone_into_a_database_being_migrated(fresh_db: dict[str, Any], tmp_path
         wait_for(lambda: query(staging, "SELECT to_regclass('migration_ledger.history') IS NOT NULL")[0][0]
                  and query(staging, "SELECT count(*) FROM migration_ledger.history WHERE phase = '2'")[0][0],
                  "phase 2 to start", migration)
-        before = db_snapshot(staging)
+        before = untouched(staging)
         oid = query(staging, "SELECT oid FROM pg_database WHERE datname = current_database()")
         result = run_with_inventory("playbooks/clone.yml", two_host_inventory(fresh_db, staging))
         text = out_of(result)
         assert result.returncode != 0, text
         assert f"is locked by another run: migrate.yml run {card['run_id']}" in text, text
         assert query(staging, "SELECT oid FROM pg_database WHERE datname = current_database()") == oid
-        assert snapshot_diff(before, db_snapshot(staging)) == []
+        assert snapshot_diff(before, untouched(staging)) == []
         assert migration.running()
     finally:
         blocker.close()
