@@ -197,3 +197,112 @@ def test_check_mode_changes_nothing(fresh_db: dict[str, Any], out_dirs: dict[str
     assert not ledger_exists(fresh_db)
     backups = Path(out_dirs["migration_backup_dir"])
     assert not backups.exists() or not any(p.is_file() for p in backups.rglob("*"))
+
+
+# --- more bad input (issue 13) ------------------------------------------------------------
+
+
+def test_database_does_not_exist(fresh_db: dict[str, Any], out_dirs: dict[str, str]) -> None:
+    """A database name that does not exist is refused as such, and none is created."""
+    missing = {**fresh_db, "dbname": fresh_db["dbname"] + "_missing"}
+    databases = query(fresh_db, "SELECT count(*) FROM pg_database")
+    assert_refused(
+        fresh_db,
+        lambda: run_playbook(MIGRATE, missing, {"phase": "all", **out_dirs}),
+        "the database does not exist",
+        "migration_db_name",
+    )
+    assert query(fresh_db, "SELECT count(*) FROM pg_database") == databases
+    assert query(fresh_db, "SELECT count(*) FROM pg_database WHERE datname = %s", (missing["dbname"],)) == [(0,)]
+
+
+def test_login_without_create_on_the_schema(fresh_db: dict[str, Any], out_dirs: dict[str, str]) -> None:
+    """A login that owns the application's tables and may create schemas, but not create in
+    `public`: refused by the preflight, naming the GRANT that fixes it."""
+    role = "no_create_" + fresh_db["dbname"][-8:]
+    query(fresh_db, f"CREATE ROLE {role} LOGIN PASSWORD 'pw-{role}'")
+    try:
+        for (table,) in query(fresh_db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"):
+            query(fresh_db, f"ALTER TABLE public.{table} OWNER TO {role}")
+        query(fresh_db, f'GRANT CREATE ON DATABASE "{fresh_db["dbname"]}" TO {role}')
+        login = {**fresh_db, "user": role, "password": f"pw-{role}"}
+        assert_refused(
+            fresh_db,
+            lambda: run_playbook(MIGRATE, login, {"phase": "all", **out_dirs}),
+            f"login {role} lacks CREATE on schema public",
+            f"GRANT CREATE ON SCHEMA public TO {role}",
+            "Nothing was changed",
+        )
+    finally:
+        query(fresh_db, f"REASSIGN OWNED BY {role} TO {fresh_db['user']}")
+        query(fresh_db, f"DROP OWNED BY {role}")
+        query(fresh_db, f"DROP ROLE {role}")
+
+
+@pytest.mark.parametrize(("phase", "hint"), [
+    ("1,2", "one phase per run (-e phase=1, then -e phase=2)"),
+    (" 3", "no spaces around it (-e phase=3)"),
+    ("all ", "no spaces around it (-e phase=all)"),
+])
+def test_phase_list_or_spaces(fresh_db: dict[str, Any], out_dirs: dict[str, str], phase: str, hint: str) -> None:
+    """A list of phases, or a phase with spaces, is refused, saying what was meant."""
+    assert_refused(
+        fresh_db,
+        lambda: run_playbook(MIGRATE, fresh_db, {"phase": phase, **out_dirs}),
+        "Unknown phase",
+        hint,
+    )
+
+
+def test_rollback_phase_list_or_spaces(fresh_db: dict[str, Any], out_dirs: dict[str, str]) -> None:
+    assert_refused(
+        fresh_db,
+        lambda: run_playbook("playbooks/rollback.yml", fresh_db, {"phase": " 4", **out_dirs}),
+        "no spaces around it (-e phase=4)",
+    )
+
+
+APPROVER = """Jane "JD" O'Brien'); DROP TABLE clients_enhanced; --"""
+
+
+def test_approver_with_quotes_and_semicolon(fresh_db: dict[str, Any], out_dirs: dict[str, str]) -> None:
+    """An approver's name with quotes and a semicolon is data: recorded exactly as given, in
+    the ledger and on the sign-off sheet, and nothing else happens."""
+    result = run_playbook(MIGRATE, fresh_db, {"phase": 1, "approved_by": APPROVER, **out_dirs},
+                          env_name="production")
+    assert result.returncode == 0, playbook_output(result)
+    assert query(fresh_db, "SELECT approved_by FROM migration_ledger.history WHERE phase = '1'") == [(APPROVER,)]
+    signed = run_playbook("playbooks/approve.yml", fresh_db, {
+        "approval_role": "DBA", "approved_by": APPROVER, "approval_note": "ok'; --", **out_dirs},
+        env_name="production")
+    assert signed.returncode == 0, playbook_output(signed)
+    assert query(fresh_db, "SELECT name, note FROM migration_ledger.approvals") == [(APPROVER, "ok'; --")]
+    assert query(fresh_db, "SELECT to_regclass('public.clients_enhanced') IS NOT NULL") == [(True,)]
+
+
+def test_hot_standby(tmp_path: Path, out_dirs: dict[str, str]) -> None:
+    """A real hot standby (pg_basebackup -R, in recovery) as the target: refused as read-only,
+    pointing at the primary; the standby and the primary are as they were."""
+    from helpers import make_cluster_tempdir
+
+    base = make_cluster_tempdir("pgm-standby-")
+    primary = pgcluster.start_cluster(base / "primary")
+    try:
+        pgcluster.seed_database(primary, "agency", 30)
+        standby = pgcluster.start_standby(primary, base / "standby")
+        source = {**primary, "dbname": "agency"}
+        replica = {**standby, "dbname": "agency"}
+        assert query(replica, "SELECT pg_is_in_recovery()") == [(True,)]
+        before = db_snapshot(source)
+        text = assert_refused(
+            replica,
+            lambda: run_playbook(MIGRATE, replica, {"phase": "all", **out_dirs}),
+            "is read-only (it is a standby in recovery)",
+            "point migration_db_host at the primary",
+        )
+        assert "Traceback" not in text
+        assert snapshot_diff(before, db_snapshot(source)) == []
+    finally:
+        for name in ("standby", "primary"):
+            pgcluster.destroy_cluster(base / name)
+        subprocess.run(["rm", "-rf", str(base)], check=False)

@@ -189,18 +189,21 @@ def test_order_rule(targets: list[str], present: list[str], expected: str | None
 
 
 def test_second_rollback_at_the_same_time_is_refused(at_phase4: dict[str, Any], tmp_path: Path) -> None:
-    """While a rollback of the database runs (its advisory lock held), another is refused."""
+    """While another session holds the database's run lock, a rollback is refused, naming the
+    session (tests/test_runlock.py covers real runs side by side)."""
     from helpers import connect
 
     running = connect(at_phase4)
     running.autocommit = True
     try:
         with running.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(hashtext('pgmigrate:rollback'))")
+            cur.execute("SELECT pg_advisory_lock(%s), pg_backend_pid()", (0x70676D6967726174,))
+            pid = cur.fetchone()[1]
         before = db_snapshot(at_phase4)
         result = run_playbook(ROLLBACK, at_phase4, {"phase": 4, **out_dirs_in(tmp_path)})
         text = " ".join(result.stdout.split())
-        assert result.returncode != 0 and "another rollback is running" in text, playbook_output(result)
+        assert result.returncode != 0 and "is locked by another run" in text, playbook_output(result)
+        assert f"session pid {pid}" in text and "application_name pytest" in text, playbook_output(result)
         assert snapshot_diff(before, db_snapshot(at_phase4)) == []
     finally:
         running.close()

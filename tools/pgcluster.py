@@ -269,6 +269,10 @@ def _write_meta(datadir: Path, port: int, password: str, bin_dir: str | None = N
     if bin_dir:
         meta["bin_dir"] = bin_dir
     path.write_text(json.dumps(meta) + "\n")
+    if _running_as_root():
+        # The server's own user reads its data directory whole (pg_basebackup, start_standby).
+        user = _pg_os_user()
+        os.chown(path, user.pw_uid, user.pw_gid)
 
 
 def _meta_bin_dir(datadir: Path) -> str | None:
@@ -516,6 +520,46 @@ def start_cluster(
     """
     info, _changed = _ensure_started(Path(datadir).resolve(), port, password, bin_dir)
     return info
+
+
+def start_standby(primary: dict[str, Any], datadir: Path, port: int | None = None) -> dict[str, Any]:
+    """A hot standby of the running cluster `primary` (start_cluster's info): pg_basebackup -R
+    (streamed WAL, standby.signal, primary_conninfo) into the empty `datadir`, then started: a
+    real replica in recovery, read-only. Stop or destroy it like any cluster.
+    Returns the same info as start_cluster."""
+    datadir = Path(datadir).resolve()
+    if datadir.exists() and any(datadir.iterdir()):
+        raise PgClusterError(f"{datadir} is not empty: a standby starts from an empty directory.")
+    _check_socket_path(datadir)
+    _prepare_datadir(datadir)
+    # The password through a passfile the postgres OS user can read, never the command line.
+    fd, name = tempfile.mkstemp(prefix="pgcluster-pgpass-")
+    passfile = Path(name)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"*:*:*:{primary['user']}:{primary['password']}\n")
+        if _running_as_root():
+            user = _pg_os_user()
+            os.chown(passfile, user.pw_uid, user.pw_gid)
+        result = _run_server_cmd([
+            "env", f"PGPASSFILE={passfile}", find_pg_bin("pg_basebackup"), "-h", primary["host"],
+            "-p", str(primary["port"]), "-U", primary["user"], "-D", str(datadir), "-R",
+            "-X", "stream", "-c", "fast", "--no-password"])
+    finally:
+        passfile.unlink(missing_ok=True)
+    if result.returncode != 0:
+        raise PgClusterError(f"pg_basebackup of {primary['host']}:{primary['port']} failed:\n"
+                             f"{result.stderr.strip()}")
+    # The primary's postgresql.conf came along: the standby's socket goes in its own directory.
+    (datadir / META_FILE).unlink(missing_ok=True)
+    socket_dir = str(datadir).replace("'", "''")
+    with (datadir / "postgresql.conf").open("a") as conf:
+        conf.write(f"unix_socket_directories = '{socket_dir}'\nhot_standby = on\n")
+    chosen = _choose_port(port, None)
+    _ensure_port_free(chosen)
+    _pg_ctl_start(datadir, chosen)
+    _write_meta(datadir, chosen, primary["password"])
+    return _info(datadir, chosen, primary["password"])
 
 
 def stop_cluster(datadir: Path) -> bool:

@@ -16,6 +16,14 @@ options:
   extended_table: {type: str, default: client_app_overrides}
   check_conflicts: {type: bool, default: true}
   report: {type: bool, default: true, description: integrity counts and the orphan report}
+  require_create:
+    type: bool
+    default: true
+    description: The login needs CREATE on the schema (a phase of the run creates tables, views, functions).
+  require_create_database:
+    type: bool
+    default: true
+    description: The login needs CREATE on the database (the ledger's schema and the shape probe's).
 """
 
 from pathlib import Path
@@ -64,6 +72,22 @@ def check_prerequisites(cur, schema: str, prerequisites: dict) -> list[str]:
                 problems.append(f"missing column {table}.{column}")
             elif not type_matches(found[column], expected):
                 problems.append(f"column {table}.{column} is {found[column]}, expected {expected}")
+    return problems
+
+
+def check_privileges(cur, schema: str, create: bool, create_database: bool) -> list[str]:
+    """What the login may not do that the run will do, each with the GRANT that fixes it."""
+    cur.execute("""SELECT current_user, current_database(), has_schema_privilege(%s, 'CREATE'),
+                          has_database_privilege(current_database(), 'CREATE')""", (schema,))
+    user, database, on_schema, on_database = cur.fetchone()
+    problems = []
+    if create and not on_schema:
+        problems.append(f"login {user} lacks CREATE on schema {schema} (phases 1, 2 and 5 create the "
+                        f"backup tables, the new tables, the views and functions there): as the schema's "
+                        f"owner, GRANT CREATE ON SCHEMA {schema} TO {user}; or log in as a role that has it")
+    if create_database and not on_database:
+        problems.append(f"login {user} lacks CREATE on database {database} (the ledger's schema "
+                        f"migration_ledger is created there): GRANT CREATE ON DATABASE {database} TO {user}")
     return problems
 
 
@@ -160,6 +184,8 @@ def main():
             extended_table=dict(type="str", default="client_app_overrides"),
             check_conflicts=dict(type="bool", default=True),
             report=dict(type="bool", default=True),
+            require_create=dict(type="bool", default=True),
+            require_create_database=dict(type="bool", default=True),
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
@@ -173,9 +199,11 @@ def main():
                 cur.execute("SELECT current_schema()")
                 schema = cur.fetchone()[0]
                 problems = check_prerequisites(cur, schema, p["prerequisites"])
+                problems += check_privileges(cur, schema, p["require_create"],
+                                             p["require_create_database"])
             conn.rollback()
             if problems:
-                module.fail_json(msg="prerequisites not met: " + "; ".join(problems),
+                module.fail_json(msg="prerequisites not met: " + "; ".join(problems) + ". Nothing was changed.",
                                  problems=problems)
             adopted: list[str] = []
             if p["check_conflicts"]:

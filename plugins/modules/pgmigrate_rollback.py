@@ -57,6 +57,7 @@ from ansible.module_utils.pgmigrate import (
     applied_phases,
     combined_checksum,
     connect,
+    describe_target,
     fetch_dicts,
     file_checksums,
     file_directives,
@@ -68,6 +69,7 @@ from ansible.module_utils.pgmigrate import (
     transaction,
     with_lock_retry,
 )
+from ansible.module_utils.pgmigrate_runlock import ensure_held
 from ansible.module_utils.pgmigrate_throttle import (
     THROTTLE_ARG,
     BatchCut,
@@ -391,14 +393,9 @@ def do_run(module, conn) -> dict:
         since = last_apply_details(conn, "3").get("events_since")
         if since:
             extra["3"]["events_since"] = since
-    # One rollback at a time per database (held by this session until it ends).
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_try_advisory_lock(hashtext('pgmigrate:rollback'))")
-        if not cur.fetchone()[0]:
-            module.fail_json(msg="another rollback is running on this database (application_name "
-                                 "pgmigrate-rollback-run in pg_stat_activity): let it finish, then rerun. "
-                                 "Nothing was changed.")
-    conn.commit()
+    # One run at a time per database: the run lock rollback.yml holds (or, for this module run
+    # on its own, this session until it ends); held by another run, refused.
+    ensure_held(conn, p["run_id"], describe_target(p))
     ids = begin_records(conn, p, phases, recorded)
     results: dict = {}
     retries = 0

@@ -11,7 +11,8 @@
 -- (010). An override still holding the values the plan recorded before phase 3 is described
 -- with the values the backfill writes (the plan's module and installation, the status of its
 -- enabled); any other override (linked already, or changed by the application, which the
--- backfill then leaves alone) with the values it holds.
+-- backfill then leaves alone) with the values it holds. An installation's status (a column the
+-- strategy never names) is read from the row as JSON: null where module_installations has none.
 
 -- Fresh statistics first: the workflows (030) were just inserted, and this statement joins them
 -- and checks its foreign key against them.
@@ -33,7 +34,7 @@ inserted AS (
            COALESCE((SELECT jsonb_agg(jsonb_build_object(
                                 'installation_id', mi.id, 'module_id', mi.module_id,
                                 'module_name', mm.name, 'installed_at', mi.installed_at,
-                                'status', mi.status) ORDER BY mi.installed_at, mi.id)
+                                'status', to_jsonb(mi) -> 'status') ORDER BY mi.installed_at, mi.id)
                        FROM module_installations mi
                        JOIN marketplace_modules mm ON mm.id = mi.module_id
                       WHERE mi.tenant_id = c.id), '[]'::jsonb),

@@ -31,7 +31,8 @@ SELECT cao.id AS override_id,
        mm.name AS module_name,
        cao.installation_id,
        mi.installed_at,
-       mi.status AS installation_status
+       -- not a column the strategy names: null where module_installations has no status
+       to_jsonb(mi) ->> 'status' AS installation_status
   FROM client_app_overrides cao
   LEFT JOIN marketplace_modules mm ON mm.id = cao.marketplace_module_id
   LEFT JOIN module_installations mi ON mi.id = cao.installation_id
