@@ -17,12 +17,17 @@ description:
     shared by several modules were resolved, and returns the start of the integration-event
     window (the server's now() minus I(event_window_days)), fixed once for the run.
   - C(bounds) (read-only) does the same without running the plan file.
+  - C(plan) first fixes the event window and runs I(setup_files) (the linkage rule and the
+    transition's sync) in one short transaction of their own, so the sync is in place before
+    the plan's snapshot is taken and nothing the application does waits for the plan.
   - C(run) applies one chunk (pages I(lo) to I(hi), I(hi) excluded) with the batch SQL file,
-    batch by batch, adapting the batch to take about I(target_batch_ms).
+    batch by batch, adapting the batch to take about I(target_batch_ms). A batch never waits for
+    a row lock (SKIP LOCKED); the pages of rows it skipped are linked again in later passes.
 options:
   action: {type: str, required: true, choices: [plan, bounds, run]}
   plan_table: {type: str, default: migration_ledger.phase3_override_plan}
   plan_file: {type: path}
+  setup_files: {type: list, elements: path, default: [], description: run before the plan, one transaction}
   batch_file: {type: path}
   chunk_rows: {type: int, default: 100000}
   event_window_days: {type: int, default: 7}
@@ -54,8 +59,10 @@ from ansible.module_utils.pgmigrate import (
     LEDGER_SCHEMA,
     LOCK_ARGS,
     MigrationError,
+    backoff_delays,
     connect,
     json_safe,
+    render,
     split_statements,
     with_lock_retry,
 )
@@ -64,16 +71,35 @@ STATS = ("planned", "ambiguous", "ambiguous_resolved_by_installation",
          "ambiguous_resolved_by_oldest_listing", "with_installation")
 
 
-def run_plan(conn, plan_file: str, lock: dict) -> int:
+def run_plan(conn, plan_file: str, lock: dict, setup_files: list[str], since: str) -> int:
+    """The setup files (rule and sync) in one short transaction, then the plan in its own."""
+    retries = 0
+    setup = []
+    for path in setup_files:
+        with open(path, encoding="utf-8") as handle:
+            setup.append(render(handle.read(), {"events_since": since}))
     with open(plan_file, encoding="utf-8") as handle:
-        sql = handle.read()
+        plan_sql = handle.read()
+    for sqls in (setup, [plan_sql]):
+        if not sqls:
+            continue
 
-    def work(cur):
-        cur.execute(sql)
-        return 0
+        def work(cur, sqls=sqls):
+            for sql in sqls:
+                cur.execute(sql)
+            return 0
 
-    _, retries = with_lock_retry(conn, work, lock, transactional=True)
+        _, tries = with_lock_retry(conn, work, lock, transactional=True, sql="\n".join(sqls))
+        retries += tries
     return retries
+
+
+def window_start(conn, window_days: int) -> str:
+    with conn.cursor() as cur:
+        cur.execute("SELECT (now() - make_interval(days => %s))::text", (window_days,))
+        since = cur.fetchone()[0]
+    conn.rollback()
+    return since
 
 
 def rolled_back_window(conn) -> str | None:
@@ -105,9 +131,8 @@ def bounds(conn, plan: str, chunk_rows: int, window_days: int) -> dict:
               FROM {plan}
              GROUP BY 1 ORDER BY 1""")
         pages = cur.fetchall()
-        cur.execute("SELECT (now() - make_interval(days => %s))::text", (window_days,))
-        since = cur.fetchone()[0]
     conn.rollback()
+    since = window_start(conn, window_days)
     stats = dict.fromkeys(STATS, 0)
     chunks: list[dict] = []
     current: dict | None = None
@@ -152,29 +177,51 @@ def link_range(conn, p: dict, lock: dict, lo: int, hi: int, per_page: float, sto
     min_pages = max(1, int(p["min_batch_size"] / per_page))
     max_pages = max(min_pages, int(p["max_batch_size"] / per_page))
     target = p["target_batch_ms"] / 1000.0
-    done = {"rows": 0, "restated": 0, "batches": 0, "lock_retries": 0, "durations": []}
-    page = lo
-    while page < hi and not stop.is_set():
-        end = min(hi, page + pages)
+    done = {"rows": 0, "restated": 0, "batches": 0, "lock_retries": 0, "durations": [],
+            "skipped": 0, "passes": 1}
+
+    def batch(first: int, end: int) -> int:
         t0 = time.monotonic()
 
-        def work(cur, bounds=(f"({page},0)", f"({end},0)")):
+        def work(cur, bounds=(f"({first},0)", f"({end},0)")):
             cur.execute("EXECUTE pgmigrate_link_batch(%s, %s)", bounds)
             return cur.fetchone()
 
-        (rows, fixed), tries = with_lock_retry(conn, work, lock, transactional=True)
+        (rows, fixed, skipped), tries = with_lock_retry(conn, work, lock, transactional=True)
         elapsed = max(time.monotonic() - t0, 1e-4)
         done["durations"].append(elapsed)
         done["rows"] += rows
         done["restated"] += fixed
         done["batches"] += 1
         done["lock_retries"] += tries
+        return skipped, elapsed, tries
+
+    # Pages holding rows a batch skipped (another transaction held their lock): linked again
+    # in later passes, after a pause with backoff, as a lock timeout is retried.
+    revisit: list[tuple[int, int]] = []
+    page = lo
+    while page < hi and not stop.is_set():
+        end = min(hi, page + pages)
+        skipped, elapsed, tries = batch(page, end)
+        if skipped:
+            done["skipped"] += skipped
+            revisit.append((page, end))
         page = end
         # Aim every batch at target_batch_ms: at most halve or double per step. A batch that
         # waited for a lock says nothing about its size: keep the size.
         if not tries:
             factor = min(2.0, max(0.5, target / elapsed))
             pages = int(min(max_pages, max(min_pages, round(pages * factor))))
+    delays = backoff_delays(lock["backoff_initial_ms"], lock["backoff_max_ms"])
+    while revisit and not stop.is_set():
+        if done["passes"] > lock["lock_attempts"]:
+            raise MigrationError(
+                f"{len(revisit)} page range(s) still hold overrides locked by another "
+                f"transaction after {done['passes']} passes: a long transaction holds them; find it "
+                "in pg_stat_activity (client_app_overrides), or raise migration_lock_attempts")
+        time.sleep(next(delays))
+        done["passes"] += 1
+        revisit = [(first, end) for first, end in revisit if batch(first, end)[0]]
     return done
 
 
@@ -206,6 +253,8 @@ def run_chunk(p: dict, lock: dict) -> dict:
     return {"rows": linked, "restated": sum(r["restated"] for r in results),
             "batches": sum(r["batches"] for r in results),
             "lock_retries": sum(r["lock_retries"] for r in results),
+            "skipped": sum(r["skipped"] for r in results),
+            "passes": max(r["passes"] for r in results),
             "workers": workers, "seconds": round(seconds, 3),
             "batch_ms_p50": round(1000 * durations[len(durations) // 2], 1) if durations else 0,
             "slowest_batch_ms": round(1000 * durations[-1], 1) if durations else 0,
@@ -218,6 +267,7 @@ def main():
             action=dict(type="str", required=True, choices=["plan", "bounds", "run"]),
             plan_table=dict(type="str", default="migration_ledger.phase3_override_plan"),
             plan_file=dict(type="path"),
+            setup_files=dict(type="list", elements="path", default=[]),
             batch_file=dict(type="path"),
             chunk_rows=dict(type="int", default=100000),
             event_window_days=dict(type="int", default=7),
@@ -261,10 +311,13 @@ def main():
             module.exit_json(changed=result["rows"] > 0, **result)
         conn = connect(p, "pgmigrate-backfill")
         try:
-            retries = run_plan(conn, p["plan_file"], lock) if p["action"] == "plan" else 0
+            # The window first: the sync (a setup file) gives the events of the same window.
+            since = (rolled_back_window(conn) if p["reuse_rolled_back_window"] else None) \
+                or window_start(conn, p["event_window_days"])
+            retries = (run_plan(conn, p["plan_file"], lock, p["setup_files"], since)
+                       if p["action"] == "plan" else 0)
             result = bounds(conn, p["plan_table"], p["chunk_rows"], p["event_window_days"])
-            if p["reuse_rolled_back_window"]:
-                result["events_since"] = rolled_back_window(conn) or result["events_since"]
+            result["events_since"] = since
         finally:
             conn.close()
     except MigrationError as exc:
