@@ -193,34 +193,56 @@ def test_installation_deleted_before_phase_4_relinks(phase2_db: dict[str, Any], 
 
 # --- the backfill and the sync, concurrently ------------------------------------------------
 
+# Another override on the held override's planned page has been linked by the backfill (not by
+# the sync, which pgbench's flips fire): the batch covering that page ran while the holder kept
+# its transaction open.
+PAGE_PASSED = """
+    SELECT count(*) FROM migration_ledger.phase3_override_plan p
+      JOIN client_app_overrides o ON o.id = p.override_id
+     WHERE (p.planned_ctid::text::point)[0] = (
+               SELECT (planned_ctid::text::point)[0] FROM migration_ledger.phase3_override_plan
+                WHERE override_id = md5('override-7-3')::uuid)
+       AND o.client_id <> md5('client-7')::uuid AND o.marketplace_module_id IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM migration_ledger.phase3_override_sync s WHERE s.override_id = o.id)"""
+
+
 class Holder(threading.Thread):
     """A session of today's application that opens a transaction once the sync exists, makes
-    one write (`statement`), and keeps the transaction open `hold_s` seconds: whatever the
-    backfill does meanwhile must neither wait for it nor overwrite it."""
+    one write (`statement`), and keeps the transaction open until the backfill has linked the
+    page of override-7-3 around it (at least `hold_s`): whatever the backfill does meanwhile
+    must neither wait for it nor overwrite it."""
 
     def __init__(self, db: dict[str, Any], statement: str, args: tuple, hold_s: float) -> None:
         super().__init__(daemon=True)
         self.db, self.statement, self.args, self.hold_s = db, statement, args, hold_s
         self.error: str | None = None
         self.wrote_at: float | None = None
+        self.page_passed = False
 
     def run(self) -> None:
         try:
-            conn = connect(self.db)
-            with conn.cursor() as cur:
-                deadline = time.monotonic() + 120
+            conn, watch = connect(self.db), connect(self.db)
+            watch.autocommit = True
+            with conn.cursor() as cur, watch.cursor() as look:
+                deadline = time.monotonic() + 180
                 while time.monotonic() < deadline:
-                    cur.execute("SELECT count(*) FROM pg_trigger WHERE tgname = %s", (SYNC_TRIGGERS[0],))
-                    if cur.fetchone()[0]:
+                    look.execute("SELECT count(*) FROM pg_trigger WHERE tgname = %s", (SYNC_TRIGGERS[0],))
+                    if look.fetchone()[0]:
                         break
-                    conn.rollback()
                     time.sleep(0.005)
-                conn.rollback()
                 cur.execute(self.statement, self.args)
                 self.wrote_at = time.monotonic()
                 time.sleep(self.hold_s)
+                while time.monotonic() < deadline and not self.page_passed:
+                    look.execute("SELECT to_regclass('migration_ledger.phase3_override_plan') IS NOT NULL")
+                    if look.fetchone()[0]:
+                        look.execute(PAGE_PASSED)
+                        self.page_passed = look.fetchone()[0] > 0
+                    time.sleep(0.05)
+                time.sleep(0.5)
             conn.commit()
             conn.close()
+            watch.close()
         except Exception as exc:  # noqa: BLE001 - reported by the test
             self.error = repr(exc)
 
@@ -246,7 +268,7 @@ def test_backfill_never_waits_for_nor_overwrites_the_application(
             "INSERT INTO client_app_overrides (client_id, app_name, enabled) VALUES (md5(%s)::uuid, 'app_05', true)",
             ("client-7",)),
     }[order]
-    holder = Holder(db, statement, args, hold_s=4.0)
+    holder = Holder(db, statement, args, hold_s=1.0)
     holder.start()
     app = OldApplication(db, TEMPLATE_SCALE, tmp_path, rate=100)
     try:
@@ -257,6 +279,7 @@ def test_backfill_never_waits_for_nor_overwrites_the_application(
         counts = app.stop()
     assert holder.error is None, holder.error
     assert holder.wrote_at is not None and holder.wrote_at > started
+    assert holder.page_passed, "the backfill never linked the held override's page"
     assert counts["processed"] > 0 and counts["failed"] == 0, (counts, app.output)
     details = phase3_details(db)
     if order != "override_inserted_held":

@@ -14,7 +14,8 @@
 -- the backfill comes back to its pages in a later pass (pgmigrate_backfill.py).
 --
 -- Each override is found where it was planned (a TID lookup); one the application has moved
--- since (an UPDATE writes a new row version elsewhere) is found by its id instead.
+-- since (an UPDATE writes a new row version elsewhere) is found by its id instead. It is then
+-- locked and written where it was found (TID lookups again: no index is read twice).
 -- Returns the rows linked, the plan rows restated and the rows skipped. One statement: the
 -- backfill prepares it once and executes it for every batch, :'lo' and :'hi' as its parameters.
 
@@ -24,33 +25,39 @@ WITH batch AS MATERIALIZED (
       FROM migration_ledger.phase3_override_plan AS p
      WHERE p.planned_ctid >= :'lo'::tid AND p.planned_ctid < :'hi'::tid
 ), in_place AS MATERIALIZED (
-    SELECT b.*
+    SELECT b.override_id, cao.ctid AS at, cao.marketplace_module_id, cao.installation_id,
+           cao.activation_status
       FROM batch AS b
       JOIN client_app_overrides AS cao ON cao.ctid = b.planned_ctid AND cao.id = b.override_id
-     WHERE cao.marketplace_module_id IS NOT DISTINCT FROM b.old_module_id
-       AND cao.installation_id IS NOT DISTINCT FROM b.old_installation_id
-       AND cao.activation_status IS NOT DISTINCT FROM b.old_status
-       FOR UPDATE OF cao SKIP LOCKED
-), moved AS MATERIALIZED (
-    SELECT b.*
+), found AS MATERIALIZED (
+    -- the plan's overrides still holding the values the plan recorded, where they are now
+    SELECT b.*, w.at
       FROM batch AS b
-      JOIN client_app_overrides AS cao ON cao.id = b.override_id
-     WHERE b.override_id NOT IN (SELECT override_id FROM in_place)
-       AND cao.marketplace_module_id IS NOT DISTINCT FROM b.old_module_id
-       AND cao.installation_id IS NOT DISTINCT FROM b.old_installation_id
-       AND cao.activation_status IS NOT DISTINCT FROM b.old_status
+      JOIN (SELECT override_id, at, marketplace_module_id, installation_id, activation_status
+              FROM in_place
+            UNION ALL
+            SELECT cao.id, cao.ctid, cao.marketplace_module_id, cao.installation_id, cao.activation_status
+              FROM client_app_overrides AS cao
+             WHERE cao.id IN (SELECT override_id FROM batch
+                               WHERE override_id NOT IN (SELECT override_id FROM in_place))) AS w
+        ON w.override_id = b.override_id
+     WHERE w.marketplace_module_id IS NOT DISTINCT FROM b.old_module_id
+       AND w.installation_id IS NOT DISTINCT FROM b.old_installation_id
+       AND w.activation_status IS NOT DISTINCT FROM b.old_status
+), locked AS MATERIALIZED (
+    -- A row some transaction holds is skipped; one changed since this statement's snapshot
+    -- (its newest version is elsewhere) too: both are seen again in a later pass.
+    SELECT f.*
+      FROM found AS f
+      JOIN client_app_overrides AS cao ON cao.ctid = f.at AND cao.id = f.override_id
        FOR UPDATE OF cao SKIP LOCKED
-), locked AS (
-    SELECT * FROM in_place
-    UNION ALL
-    SELECT * FROM moved
 ), linked AS (
     UPDATE client_app_overrides AS cao
        SET marketplace_module_id = l.module_id,
            installation_id = l.installation_id,
            activation_status = CASE WHEN cao.enabled THEN 'active' ELSE 'inactive' END
       FROM locked AS l
-     WHERE cao.id = l.override_id
+     WHERE cao.ctid = l.at AND cao.id = l.override_id
     RETURNING cao.id, cao.activation_status, l.new_status
 ), restated AS (
     UPDATE migration_ledger.phase3_override_plan AS p
@@ -62,10 +69,4 @@ WITH batch AS MATERIALIZED (
 )
 SELECT (SELECT count(*) FROM linked) AS linked,
        (SELECT count(*) FROM restated) AS restated,
-       -- still holding the plan's old values in this statement's snapshot, and not locked by
-       -- this batch: another transaction held them (a later pass links them)
-       (SELECT count(*) FROM batch AS b JOIN client_app_overrides AS cao ON cao.id = b.override_id
-         WHERE b.override_id NOT IN (SELECT override_id FROM locked)
-           AND cao.marketplace_module_id IS NOT DISTINCT FROM b.old_module_id
-           AND cao.installation_id IS NOT DISTINCT FROM b.old_installation_id
-           AND cao.activation_status IS NOT DISTINCT FROM b.old_status) AS skipped;
+       (SELECT count(*) FROM found) - (SELECT count(*) FROM locked) AS skipped;
