@@ -1,4 +1,4 @@
--- The cutover (playbooks/complete.yml), after phase3/revert/first/010_remove_sync.sql removed
+-- The cutover (playbooks/complete.yml), after phase3/revert/005_remove_sync.sql removed
 -- the sync: close the open transition, recording when and by whom. The sync's records
 -- (phase3_override_sync, phase3_inserted) stay: a rollback after the cutover still puts back
 -- exactly what the sync wrote.

@@ -58,6 +58,16 @@ CREATE TABLE IF NOT EXISTS migration_ledger.phase3_override_sync (
     synced_at            timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
+-- Whether the transition is open: the sync's functions do nothing once a rollback (or the
+-- cutover) closed it. Read in each write's own snapshot.
+CREATE OR REPLACE FUNCTION migration_ledger.transition_open()
+RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+SELECT EXISTS (SELECT 1 FROM migration_ledger.transition
+                WHERE completed_at IS NULL AND rolled_back_at IS NULL)
+$$;
+
 -- Link again, by the rule, the overrides of p_names (of client p_client_id; of every client
 -- when it is NULL) and record what changed. Locks those overrides first (id order), then
 -- serialises with the other writers of the client's linkage (an override inserted or moved
@@ -113,6 +123,10 @@ AS $$
 DECLARE
     l record;
 BEGIN
+    -- A closed transition (a rollback under way, revert/first/) derives nothing.
+    IF NOT migration_ledger.transition_open() THEN
+        RETURN NEW;
+    END IF;
     -- The next application version sets the new columns itself: its values stand.
     IF TG_OP = 'INSERT' THEN
         IF NEW.marketplace_module_id IS NOT NULL OR NEW.installation_id IS NOT NULL
@@ -160,6 +174,9 @@ DECLARE
     rec module_installations;
     since timestamptz;
 BEGIN
+    IF NOT migration_ledger.transition_open() THEN
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'INSERT' THEN
         rec := NEW;
         -- Its one module_installed event, as phase 3's step 050 makes it, in the window of the
@@ -196,6 +213,9 @@ RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT
 AS $$
 BEGIN
+    IF NOT migration_ledger.transition_open() THEN
+        RETURN NULL;
+    END IF;
     PERFORM migration_ledger.transition_relink(NULL, ARRAY(
         SELECT DISTINCT x FROM unnest(ARRAY[
             CASE WHEN TG_OP <> 'INSERT' THEN OLD.name END,
@@ -205,6 +225,7 @@ END
 $$;
 
 -- Only the triggers call them (and they run as their owner): nobody else may.
+REVOKE ALL ON FUNCTION migration_ledger.transition_open() FROM PUBLIC;
 REVOKE ALL ON FUNCTION migration_ledger.transition_relink(uuid, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION migration_ledger.transition_sync_override() FROM PUBLIC;
 REVOKE ALL ON FUNCTION migration_ledger.transition_sync_installation() FROM PUBLIC;
