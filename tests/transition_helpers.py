@@ -49,6 +49,10 @@ class OldApplication:
         exited_early = self.proc.poll() is not None
         if not exited_early:
             self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # a busy pgbench may not stop on SIGINT
+                self.proc.terminate()
         out, err = self.proc.communicate(timeout=60)
         self.output = out + err
         processed = failed = 0
