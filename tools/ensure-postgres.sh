@@ -2,7 +2,8 @@
 # Make sure PostgreSQL's server and client binaries exist (initdb, pg_ctl, psql, pg_dump,
 # pg_restore); install Debian's postgresql where they are missing. A plain Debian install keeps
 # the server binaries in /usr/lib/postgresql/<version>/bin, off PATH: tools/pgcluster.py finds
-# them there. Used by `make` and .ci/run.
+# them there. Also Debian's pgbouncer, which the pooler tests (tests/test_poolers.py) start.
+# Used by `make` and .ci/run.
 set -euo pipefail
 
 have_server() {
@@ -13,12 +14,19 @@ have_client() {
   command -v psql >/dev/null 2>&1 && command -v pg_dump >/dev/null 2>&1 && command -v pg_restore >/dev/null 2>&1
 }
 
-if ! have_server || ! have_client; then
-  echo "ensure-postgres: installing Debian's postgresql (server or client binaries are missing)"
+have_pgbouncer() {
+  command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]
+}
+
+missing=()
+{ have_server && have_client; } || missing+=(postgresql postgresql-client)
+have_pgbouncer || missing+=(pgbouncer)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "ensure-postgres: installing Debian's ${missing[*]}"
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq postgresql postgresql-client
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
 fi
 
 # initdb refuses to run as root; tools/pgcluster.py then runs it as the postgres OS user.

@@ -19,6 +19,7 @@ Library use::
 Command line (JSON on stdout, one `pgcluster: <what happened>` line on stderr)::
 
     pgcluster.py start   --datadir D [--port N] [--password P] [--state FILE]
+                         [--version MAJOR | --pg-bin-dir DIR]
     pgcluster.py stop    --datadir D
     pgcluster.py destroy --datadir D
     pgcluster.py status  --datadir D
@@ -26,6 +27,11 @@ Command line (JSON on stdout, one `pgcluster: <what happened>` line on stderr)::
 
 The password may also come from the PGCLUSTER_PASSWORD environment variable, which
 keeps it off the process list.
+
+Which PostgreSQL: by default the programs found by find_pg_bin() (PATH, then Debian's
+highest). --version MAJOR takes Debian's /usr/lib/postgresql/MAJOR/bin, else the server wheel
+tools/ensure-pg-versions.sh unpacked into .pg/MAJOR; --pg-bin-dir names a directory. The
+directory is kept in pgcluster.json, so stop, status and destroy use the same pg_ctl.
 """
 
 from __future__ import annotations
@@ -52,6 +58,10 @@ META_FILE = "pgcluster.json"
 LOG_FILE = "server.log"
 DEFAULT_PASSWORD = "postgres"
 PASSWORD_ENV = "PGCLUSTER_PASSWORD"
+# Where tools/ensure-pg-versions.sh unpacks PyPI's server wheels (.pg/<major>/), and where the
+# programs are inside one.
+PG_VERSIONS_ROOT = Path(os.environ.get("PGMIGRATE_PG_ROOT") or REPO_ROOT / ".pg")
+WHEEL_BIN_DIR = Path("pgserver") / "pginstall" / "bin"
 START_TIMEOUT_S = 60
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
@@ -118,6 +128,43 @@ def find_pg_bin(name: str) -> str:
         "/usr/lib/postgresql/*/bin and not in `pg_config --bindir`. Install the server "
         "(Debian: apt-get install postgresql) or put its bin directory on PATH."
     )
+
+
+def version_bin_dir(major: int | str) -> Path:
+    """The bin directory of PostgreSQL `major`: Debian's, else the unpacked server wheel's."""
+    debian = Path("/usr/lib/postgresql") / str(major) / "bin"
+    wheel = PG_VERSIONS_ROOT / str(major) / WHEEL_BIN_DIR
+    for candidate in (debian, wheel):
+        if (candidate / "initdb").is_file():
+            return candidate
+    raise PgClusterError(
+        f"PostgreSQL {major} is not installed: neither {debian} nor {wheel} holds initdb. "
+        "Run tools/ensure-pg-versions.sh (16 and 18, from PyPI) or install Debian's "
+        f"postgresql-{major}."
+    )
+
+
+def _program(name: str, bin_dir: str | Path | None) -> str:
+    """A program from `bin_dir` when given, else find_pg_bin()."""
+    if not bin_dir:
+        return find_pg_bin(name)
+    path = Path(bin_dir) / name
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise PgClusterError(f"{path} does not exist or is not executable: check --pg-bin-dir.")
+    return str(path)
+
+
+def _check_bin_dir_usable(bin_dir: str | Path | None) -> None:
+    """As root the server runs as postgres: it must be able to run the programs."""
+    if not bin_dir or not _running_as_root():
+        return
+    postgres = _program("postgres", bin_dir)
+    result = _run_server_cmd([postgres, "--version"])
+    if result.returncode != 0:
+        raise PgClusterError(
+            f"the {PG_OS_USER!r} OS user cannot run {postgres} ({result.stderr.strip()}): make "
+            "the directory and its parents readable and searchable by it (chmod -R go+rX)."
+        )
 
 
 # --- running as the right OS user -----------------------------------------------------
@@ -215,17 +262,25 @@ def _read_meta(datadir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
-def _write_meta(datadir: Path, port: int, password: str) -> None:
+def _write_meta(datadir: Path, port: int, password: str, bin_dir: str | None = None) -> None:
     path = datadir / META_FILE
     path.touch(mode=0o600, exist_ok=True)
-    path.write_text(json.dumps({"port": port, "password": password}) + "\n")
+    meta: dict[str, Any] = {"port": port, "password": password}
+    if bin_dir:
+        meta["bin_dir"] = bin_dir
+    path.write_text(json.dumps(meta) + "\n")
+
+
+def _meta_bin_dir(datadir: Path) -> str | None:
+    """The bin directory the cluster was created with (None: the default programs)."""
+    return (_read_meta(datadir) or {}).get("bin_dir")
 
 
 def _is_running(datadir: Path) -> bool:
     """pg_ctl status: 0 = running, 3 = not running, 4 = no usable data directory."""
     if not _is_initialized(datadir):
         return False
-    result = _run_server_cmd([find_pg_bin("pg_ctl"), "status", "-D", str(datadir)])
+    result = _run_server_cmd([_program("pg_ctl", _meta_bin_dir(datadir)), "status", "-D", str(datadir)])
     return result.returncode == 0
 
 
@@ -238,14 +293,17 @@ def _running_port(datadir: Path) -> int | None:
         return None
 
 
-def _info(datadir: Path, port: int, password: str) -> dict[str, Any]:
-    return {
+def _info(datadir: Path, port: int, password: str, bin_dir: str | None = None) -> dict[str, Any]:
+    info = {
         "host": HOST,
         "port": port,
         "user": SUPERUSER,
         "password": password,
         "datadir": str(datadir),
     }
+    if bin_dir:
+        info["bin_dir"] = bin_dir
+    return info
 
 
 def cluster_status(datadir: Path) -> dict[str, Any]:
@@ -327,12 +385,12 @@ def _write_pwfile(password: str) -> Path:
     return Path(name)
 
 
-def _initdb(datadir: Path, password: str) -> None:
+def _initdb(datadir: Path, password: str, bin_dir: str | None = None) -> None:
     pwfile = _write_pwfile(password)
     try:
         result = _run_server_cmd(
             [
-                find_pg_bin("initdb"),
+                _program("initdb", bin_dir),
                 "-D",
                 str(datadir),
                 "--username",
@@ -362,10 +420,10 @@ def _log_tail(datadir: Path, lines: int = 20) -> str:
         return "(no server log)"
 
 
-def _pg_ctl_start(datadir: Path, port: int) -> None:
+def _pg_ctl_start(datadir: Path, port: int, bin_dir: str | None = None) -> None:
     result = _run_server_cmd(
         [
-            find_pg_bin("pg_ctl"),
+            _program("pg_ctl", bin_dir),
             "start",
             "-D",
             str(datadir),
@@ -409,11 +467,21 @@ def _check_password(datadir: Path, meta: dict[str, Any] | None, password: str) -
         )
 
 
-def _ensure_started(datadir: Path, port: int | None, password: str) -> tuple[dict[str, Any], bool]:
+def _ensure_started(
+    datadir: Path, port: int | None, password: str, bin_dir: str | Path | None = None
+) -> tuple[dict[str, Any], bool]:
     """Start the cluster if needed. Returns (info, whether anything changed)."""
     meta = _read_meta(datadir)
     _check_not_foreign(datadir, meta)
     _check_password(datadir, meta, password)
+    requested = str(Path(bin_dir).resolve()) if bin_dir else None
+    if meta is not None and _is_initialized(datadir) and requested and meta.get("bin_dir") != requested:
+        raise PgClusterError(
+            f"the cluster in {datadir} was created with {meta.get('bin_dir') or 'the default programs'}, "
+            f"not {requested}: use the same version, or destroy it and start again."
+        )
+    bin_dir = requested or (meta or {}).get("bin_dir")
+    _check_bin_dir_usable(bin_dir)
     if _is_running(datadir):
         running_port = _running_port(datadir) or (meta or {}).get("port")
         if port is not None and port != running_port:
@@ -421,26 +489,32 @@ def _ensure_started(datadir: Path, port: int | None, password: str) -> tuple[dic
                 f"the cluster in {datadir} already runs on port {running_port}, "
                 f"not {port}. Stop it first (pgcluster.py stop) to move it."
             )
-        return _info(datadir, int(running_port), password), False
+        return _info(datadir, int(running_port), password, bin_dir), False
     _check_socket_path(datadir)
     chosen = _choose_port(port, meta)
     _ensure_port_free(chosen)
     if not _is_initialized(datadir):
         _prepare_datadir(datadir)
-        _initdb(datadir, password)
-    _pg_ctl_start(datadir, chosen)
-    _write_meta(datadir, chosen, password)
-    return _info(datadir, chosen, password), True
+        _initdb(datadir, password, bin_dir)
+    _pg_ctl_start(datadir, chosen, bin_dir)
+    _write_meta(datadir, chosen, password, bin_dir)
+    return _info(datadir, chosen, password, bin_dir), True
 
 
-def start_cluster(datadir: Path, port: int | None = None, password: str = DEFAULT_PASSWORD) -> dict[str, Any]:
+def start_cluster(
+    datadir: Path,
+    port: int | None = None,
+    password: str = DEFAULT_PASSWORD,
+    bin_dir: str | Path | None = None,
+) -> dict[str, Any]:
     """Create (initdb) the cluster if `datadir` is empty or missing, and start it.
 
     Idempotent: a cluster already running in `datadir` is left alone, its info
-    returned.
-    Returns {"host", "port", "user", "password", "datadir"}.
+    returned. `bin_dir`: the PostgreSQL programs to use (version_bin_dir(16), say);
+    default find_pg_bin()'s.
+    Returns {"host", "port", "user", "password", "datadir"} (and "bin_dir" when given).
     """
-    info, _changed = _ensure_started(Path(datadir).resolve(), port, password)
+    info, _changed = _ensure_started(Path(datadir).resolve(), port, password, bin_dir)
     return info
 
 
@@ -449,7 +523,9 @@ def stop_cluster(datadir: Path) -> bool:
     datadir = Path(datadir).resolve()
     if not _is_running(datadir):
         return False
-    result = _run_server_cmd([find_pg_bin("pg_ctl"), "stop", "-D", str(datadir), "-m", "fast", "-w"])
+    result = _run_server_cmd(
+        [_program("pg_ctl", _meta_bin_dir(datadir)), "stop", "-D", str(datadir), "-m", "fast", "-w"]
+    )
     if result.returncode != 0:
         raise PgClusterError(
             f"could not stop the cluster in {datadir}: {result.stderr.strip()}\n"
@@ -488,7 +564,7 @@ def _psql(info: dict[str, Any], dbname: str, args: list[str], stdin: str | None 
         "PGCONNECT_TIMEOUT": "10",
     }
     cmd = [
-        find_pg_bin("psql"),
+        _program("psql", info.get("bin_dir")),
         "-X",
         "-q",
         "-v",
@@ -602,7 +678,8 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 def _cmd_start(args: argparse.Namespace) -> None:
     datadir = Path(args.datadir).resolve()
-    info, changed = _ensure_started(datadir, args.port, args.password)
+    bin_dir = args.pg_bin_dir or (version_bin_dir(args.version) if args.version else None)
+    info, changed = _ensure_started(datadir, args.port, args.password, bin_dir)
     if args.state:
         _write_state(Path(args.state), info)
     _report(("started " if changed else "already running ") + str(datadir), info)
@@ -653,6 +730,9 @@ def _parser() -> argparse.ArgumentParser:
         help=f"superuser password (default: ${PASSWORD_ENV}, else {DEFAULT_PASSWORD})",
     )
     start.add_argument("--state", help="also write the connection info JSON to this file")
+    which = start.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, help="PostgreSQL major: Debian's, else .pg/MAJOR")
+    which.add_argument("--pg-bin-dir", help="directory holding initdb, pg_ctl, postgres, psql")
     for name, text in (
         ("stop", "fast shutdown"),
         ("destroy", "stop and delete the data"),

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,7 +54,12 @@ LOCK_ARGS: dict[str, dict[str, Any]] = {
     "backoff_initial_ms": {"type": "int", "default": 100},
     "backoff_max_ms": {"type": "int", "default": 5000},
     "statement_timeout_ms": {"type": "int", "default": 0},
+    # How long a statement may wait for an autovacuum this login may not cancel (see
+    # yield_autovacuum); such waits do not use up lock_attempts.
+    "autovacuum_wait_s": {"type": "int", "default": 1800},
 }
+AUTOVACUUM_WAIT_S = 1800
+AUTOVACUUM_POLL_S = 0.5
 
 
 class MigrationError(Exception):
@@ -100,6 +106,81 @@ def connect(params: dict[str, Any], application_name: str = "pgmigrate") -> Any:
     return conn
 
 
+# A connection pooler in transaction or statement mode (Supabase's port 6543, PgBouncer's
+# pool_mode=transaction) gives each transaction of one client connection whichever server session
+# is free: session settings, advisory locks and the run lock do not survive it. Detected before
+# anything changes: a direct connection's backend sees our own TCP port as its client_port (and
+# that is the end of it); otherwise we note our backend's pid, end the transaction, and open up to
+# POOLER_PROBES more client connections, each holding a transaction open. A pool that hands
+# server sessions out per transaction gives one of them our former session - at once with
+# PgBouncer's default LIFO reuse, after the idle ones with server_round_robin - or, in statement
+# mode, refuses their BEGIN; and our next transaction may land elsewhere. A session-mode pool
+# keeps our session ours, so no probe ever sees its pid.
+POOLER_PROBES = 8
+
+
+def _local_port(conn: Any) -> int | None:
+    try:
+        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            address = sock.getsockname()
+    except OSError:
+        return None
+    return address[1] if isinstance(address, tuple) and len(address) >= 2 else None
+
+
+def transaction_pooler(conn: Any, params: dict[str, Any]) -> str | None:
+    """Why `conn` goes through a transaction- or statement-mode pooler, or None (see above)."""
+    was = conn.autocommit
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid(), (SELECT client_port FROM pg_stat_activity "
+                        "WHERE pid = pg_backend_pid())")
+            pid, client_port = cur.fetchone()
+        if client_port is not None and client_port == _local_port(conn):
+            return None
+        probes = []
+        try:
+            for _ in range(POOLER_PROBES):
+                probe = connect(params, "pgmigrate-pooler-probe")
+                probes.append(probe)
+                try:
+                    with probe.cursor() as cur:
+                        cur.execute("SELECT pg_backend_pid()")  # in a transaction, held open
+                        other = cur.fetchone()[0]
+                except psycopg2.Error as exc:
+                    # PgBouncer in statement mode answers a BEGIN with an error and closes the
+                    # connection ("transaction blocks not allowed in statement mode").
+                    first = (str(exc).strip().splitlines() or ["connection closed"])[0]
+                    return f"a transaction of two statements failed on a new connection: {first} (statement mode)"
+                if other == pid:
+                    return (f"another client connection got this connection's server session "
+                            f"(backend {pid}) as soon as its transaction ended")
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_backend_pid()")
+                again = cur.fetchone()[0]
+            if again != pid:
+                return f"consecutive transactions of one connection ran in backends {pid} and {again}"
+        finally:
+            for probe in probes:
+                probe.close()
+        return None
+    finally:
+        conn.autocommit = was
+
+
+def refuse_transaction_pooler(conn: Any, params: dict[str, Any]) -> None:
+    """MigrationError naming the fix when `conn` goes through a transaction-mode pooler."""
+    why = transaction_pooler(conn, params)
+    if why:
+        raise MigrationError(
+            f"{describe_target(params)} is reached through a connection pooler in transaction or statement "
+            f"mode ({why}): session settings, advisory locks and the run's lock do not survive it. Point "
+            "migration_db_host and migration_db_port at the database's direct connection (Supabase: "
+            "db.<project>.supabase.co port 5432, not the pooler's 6543) or at a session-mode pool "
+            "(PgBouncer pool_mode=session). Nothing was changed.")
+
+
 def explain_connect_error(text: str, params: dict[str, Any]) -> str:
     target = describe_target(params)
     first = text.strip().splitlines()[0] if text.strip() else "unknown error"
@@ -137,34 +218,96 @@ def backoff_delays(initial_ms: int, max_ms: int) -> Iterator[float]:
 # would wait behind the vacuum attempt after attempt (after phase 3's updates, autovacuum is due
 # on client_app_overrides). So after a lock timeout we ask as PostgreSQL would: the autovacuum
 # workers of this database that hold a lock on a relation the SQL names are cancelled, and
-# autovacuum comes back later. An anti-wraparound vacuum is left alone, as PostgreSQL leaves it;
-# without the right to signal autovacuum (superuser) the SQL waits for it, as it would anyway.
-_CANCEL_AUTOVACUUM = """
-SELECT count(pg_cancel_backend(a.pid))
+# autovacuum comes back later. An anti-wraparound vacuum is left alone, as PostgreSQL leaves it.
+# Only a superuser may cancel an autovacuum worker (on PostgreSQL 18 also a member of
+# pg_signal_autovacuum_worker): a managed database's login (Supabase's postgres, RDS's master
+# user) may not. What we may not cancel we wait out (with_lock_retry): without taking the lock
+# meanwhile, so the application never queues behind our request.
+_AUTOVACUUM_HOLDERS = """
+SELECT a.pid,
+       -- the tables it vacuums (its indexes' locks follow from those), else whatever it holds
+       coalesce(array_agg(DISTINCT c.relname::text ORDER BY c.relname::text) FILTER (WHERE c.relkind <> 'i'),
+                array_agg(DISTINCT c.relname::text ORDER BY c.relname::text)),
+       coalesce(a.query LIKE '%%(to prevent wraparound)', false)
   FROM pg_stat_activity AS a
+  JOIN pg_locks AS l ON l.pid = a.pid AND l.locktype = 'relation' AND l.granted
+  JOIN pg_class AS c ON c.oid = l.relation
  WHERE a.backend_type = 'autovacuum worker' AND a.datname = current_database()
-   AND a.query NOT LIKE '%%(to prevent wraparound)'
-   AND EXISTS (SELECT FROM pg_locks AS l JOIN pg_class AS c ON c.oid = l.relation
-                WHERE l.pid = a.pid AND l.locktype = 'relation' AND l.granted
-                  AND c.relname = ANY (%s))"""
+   AND c.relname = ANY (%s)
+ GROUP BY a.pid, a.query"""
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
-def yield_autovacuum(conn: Any, sql: str) -> int:
-    """Cancel the autovacuum workers holding a lock on a relation `sql` names (see above);
-    returns how many. Runs in its own short transaction; never raises."""
+def _end(conn: Any, ok: bool) -> None:
+    if not conn.autocommit:
+        conn.commit() if ok else conn.rollback()
+
+
+def autovacuum_holders(conn: Any, sql: str) -> list[dict[str, Any]]:
+    """The autovacuum workers holding a lock on a relation `sql` names; never raises."""
     names = sorted(set(_IDENTIFIER.findall(strip_comments(sql).lower())))
     try:
         with conn.cursor() as cur:
-            cur.execute(_CANCEL_AUTOVACUUM, (names,))
-            cancelled = cur.fetchone()[0]
-        if not conn.autocommit:
-            conn.commit()
-        return int(cancelled)
+            cur.execute(_AUTOVACUUM_HOLDERS, (names,))
+            rows = cur.fetchall()
+        _end(conn, True)
     except psycopg2.Error:
-        if not conn.autocommit:
-            conn.rollback()
-        return 0
+        _end(conn, False)
+        return []
+    return [{"pid": pid, "relations": list(rels), "wraparound": bool(wrap)} for pid, rels, wrap in rows]
+
+
+def cancel_autovacuum(conn: Any, sql: str) -> tuple[int, list[dict[str, Any]]]:
+    """Cancel the autovacuum workers holding a lock on a relation `sql` names (see above).
+    Returns (how many were cancelled, those left running: anti-wraparound, or not ours to
+    signal, each with `why`). Each cancel in its own short transaction; never raises."""
+    cancelled, kept = 0, []
+    for holder in autovacuum_holders(conn, sql):
+        if holder["wraparound"]:
+            kept.append({**holder, "why": "it prevents transaction ID wraparound"})
+            continue
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_cancel_backend(%s)", (holder["pid"],))
+                cancelled += bool(cur.fetchone()[0])
+            _end(conn, True)
+        except psycopg2.Error as exc:
+            _end(conn, False)
+            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+            kept.append({**holder, "why": " ".join(lines[:2]) or "permission denied"})
+    return cancelled, kept
+
+
+def yield_autovacuum(conn: Any, sql: str) -> int:
+    """Cancel the autovacuum workers holding a lock on a relation `sql` names; how many."""
+    return cancel_autovacuum(conn, sql)[0]
+
+
+def wait_out_autovacuum(conn: Any, sql: str, kept: list[dict[str, Any]], deadline: float,
+                        bound_s: int) -> None:
+    """Poll until no autovacuum holds a relation `sql` names (taking no lock meanwhile), or
+    raise MigrationError once `deadline` (time.monotonic()) has passed."""
+    while True:
+        holders = autovacuum_holders(conn, sql)
+        if not holders:
+            return
+        if time.monotonic() >= deadline:
+            what = ", ".join(f"{'/'.join(h['relations'])} (pid {h['pid']})" for h in holders)
+            why = (kept or [{"why": "it may not be cancelled"}])[0]["why"]
+            raise MigrationError(
+                f"waited {bound_s} s for an autovacuum of {what} that this login may not cancel ({why}); "
+                "let it finish and run again, cancel it as a superuser (on PostgreSQL 18: GRANT "
+                "pg_signal_autovacuum_worker to the login), or raise migration_lock_autovacuum_wait_s")
+        time.sleep(AUTOVACUUM_POLL_S)
+
+
+def _warn(message: str) -> None:
+    """A warning in the task's result (AnsibleModule.exit_json returns the module's warnings)."""
+    try:
+        from ansible.module_utils.common.warnings import warn
+    except ImportError:  # pragma: no cover - outside Ansible
+        return
+    warn(message)
 
 
 def with_lock_retry(
@@ -179,10 +322,15 @@ def with_lock_retry(
     A statement that waits for a lock makes every later query on that table queue behind it, so
     we wait only lock_timeout_ms, give the lock back, sleep with backoff and try again. Returns
     (result, retries). transactional=False runs in autocommit (CREATE INDEX CONCURRENTLY). `sql`,
-    the SQL work runs: after a lock timeout, an autovacuum on a relation it names is cancelled.
+    the SQL work runs: after a lock timeout, an autovacuum on a relation it names is cancelled;
+    one this login may not cancel is waited out (up to autovacuum_wait_s in all, a warning says
+    so), and that attempt does not count against lock_attempts.
     """
     delays = backoff_delays(lock["backoff_initial_ms"], lock["backoff_max_ms"])
     retries = 0
+    bound_s = int(lock.get("autovacuum_wait_s") or AUTOVACUUM_WAIT_S)
+    waited: dict[int, dict[str, Any]] = {}
+    wait_started: float | None = None
     conn.autocommit = not transactional
     while True:
         try:
@@ -193,12 +341,26 @@ def with_lock_retry(
                 result = work(cur)
             if transactional:
                 conn.commit()
+            if waited and wait_started is not None:
+                relations = ", ".join(sorted({r for h in waited.values() for r in h["relations"]}))
+                why = next(iter(waited.values()))["why"]
+                _warn(f"waited {time.monotonic() - wait_started:.1f} s for an autovacuum of {relations} that "
+                      f"this login may not cancel ({why}); the lock was not requested meanwhile, so nothing "
+                      "queued behind it")
             return result, retries
         except psycopg2.Error as exc:
             if transactional:
                 conn.rollback()
             if sqlstate(exc) not in RETRYABLE:
                 raise
+            if sql and sqlstate(exc) == LOCK_NOT_AVAILABLE:
+                cancelled, kept = cancel_autovacuum(conn, sql)
+                if kept and not cancelled:
+                    # An autovacuum we may not cancel holds the lock: wait it out, then try again.
+                    wait_started = wait_started or time.monotonic()
+                    waited.update({h["pid"]: h for h in kept})
+                    wait_out_autovacuum(conn, sql, kept, wait_started + bound_s, bound_s)
+                    continue
             retries += 1
             if retries >= lock["lock_attempts"]:
                 raise MigrationError(
@@ -206,8 +368,6 @@ def with_lock_retry(
                     f"{lock['lock_timeout_ms']} ms ({str(exc).strip()}); a long transaction holds "
                     "it: find it in pg_stat_activity, or raise migration_lock_attempts"
                 ) from None
-            if sql and sqlstate(exc) == LOCK_NOT_AVAILABLE:
-                yield_autovacuum(conn, sql)
             time.sleep(next(delays))
 
 

@@ -72,19 +72,71 @@ def compare_counts(expected: dict[str, int], actual: dict[str, int]) -> list[str
 
 # --- programs -------------------------------------------------------------------------------
 
-def pg_program(name: str, bin_dir: str = "") -> str:
-    """Absolute path of pg_dump/pg_restore: in bin_dir when given, else on PATH, else the
-    highest /usr/lib/postgresql/*/bin (Debian keeps them there)."""
+# Where tools/ensure-pg-versions.sh unpacks PyPI's PostgreSQL server wheels (.pg/<major>/), and
+# the programs' place inside one.
+PG_VERSIONS_ENV = "PGMIGRATE_PG_ROOT"
+WHEEL_BIN_DIR = os.path.join("pgserver", "pginstall", "bin")
+
+
+def _version_dirs_key(path: Path) -> list[int]:
+    return [int(x) for x in re.findall(r"\d+", path.parent.parent.name)] or [0]
+
+
+def candidate_bin_dirs() -> list[str]:
+    """Every directory on the controller that may hold PostgreSQL client programs: PATH's,
+    Debian's /usr/lib/postgresql/*/bin, and the project's unpacked server wheels (.pg/*; the
+    project found from this file, the working directory and $PGMIGRATE_PG_ROOT)."""
+    dirs: list[str] = []
+    roots = [os.environ.get(PG_VERSIONS_ENV, ""), os.path.join(os.getcwd(), ".pg"),
+             str(Path(__file__).resolve().parents[2] / ".pg")]
+    for name in ("pg_dump", "pg_restore"):
+        found = shutil.which(name)
+        if found:
+            dirs.append(os.path.dirname(os.path.realpath(found)))
+    dirs += [str(p.parent) for p in sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_dump"), key=_version_dirs_key)]
+    for root in roots:
+        if root and os.path.isdir(root):
+            dirs += sorted(os.path.join(root, d, WHEEL_BIN_DIR) for d in os.listdir(root))
+    unique: list[str] = []
+    for d in dirs:
+        real = os.path.realpath(d)
+        if real not in unique and os.path.isdir(real):
+            unique.append(real)
+    return unique
+
+
+def program_for_major(name: str, server_major: int) -> str | None:
+    """The program `name` of the server's major version from candidate_bin_dirs(); else the
+    oldest newer one (pg_dump and pg_restore read and write older servers); else None."""
+    found: dict[int, str] = {}
+    for directory in candidate_bin_dirs():
+        path = os.path.join(directory, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            try:
+                found.setdefault(program_major(path), path)
+            except MigrationError:
+                continue
+    newer = sorted(major for major in found if major >= server_major)
+    return found[newer[0]] if newer else None
+
+
+def pg_program(name: str, bin_dir: str = "", server_major: int | None = None) -> str:
+    """Absolute path of pg_dump/pg_restore: in bin_dir when given; else, with server_major, the
+    one of that major the controller has (program_for_major); else on PATH, else the highest
+    /usr/lib/postgresql/*/bin (Debian keeps them there)."""
     if bin_dir:
         path = os.path.join(bin_dir, name)
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
         raise MigrationError(f"{name} not found in {bin_dir} (check backup_pg_bin_dir / clone_pg_bin_dir)")
+    if server_major:
+        matching = program_for_major(name, server_major)
+        if matching:
+            return matching
     found = shutil.which(name)
     if found:
         return found
-    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
-                      key=lambda p: [int(x) for x in re.findall(r"\d+", p.parent.parent.name)] or [0])
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=_version_dirs_key)
     if versions:
         return str(versions[-1])
     raise MigrationError(f"{name} is not installed on the controller: install the PostgreSQL client "
@@ -114,8 +166,9 @@ def require_dump_version(pg_dump: str, server_version_num: int, what: str) -> in
     if major < server_major:
         raise MigrationError(
             f"{pg_dump} is version {major} but {what} runs PostgreSQL {server_major}: pg_dump must be at "
-            f"least as new as the server. Install postgresql-client-{server_major} and point "
-            "backup_pg_bin_dir / clone_pg_bin_dir at its bin directory")
+            f"least as new as the server, and the controller has none of version {server_major} or newer "
+            f"(PATH, /usr/lib/postgresql/*/bin, the project's .pg/*). Install postgresql-client-{server_major} "
+            "and point backup_pg_bin_dir / clone_pg_bin_dir at its bin directory")
     return major
 
 

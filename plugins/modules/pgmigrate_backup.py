@@ -63,6 +63,7 @@ from ansible.module_utils.pgmigrate_dump import (
     first_lines,
     pg_program,
     private_workdir,
+    program_major,
     program_version,
     public_counts,
     quote_ident,
@@ -102,11 +103,14 @@ def dump_argv(pg_dump: str, p: dict, path: str, snapshot: str) -> list[str]:
     return argv
 
 
-def dump(p: dict, path: str, env: dict, secrets: list[str], pg_dump: str) -> tuple[dict, dict]:
+def dump(p: dict, path: str, env: dict, secrets: list[str], pg_dump: str) -> tuple[dict, dict, str]:
     """pg_dump from a held, exported snapshot; row counts counted in that snapshot meanwhile.
-    Returns (source facts, row counts)."""
+    Without pg_bin_dir, the controller's pg_dump of the server's major version (pg_program).
+    Returns (source facts, row counts, the pg_dump used)."""
     with Snapshot(p, p["lock_wait_timeout"], "pgmigrate-backup-snapshot") as snap:
         facts = snap.facts()
+        if not p["pg_bin_dir"]:
+            pg_dump = pg_program("pg_dump", "", facts["server_version_num"] // 10000)
         require_dump_version(pg_dump, facts["server_version_num"], describe_target(p))
         with open(os.path.join(os.path.dirname(env["PGPASSFILE"]), "pg_dump.err"), "w+") as err:
             proc = subprocess.Popen(dump_argv(pg_dump, p, path, snap.id), env=env, stdout=subprocess.DEVNULL,
@@ -126,7 +130,7 @@ def dump(p: dict, path: str, env: dict, secrets: list[str], pg_dump: str) -> tup
             hint = (" (a table lock was not granted within backup_lock_wait_timeout: a long "
                     "transaction or DDL holds it; find it in pg_stat_activity)")
         raise MigrationError(f"pg_dump failed (exit {code}): {scrub(first_lines(stderr), secrets)}{hint}")
-    return facts, counts
+    return facts, counts, pg_dump
 
 
 def admin_connection(server: dict, maintenance_db: str):
@@ -227,8 +231,11 @@ def do_dump(module: AnsibleModule) -> None:
         with private_workdir(prefix="pgmigrate-backup-") as work:
             env = tool_env(write_passfile(work, [p]))
             try:
-                facts, counts = dump(p, path, env, secrets, pg_dump)
+                facts, counts, pg_dump = dump(p, path, env, secrets, pg_dump)
                 dumped = time.monotonic()
+                if not p["pg_bin_dir"]:
+                    # The pg_restore beside the pg_dump that wrote the archive (one that reads it).
+                    pg_restore = pg_program("pg_restore", "", program_major(pg_dump))
                 entries = restore_list_entries(pg_restore, path, env, secrets)
                 if entries == 0:
                     raise MigrationError(f"pg_restore --list found no entries in {path}: the backup is not usable")

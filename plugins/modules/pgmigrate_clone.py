@@ -68,6 +68,7 @@ from ansible.module_utils.pgmigrate import (
     MigrationError,
     connect,
     quote_literal,
+    refuse_transaction_pooler,
 )
 from ansible.module_utils.pgmigrate_dump import (
     SYSTEM_SCHEMAS,
@@ -157,6 +158,8 @@ def read_source(src: dict, p: dict) -> dict:
     """What the clone needs to know of the source, read in a read-only session."""
     conn = connect(src, "pgmigrate-clone-source")
     try:
+        # pg_dump imports the snapshot this session exports: a transaction-mode pool breaks that.
+        refuse_transaction_pooler(conn, src)
         conn.set_session(readonly=True)
         with conn.cursor() as cur:
             cur.execute("""SELECT current_setting('server_version_num')::int, current_setting('server_version'),
@@ -201,6 +204,7 @@ def text_columns(cur) -> dict[str, dict[str, str]]:
 def read_target_server(p: dict) -> dict:
     admin = connect({**p, "db_name": p["maintenance_db"]}, "pgmigrate-clone-check")
     try:
+        refuse_transaction_pooler(admin, {**p, "db_name": p["maintenance_db"]})
         admin.set_session(readonly=True)
         with admin.cursor() as cur:
             cur.execute("""SELECT current_setting('server_version_num')::int, current_setting('server_version'),
@@ -270,11 +274,16 @@ def check(p: dict, src: dict) -> dict:
                                   "name": other.get("name")}):
             raise MigrationError(f"{where} is the database of {other.get('label', 'a production host')} "
                                  "(migration_env=production): a clone never replaces it. Nothing was changed.")
-    pg_dump = pg_program("pg_dump", p["pg_bin_dir"])
-    pg_restore = pg_program("pg_restore", p["pg_bin_dir"])
+    if p["pg_bin_dir"]:  # a bin_dir without the programs is refused before anything is read
+        pg_program("pg_dump", p["pg_bin_dir"])
+        pg_program("pg_restore", p["pg_bin_dir"])
     facts = read_source(src, p)
+    # Without clone_pg_bin_dir: pg_dump of the source's major, pg_restore of staging's (never older).
+    pg_dump = pg_program("pg_dump", p["pg_bin_dir"], facts["server_version_num"] // 10000)
     require_dump_version(pg_dump, facts["server_version_num"], f"clone_source {p['source_label']}")
     server = read_target_server(p)
+    pg_restore = pg_program("pg_restore", p["pg_bin_dir"],
+                            max(server["server_version_num"], facts["server_version_num"]) // 10000)
     if (facts["started"], facts["port"]) == (server["started"], server["port"]) and src["db_name"] == p["db_name"]:
         raise MigrationError(f"clone_source {p['source_label']} is the staging database itself {where} (same server, "
                              "same database): a clone would destroy its own source. Nothing was changed.")

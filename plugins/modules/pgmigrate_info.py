@@ -17,6 +17,21 @@ options:
     type: bool
     default: false
     description: Also return C(ledger) - what pgmigrate_ledger C(action=status) returns.
+  programs:
+    type: list
+    elements: str
+    default: []
+    description:
+      - "Also return C(programs): the path of each named PostgreSQL client program (pg_dump,
+        pg_restore) of the server's major version on the controller, from I(pg_bin_dir) when
+        given (pgmigrate_dump.pg_program)."
+  pg_bin_dir: {type: str, default: ""}
+  refuse_pooler:
+    type: bool
+    default: true
+    description: >-
+      Refuse a connection through a transaction- or statement-mode pooler
+      (pgmigrate.transaction_pooler); a session-mode pool is accepted.
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -30,7 +45,9 @@ from ansible.module_utils.pgmigrate import (
     ledger_exists,
     ledger_state,
     ledger_unfinished,
+    refuse_transaction_pooler,
 )
+from ansible.module_utils.pgmigrate_dump import pg_program
 
 
 def inspect(conn) -> dict:
@@ -61,6 +78,9 @@ def main():
             require_writable=dict(type="bool", default=True),
             min_server_version=dict(type="int", default=130000),
             ledger=dict(type="bool", default=False),
+            programs=dict(type="list", elements="str", default=[]),
+            pg_bin_dir=dict(type="str", default=""),
+            refuse_pooler=dict(type="bool", default=True),
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
@@ -72,10 +92,15 @@ def main():
     except MigrationError as exc:
         module.fail_json(msg=str(exc))
     try:
+        if p["refuse_pooler"]:
+            refuse_transaction_pooler(conn, p)
         facts = inspect(conn)
         refusal = refuse(p, facts)
         if refusal:
             module.fail_json(msg=refusal, **facts)
+        if p["programs"]:
+            facts["programs"] = {name: pg_program(name, p["pg_bin_dir"], facts["server_version_num"] // 10000)
+                                 for name in p["programs"]}
         if p["ledger"]:
             # What pgmigrate_ledger's status returns: one module call instead of two.
             state = ledger_state(conn)

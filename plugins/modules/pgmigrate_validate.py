@@ -76,8 +76,19 @@ def isolation_checks(conn, role: str, path: list[str]) -> list[dict]:
     rows in the RLS tables and in the granted view, and cannot write another client's row."""
     name = "security.tenant_isolation"
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", (role,))
-        if not cur.fetchone()[0]:
+        # Since PostgreSQL 16 a CREATEROLE login (a managed database's) holds the roles it created
+        # WITH ADMIN OPTION but may not SET ROLE to them: it grants itself SET inside each check's
+        # transaction, which the rollback after the check takes back.
+        cur.execute("SELECT current_setting('server_version_num')::int >= 160000")
+        if cur.fetchone()[0]:
+            cur.execute("SELECT pg_has_role(current_user, %s, 'SET'), "
+                        "pg_has_role(current_user, %s, 'MEMBER WITH ADMIN OPTION')", (role, role))
+            can_set, admin = cur.fetchone()
+        else:
+            cur.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", (role,))
+            can_set, admin = cur.fetchone()[0], False
+        grant_self = not can_set and admin
+        if not (can_set or admin):
             conn.rollback()
             return [{"check": name, "passed": True, "skipped": True, "observed": "skipped",
                      "expected": f"{role} sessions see one client",
@@ -94,6 +105,8 @@ def isolation_checks(conn, role: str, path: list[str]) -> list[dict]:
         with conn.cursor() as cur:
             cur.execute("SELECT set_config('request.jwt.claims', %s, true)",
                         (claims_for(client, path),))
+            if grant_self:
+                cur.execute(f"GRANT {role} TO CURRENT_USER WITH INHERIT FALSE, SET TRUE")
             cur.execute(f"SET LOCAL ROLE {role}")
             for relation, column in (("orchestration_workflows", "client_id"),
                                      ("handover_packages", "client_id"),

@@ -1,0 +1,368 @@
+#!/usr/bin/python
+# The pre-migration briefing (strategy 2.2, "24 hours before"): what will run on this database,
+# for how long (the durations of the latest rehearsal of its clone, or a size-based estimate
+# marked as such), when (the window the operator gives), what stops it (the go/no-go checkpoints
+# and abort criteria), how to undo it (the rollback commands), who has not signed yet, and what
+# the strategy's delete rules will do to the application's data. Read-only: one READ ONLY
+# transaction; it creates nothing, not even the ledger. Written as JSON and Markdown.
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: pgmigrate_brief
+short_description: Write the pre-migration briefing (strategy 2.2) from the database, the ledger and the rehearsals
+description:
+  - Reads the database in one read-only transaction (sizes, row estimates, the ledger and the
+    sign-off sheet when they exist, how many overrides phase 3 would link to an installation) and
+    the rehearsal reports under I(rehearsal_dir); changes nothing in the database.
+  - Durations come from the latest rehearsal whose source is this host (its C(context.source)
+    starts with I(host)); without one, from a size-based estimate, marked as such.
+options:
+  report_dir: {type: path, required: true}
+  stem: {type: str, required: true}
+  host: {type: str, required: true, description: The inventory host (a rehearsal names its source by it).}
+  environment: {type: str, default: local}
+  rehearsal_dir: {type: path, description: Where rehearsal reports are (default report_dir).}
+  window_start: {type: str, default: "", description: "The window's start, ISO 8601 (UTC when no offset)."}
+  phase_titles: {type: dict, required: true}
+  applied: {type: list, elements: str, default: []}
+  checkpoints: {type: dict, default: {}, description: "Thresholds, abort criteria and switches, for the text."}
+  signoff_roles: {type: list, elements: str, default: []}
+  signoff_required: {type: list, elements: str, default: []}
+  valid_hours: {type: float, default: 168}
+  rollback_commands: {type: list, elements: dict, default: []}
+  channels: {type: dict, default: {}, description: "Which notification channels are set (names, never secrets)."}
+"""
+
+import datetime
+import glob
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pgmigrate import (
+    CONNECTION_ARGS,
+    LEDGER_SCHEMA,
+    LOCK_ARGS,
+    MigrationError,
+    connect,
+    fetch_dicts,
+    json_safe,
+)
+from ansible.module_utils.pgmigrate_monitor import utcnow
+
+TABLES = ["clients_enhanced", "marketplace_modules", "module_installations", "client_app_overrides",
+          "client_deployments", "orchestration_workflows", "workflow_executions", "handover_packages",
+          "integration_events"]
+
+# Size-based estimate where no rehearsal exists: a fixed cost per phase plus what scales,
+# calibrated on the sandbox (README's measured table: 100,000 clients, about 1.1 M overrides).
+# (fixed seconds, seconds per MiB of the database, seconds per 1000 overrides)
+ESTIMATE = {
+    "1": (2.0, 0.04, 0.0),    # pg_dump -Fc -Z1, pg_restore --list, backup tables
+    "2": (1.0, 0.0, 0.002),   # two CREATE INDEX CONCURRENTLY on the overrides
+    "3": (3.0, 0.0, 0.02),    # linkage plan and batches, inserts beside
+    "4": (1.0, 0.0, 0.003),   # NOT VALID + VALIDATE of two foreign keys
+    "5": (1.0, 0.0, 0.0),     # views, RLS, grants: catalog only
+    "6": (3.0, 0.0, 0.005),   # the validator and the timed cross-system queries
+}
+
+
+def parse_window(text: str) -> datetime.datetime | None:
+    if not text:
+        return None
+    value = text.strip().replace("Z", "+00:00").replace(" ", "T", 1)
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise MigrationError(
+            f"migration_window_start={text!r} is not a date and time: give ISO 8601, e.g. "
+            "-e migration_window_start=2026-12-02T22:00Z (UTC when no offset). Nothing was read or sent.") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
+def read_database(conn) -> dict:
+    out: dict = {}
+    with conn.cursor() as cur:
+        cur.execute("SET TRANSACTION READ ONLY")
+        cur.execute("""SELECT current_setting('server_version'), pg_database_size(current_database()),
+                              pg_is_in_recovery()""")
+        out["server_version"], out["database_size_bytes"], out["in_recovery"] = cur.fetchone()
+        out["tables"] = fetch_dicts(cur, """
+            SELECT c.relname AS table, greatest(c.reltuples, 0)::bigint AS rows_estimate,
+                   pg_total_relation_size(c.oid) AS total_bytes
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname = ANY(%s)
+             ORDER BY array_position(%s, c.relname::text)""", (TABLES, TABLES))
+        cur.execute("SELECT count(*) FROM client_app_overrides")
+        out["overrides"] = int(cur.fetchone()[0])
+        # What phase 3 would link to an installation (its join, without the ambiguity rules):
+        # each of these overrides is deleted with its installation once fk_cao_installation exists.
+        cur.execute("""SELECT count(DISTINCT o.id) FROM client_app_overrides o
+                         JOIN marketplace_modules m ON m.name = o.app_name
+                         JOIN module_installations i ON i.module_id = m.id AND i.tenant_id = o.client_id""")
+        out["overrides_linkable_to_installation"] = int(cur.fetchone()[0])
+        cur.execute("""SELECT confdeltype FROM pg_constraint
+                        WHERE conname = 'fk_cao_installation'
+                          AND conrelid = to_regclass('public.client_app_overrides')""")
+        row = cur.fetchone()
+        out["fk_cao_installation"] = {"c": "ON DELETE CASCADE", "n": "ON DELETE SET NULL", "a": "NO ACTION",
+                                      "r": "RESTRICT", "d": "SET DEFAULT"}.get(row[0], row[0]) if row else None
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
+                    (f"{LEDGER_SCHEMA}.history", f"{LEDGER_SCHEMA}.approvals"))
+        out["ledger_exists"], approvals_exist = cur.fetchone()
+        out["history"] = fetch_dicts(cur, f"""
+            SELECT phase, direction, status, started_at, finished_at
+              FROM {LEDGER_SCHEMA}.history ORDER BY id DESC LIMIT 20""") if out["ledger_exists"] else []
+        out["approvals"] = fetch_dicts(cur, f"""
+            SELECT DISTINCT ON (lower(role)) role, name, decision, note, recorded_at,
+                   extract(epoch FROM clock_timestamp() - recorded_at) / 3600 AS age_h
+              FROM {LEDGER_SCHEMA}.approvals WHERE stage = 'pre'
+             ORDER BY lower(role), recorded_at DESC, id DESC""") if approvals_exist else []
+    conn.rollback()
+    return json_safe(out)
+
+
+def latest_rehearsal(directory: str, host: str) -> tuple[dict | None, str]:
+    found = []
+    for path in glob.glob(os.path.join(directory, "*-rehearsal.json")):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                report = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        source = str((report.get("context") or {}).get("source", ""))
+        if report.get("kind") == "rehearsal" and (source == host or source.startswith(host + " (")):
+            found.append((str(report.get("context", {}).get("started_at", "")), path, report))
+    if not found:
+        return None, ""
+    _, path, report = max(found)
+    return report, path
+
+
+def estimate(phase: str, db: dict) -> float:
+    fixed, per_mib, per_k = ESTIMATE.get(phase, (1.0, 0.0, 0.0))
+    return round(fixed + per_mib * db["database_size_bytes"] / 1048576 + per_k * db["overrides"] / 1000, 1)
+
+
+def signoffs(approvals: list[dict], roles: list[str], required: list[str], valid_hours: float) -> list[dict]:
+    by_role = {a["role"].lower(): a for a in approvals}
+    sheet = []
+    for role in roles:
+        row = by_role.get(role.lower())
+        if row is None:
+            state = "missing"
+        elif row["decision"] == "no-go":
+            state = "no-go"
+        elif float(row["age_h"]) > valid_hours:
+            state = f"stale (older than {valid_hours:g} h)"
+        else:
+            state = "go"
+        sheet.append({"role": role, "state": state, "required": role.lower() in [r.lower() for r in required],
+                      "name": (row or {}).get("name"), "recorded_at": (row or {}).get("recorded_at"),
+                      "note": (row or {}).get("note")})
+    return sheet
+
+
+def human_s(seconds: float) -> str:
+    seconds = float(seconds)
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def build(p: dict, db: dict, rehearsal: dict | None, rehearsal_path: str) -> dict:
+    durations = {str(x["phase"]): x for x in (rehearsal or {}).get("phases", [])}
+    phases = []
+    for number in sorted(p["phase_titles"]):
+        seen = durations.get(number)
+        if seen is not None and seen.get("status") == "succeeded":
+            phases.append({"phase": number, "title": p["phase_titles"][number], "seconds": float(seen["duration_s"]),
+                           "source": "rehearsal", "rows": seen.get("rows"),
+                           "applied": number in p["applied"]})
+        else:
+            phases.append({"phase": number, "title": p["phase_titles"][number], "seconds": estimate(number, db),
+                           "source": "estimate", "rows": None, "applied": number in p["applied"]})
+    todo = [x for x in phases if not x["applied"]]
+    total = round(sum(x["seconds"] for x in todo), 1)
+    window = parse_window(p["window_start"])
+    now = datetime.datetime.now(datetime.UTC)
+    win = None
+    if window is not None:
+        hours_before = (window - now).total_seconds() / 3600
+        win = {"start": window.isoformat(), "expected_end": (window + datetime.timedelta(seconds=total)).isoformat(),
+               "hours_before": round(hours_before, 1),
+               "note": ("the window is in the past" if hours_before < 0 else
+                        "less than 24 h before the window (strategy 2.2 asks for the briefing 24 h before)"
+                        if hours_before < 24 else "")}
+    sheet = signoffs(db["approvals"], p["signoff_roles"], p["signoff_required"], p["valid_hours"])
+    return json_safe({
+        "kind": "briefing", "at": utcnow(), "host": p["host"], "environment": p["environment"],
+        "database": {k: db[k] for k in ("server_version", "database_size_bytes", "in_recovery", "tables",
+                                         "overrides", "ledger_exists")},
+        "applied": p["applied"], "recent_history": db["history"],
+        "rehearsal": ({"report": rehearsal_path, "started_at": rehearsal["context"].get("started_at"),
+                       "staging": rehearsal["context"].get("staging"), "verdict": rehearsal.get("verdict"),
+                       "reason": rehearsal.get("reason"),
+                       "clone_rows": (rehearsal.get("clone") or {}).get("rows")} if rehearsal else None),
+        "phases": phases, "total_seconds": total, "window": win,
+        "checkpoints": p["checkpoints"], "rollback": p["rollback_commands"],
+        "signoffs": sheet, "signoffs_missing": [s["role"] for s in sheet if s["state"] != "go"],
+        "delete_rules": {"fk_cao_installation": db["fk_cao_installation"],
+                         "overrides_linkable_to_installation": db["overrides_linkable_to_installation"],
+                         "overrides": db["overrides"]},
+        "channels": p["channels"],
+    })
+
+
+def markdown(b: dict) -> str:
+    db = b["database"]
+    out = [f"# Pre-migration briefing: {b['host']} ({b['environment']})", "",
+           f"Prepared {b['at']} (strategy 2.2: the briefing 24 hours before the migration).", ""]
+    win = b["window"]
+    if win:
+        out += [f"**Window**: starts {win['start']}, expected to end about {win['expected_end']} "
+                f"({human_s(b['total_seconds'])} of phases still to run), {win['hours_before']:g} h from now"
+                + (f" - **{win['note']}**" if win["note"] else "") + ".", ""]
+    else:
+        out += ["**Window**: not given; rerun with `-e migration_window_start=2026-12-02T22:00Z`.", ""]
+    out += ["## The database", "",
+            f"PostgreSQL {db['server_version']}{' (a standby in recovery)' if db['in_recovery'] else ''}, "
+            f"{db['database_size_bytes'] / 1048576:.1f} MiB; phases applied so far: "
+            f"{', '.join(b['applied']) or 'none'}.", "",
+            "| table | rows (estimate) | size |", "|---|---:|---:|"]
+    out += [f"| {t['table']} | {t['rows_estimate']} | {t['total_bytes'] / 1048576:.1f} MiB |" for t in db["tables"]]
+    out += ["", "## The phases and how long they take", ""]
+    if b["rehearsal"]:
+        r = b["rehearsal"]
+        out += [f"Durations from the latest rehearsal of this database's clone: {r['staging']}, started "
+                f"{r['started_at']}, verdict **{r['verdict']}**{(' (' + r['reason'] + ')') if r['reason'] else ''}, "
+                f"{r['clone_rows']} rows cloned; report `{r['report']}`.", ""]
+    else:
+        out += ["**No rehearsal of this database's clone was found**: every duration below is a size-based "
+                "ESTIMATE (a fixed cost per phase plus what scales with the database and the overrides). "
+                "Rehearse first: `playbooks/rehearse.yml` on the staging inventory.", ""]
+    out += ["| phase | what | duration | from | rows |", "|---|---|---:|---|---:|"]
+    for x in b["phases"]:
+        src = "rehearsal" if x["source"] == "rehearsal" else "**estimate**"
+        state = " (applied: skipped)" if x["applied"] else ""
+        rows = x["rows"] if x["rows"] is not None else ""
+        out.append(f"| {x['phase']} | {x['title']}{state} | {human_s(x['seconds'])} | {src} | {rows} |")
+    out += ["", f"Total still to run: {human_s(b['total_seconds'])}.", ""]
+    c = b["checkpoints"]
+    out += ["## Go/no-go checkpoints and abort criteria", "",
+            "A sample is taken before and after every phase; between two phases the checkpoint decides "
+            "whether the next one starts. The run stops there (no further phase starts, a `stopped` "
+            "message goes out, the host fails at the end) when:", ""]
+    out += [f"- {line}" for line in c.get("stops", [])]
+    out += ["", "Alerts (strategy 4.2) are sent on every channel when:", ""]
+    out += [f"- {line}" for line in c.get("alerts", [])]
+    if c.get("notes"):
+        out += [""] + [f"{line}" for line in c["notes"]]
+    out += ["", "## The rollback plan", ""]
+    for cmd in b["rollback"]:
+        out += [f"- {cmd['when']}:", f"  `{cmd['command']}`"]
+    out += ["", "Every rollback is refused, naming why, when it is unsafe (later phases applied, the "
+            "application's objects built on ours), and is recorded in the ledger. Add `--check` to see "
+            "the plan first.", "", "## Sign-offs (strategy 8)", "",
+            "| role | state | by | at |", "|---|---|---|---|"]
+    for s in b["signoffs"]:
+        mark = " (required)" if s["required"] else ""
+        out.append(f"| {s['role']}{mark} | {s['state']} | {s['name'] or ''} | {s['recorded_at'] or ''} |")
+    missing = b["signoffs_missing"]
+    out += ["", (f"**Still missing: {', '.join(missing)}** - record each with `playbooks/approve.yml -e "
+                 "approval_role=ROLE -e approved_by=NAME`." if missing else "Every sign-off is recorded as go."), ""]
+    d = b["delete_rules"]
+    out += ["## What the delete rules do to the application's data", "",
+            f"- **`fk_cao_installation ... ON DELETE CASCADE`** (strategy 3.4, added by phase 4"
+            f"{'; present now: ' + d['fk_cao_installation'] if d['fk_cao_installation'] else ''}): once it "
+            f"exists, **deleting a module installation deletes the client's override of that app** "
+            f"(`client_app_overrides`, the client's own setting, `enabled` included). Phase 3 will link "
+            f"{d['overrides_linkable_to_installation']} of {d['overrides']} overrides to an installation: "
+            "each of them goes with its installation. An application that uninstalls by deleting the "
+            "installation and reinstalls later loses the client's setting.",
+            "- `fk_cao_marketplace_module ... ON DELETE SET NULL`: deleting a marketplace module unlinks the "
+            "overrides (the override stays).",
+            "- The new tables: deleting a client deletes its workflows, their executions and its handover "
+            "packages (`ON DELETE CASCADE`); deleting a workflow leaves its packages, unlinked (`SET NULL`).", ""]
+    ch = b["channels"]
+    if ch:
+        out += ["## Where messages go", "", ", ".join(f"{k}: {v}" for k, v in ch.items()), ""]
+    return "\n".join(out)
+
+
+def write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def summary(b: dict) -> str:
+    src = (f"durations from the rehearsal of {b['rehearsal']['started_at']}" if b["rehearsal"]
+           else "no rehearsal found: durations are size-based ESTIMATES")
+    win = f"window starts {b['window']['start']}" if b["window"] else "no window given"
+    missing = ", ".join(b["signoffs_missing"]) or "none"
+    return (f"pre-migration briefing: {win}; {len([x for x in b['phases'] if not x['applied']])} phase(s), "
+            f"about {human_s(b['total_seconds'])} ({src}); sign-offs missing: {missing}; deleting an "
+            f"installation will delete the client's override (fk_cao_installation ON DELETE CASCADE, "
+            f"{b['delete_rules']['overrides_linkable_to_installation']} overrides)")
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            report_dir=dict(type="path", required=True),
+            stem=dict(type="str", required=True),
+            host=dict(type="str", required=True),
+            environment=dict(type="str", default="local"),
+            rehearsal_dir=dict(type="path"),
+            window_start=dict(type="str", default=""),
+            phase_titles=dict(type="dict", required=True),
+            applied=dict(type="list", elements="str", default=[]),
+            checkpoints=dict(type="dict", default={}),
+            signoff_roles=dict(type="list", elements="str", default=[]),
+            signoff_required=dict(type="list", elements="str", default=[]),
+            valid_hours=dict(type="float", default=168),
+            rollback_commands=dict(type="list", elements="dict", default=[]),
+            channels=dict(type="dict", default={}),
+            **CONNECTION_ARGS,
+            **LOCK_ARGS,
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    if "/" in p["stem"]:
+        module.fail_json(msg="stem must be a file name without directories")
+    try:
+        parse_window(p["window_start"])  # a bad window is refused before anything is read
+        conn = connect(p, "pgmigrate-brief")
+        try:
+            db = read_database(conn)
+        except Exception as exc:  # noqa: BLE001 - a missing prerequisite table, no privilege
+            raise MigrationError(f"cannot read the database for the briefing: {str(exc).strip().splitlines()[0]} "
+                                 "(the migration's preflight names what is missing: migrate.yml -e phase=all "
+                                 "--check)") from exc
+        finally:
+            conn.close()
+    except MigrationError as exc:
+        module.fail_json(msg=str(exc))
+    rehearsal, rehearsal_path = latest_rehearsal(p["rehearsal_dir"] or p["report_dir"], p["host"])
+    briefing = build(p, db, rehearsal, rehearsal_path)
+    text = markdown(briefing)
+    paths = {"json": os.path.join(p["report_dir"], p["stem"] + ".json"),
+             "md": os.path.join(p["report_dir"], p["stem"] + ".md")}
+    if not module.check_mode:
+        try:
+            os.makedirs(p["report_dir"], mode=0o750, exist_ok=True)
+            write(paths["json"], json.dumps(briefing, indent=2, default=str) + "\n")
+            write(paths["md"], text)
+        except OSError as exc:
+            module.fail_json(msg=f"cannot write the briefing in {p['report_dir']}: {exc.strerror or exc} "
+                                 "(check migration_report_dir)")
+    # A briefing is a document, not a change to a database.
+    module.exit_json(changed=False, briefing=briefing, markdown=text, summary=summary(briefing), paths=paths)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+#!/usr/bin/python
+# The migration in Prometheus (issue 15): `publish` renders figures in Prometheus' text
+# exposition format and pushes them to a Pushgateway (PUT, one group per job and instance)
+# and/or writes them as a node_exporter textfile (atomically: node_exporter never reads half a
+# file); `query` reads the application's own signals with PromQL instant queries. A query that
+# fails or returns no sample gives value None and the reason, never a healthy figure. Changes
+# no database.
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: pgmigrate_prometheus
+short_description: Publish the migration's figures to Prometheus (Pushgateway, textfile) and read PromQL
+description:
+  - C(publish) renders I(metrics) (name to number, or to a list of C({labels, value})) as gauges
+    named C(pgmigrate_<name>), labelled with I(labels), and sends them to I(pushgateway_url) and
+    I(textfile_dir) when set. A failing push is reported in C(failed), never fatal.
+  - C(query) runs each PromQL expression of I(queries) against I(prometheus_url); each reading is
+    C({value, error, query}) and C(value) is null when the query failed or returned nothing.
+options:
+  action: {type: str, required: true, choices: [publish, query]}
+  metrics: {type: dict, default: {}}
+  labels: {type: dict, default: {}}
+  job: {type: str, default: pgmigrate}
+  instance: {type: str, default: ""}
+  pushgateway_url: {type: str, default: ""}
+  textfile_dir: {type: path}
+  textfile_name: {type: str, default: ""}
+  prometheus_url: {type: str, default: ""}
+  queries: {type: dict, default: {}}
+  timeout_s: {type: float, default: 5}
+"""
+
+import json
+import math
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from ansible.module_utils.basic import AnsibleModule
+
+_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def metric_name(name: str) -> str:
+    return "pgmigrate_" + _NAME.sub("_", name).strip("_")
+
+
+def _label_value(value) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(labels: dict) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{_NAME.sub("_", str(k))}="{_label_value(v)}"' for k, v in sorted(labels.items())) + "}"
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def exposition(metrics: dict, labels: dict) -> tuple[str, int]:
+    """The text exposition format (version 0.0.4): one gauge per metric, # HELP and # TYPE once."""
+    lines, count = [], 0
+    for name in sorted(metrics):
+        value = metrics[name]
+        series = value if isinstance(value, list) else [{"labels": {}, "value": value}]
+        samples = [(s.get("labels") or {}, _number(s.get("value"))) for s in series if isinstance(s, dict)]
+        samples = [(lab, num) for lab, num in samples if num is not None]
+        if not samples:
+            continue
+        full = metric_name(name)
+        lines += [f"# HELP {full} pgmigrate: {name.replace(chr(10), ' ')}", f"# TYPE {full} gauge"]
+        for extra, number in samples:
+            lines.append(f"{full}{_labels({**labels, **extra})} {number:g}")
+            count += 1
+    return "\n".join(lines) + "\n", count
+
+
+def push(url: str, job: str, instance: str, text: str, timeout_s: float) -> str:
+    """PUT replaces this job's and instance's group on the Pushgateway: the latest figures only."""
+    path = f"/metrics/job/{urllib.parse.quote(job, safe='')}"
+    if instance:
+        path += f"/instance/{urllib.parse.quote(instance, safe='')}"
+    request = urllib.request.Request(url.rstrip("/") + path, data=text.encode(), method="PUT",
+                                     headers={"Content-Type": "text/plain; version=0.0.4"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return f"ok ({response.status})"
+    except urllib.error.HTTPError as exc:
+        return f"failed: HTTP {exc.code} {exc.read()[:200].decode(errors='replace').strip()}"
+    except (urllib.error.URLError, OSError) as exc:
+        return f"failed: {getattr(exc, 'reason', exc)}"
+
+
+def write_textfile(directory: str, name: str, text: str) -> str:
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    tmp = f"{path}.{os.getpid()}.tmp"  # node_exporter reads *.prom only
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def query(url: str, promql: str, timeout_s: float) -> dict:
+    """One instant query; {value, error, query}. Only a single finite sample is a value."""
+    reading: dict = {"query": promql, "value": None, "error": None}
+    target = url.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    try:
+        with urllib.request.urlopen(target, timeout=timeout_s) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            reading["error"] = f"Prometheus answered {exc.code}: {json.load(exc).get('error')}"
+        except ValueError:
+            reading["error"] = f"Prometheus answered {exc.code}"
+        return reading
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reading["error"] = f"Prometheus unreachable or unreadable: {getattr(exc, 'reason', exc)}"
+        return reading
+    data = body.get("data") or {}
+    result = data.get("result")
+    if body.get("status") != "success":
+        reading["error"] = f"query failed: {body.get('error')}"
+    elif data.get("resultType") == "scalar":
+        reading["value"] = _number(result[1])
+    elif not result:
+        reading["error"] = "the query returned nothing (no such series, or no traffic in its window)"
+    elif len(result) > 1:
+        reading["error"] = f"the query returned {len(result)} series; it must return one (aggregate it)"
+    else:
+        reading["value"] = _number(result[0]["value"][1])
+        if reading["value"] is None:
+            reading["error"] = f"the query returned {result[0]['value'][1]} (no traffic in its window?)"
+    return reading
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            action=dict(type="str", required=True, choices=["publish", "query"]),
+            metrics=dict(type="dict", default={}),
+            labels=dict(type="dict", default={}),
+            job=dict(type="str", default="pgmigrate"),
+            instance=dict(type="str", default=""),
+            pushgateway_url=dict(type="str", default=""),
+            textfile_dir=dict(type="path"),
+            textfile_name=dict(type="str", default=""),
+            prometheus_url=dict(type="str", default=""),
+            queries=dict(type="dict", default={}),
+            timeout_s=dict(type="float", default=5),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    if p["action"] == "query":
+        if not p["prometheus_url"]:
+            module.fail_json(msg="action=query needs prometheus_url (migration_prometheus_url)")
+        readings = {name: query(p["prometheus_url"], str(expr), p["timeout_s"]) for name, expr in p["queries"].items()}
+        module.exit_json(changed=False, readings=readings)
+    text, count = exposition(p["metrics"], p["labels"])
+    result: dict = {"changed": False, "samples": count, "exposition": text, "sent": {}, "failed": {}}
+    if module.check_mode:
+        module.exit_json(**result, msg="check mode: nothing pushed or written")
+    if p["pushgateway_url"]:
+        outcome = push(p["pushgateway_url"], p["job"], p["instance"], text, p["timeout_s"])
+        (result["sent"] if outcome.startswith("ok") else result["failed"])["pushgateway"] = outcome
+    if p["textfile_dir"]:
+        name = p["textfile_name"] or f"{_NAME.sub('_', p['job'])}_{_NAME.sub('_', p['instance'] or 'all')}.prom"
+        try:
+            result["sent"]["textfile"] = write_textfile(p["textfile_dir"], name, text)
+        except OSError as exc:
+            result["failed"]["textfile"] = f"failed: {exc.strerror or exc} ({p['textfile_dir']})"
+    if result["failed"]:
+        failed = "; ".join(f"{k} {v}" for k, v in result["failed"].items())
+        result["msg"] = f"Prometheus output not delivered: {failed}. The run goes on."
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,400 @@
+#!/usr/bin/python
+# The 48-hour watch after the migration (strategy 4.2): each run takes one sample of the
+# strategy's metrics, defined from the tables phase 2 creates (integration event processing rate,
+# lag and failures, workflow execution success rate, handover package delivery rate, error rates
+# and types, resource trends of the migrated tables), plus the database's own health sample
+# (pgmigrate_monitor), the application's HTTP checks and its Prometheus figures when given.
+# Alerts on the 4.2 thresholds; an alert that repeats (escalate_after samples in a row) or a
+# critical one is marked for escalation. Samples are kept in migration_ledger.watch_samples
+# (created on the first run after phase 6). Every run rewrites the trend report (Markdown and one
+# PNG per metric). Once `hours` have passed since phase 6 it records the end once and samples no
+# more.
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: pgmigrate_watch
+short_description: One sample of the 48-hour post-migration watch (strategy 4.2), its alerts and the trend report
+description:
+  - Refuses a database whose phase 6 is not applied. Creates migration_ledger.watch_samples when
+    missing, records the sample, and rewrites I(report_dir)/watch-<host>.md with a PNG per
+    metric in I(report_dir)/watch-<host>/. In check mode it samples and records nothing.
+options:
+  report_dir: {type: path, required: true}
+  host: {type: str, required: true}
+  run_id: {type: str, required: true}
+  hours: {type: float, default: 48}
+  escalate_after: {type: int, default: 2, description: "Samples in a row an alert must repeat to escalate."}
+  thresholds: {type: dict, default: {}}
+  abort: {type: dict, default: {}}
+  probe_sql: {type: str}
+  probe_runs: {type: int, default: 10}
+  watch_sql: {type: path, required: true, description: The watch table's DDL (files/sql/ledger/watch.sql).}
+  app_checks: {type: list, elements: dict, default: [], description: "Results of the application's HTTP checks."}
+  prometheus: {type: dict, default: {}, description: "The application's figures read from Prometheus."}
+  plots: {type: bool, default: true}
+"""
+
+import datetime
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.pgmigrate import (
+    CONNECTION_ARGS,
+    LEDGER_SCHEMA,
+    LOCK_ARGS,
+    MigrationError,
+    applied_phases,
+    connect,
+    fetch_dicts,
+    json_safe,
+    ledger_exists,
+    ledger_state,
+)
+from ansible.module_utils.pgmigrate_monitor import (
+    DEFAULT_PROBE_SQL,
+    DEFAULT_THRESHOLDS,
+    derive,
+    evaluate,
+    public_sample,
+    take_sample,
+)
+
+TABLE = f"{LEDGER_SCHEMA}.watch_samples"
+MIGRATED = ["client_app_overrides", "orchestration_workflows", "workflow_executions", "handover_packages",
+            "integration_events"]
+
+# The metrics of the trend report: key, title, unit, the threshold key (DEFAULT_THRESHOLDS) if any.
+METRICS: list[tuple[str, str, str, str | None]] = [
+    ("p95_ms", "Query latency p95 (pg_stat_statements)", "ms", "p95_ms"),
+    ("probe_p95_ms", "Probe query p95", "ms", "p95_ms"),
+    ("app_p95_ms", "API response time p95 (Prometheus)", "ms", "p95_ms"),
+    ("error_rate_pct", "Error rate (transactions rolled back)", "%", "error_rate_pct"),
+    ("app_error_pct", "API error ratio (Prometheus)", "%", "error_rate_pct"),
+    ("events_processed_per_min", "Integration events processed", "per min", None),
+    ("event_failure_pct", "Integration events failed", "% of finished", None),
+    ("event_lag_s", "Event processing lag (oldest unprocessed)", "s", "event_lag_s"),
+    ("workflow_success_pct", "Workflow execution success rate", "% of finished", None),
+    ("packages_delivered_per_h", "Handover packages delivered", "per hour", None),
+    ("pool_utilisation_pct", "Connection pool utilisation", "%", "pool_utilisation_pct"),
+    ("database_size_mib", "Database size", "MiB", None),
+    ("migrated_dead_tuples", "Dead tuples of the migrated tables", "rows", None),
+    ("app_checks_failed", "Application endpoint checks failing", "checks", None),
+]
+PLOTTED = {m[0] for m in METRICS}
+
+
+def _scalar(cur, sql: str, args=None):
+    cur.execute(sql, args)
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def table_figures(cur, since: str | None) -> tuple[dict, dict]:
+    """(metrics, details) from the tables phase 2 created, over the interval since `since`
+    (the previous sample; the end of phase 6 for the first)."""
+    m: dict = {}
+    d: dict = {}
+    interval_s = float(_scalar(cur, "SELECT extract(epoch FROM clock_timestamp() - %s::timestamptz)", (since,)))
+    interval_s = max(interval_s, 1.0)
+    d["interval_s"] = round(interval_s, 1)
+    processed = int(_scalar(cur, "SELECT count(*) FROM integration_events WHERE processed_at > %s", (since,)))
+    # failed_at comes with phase 2's 025 file; a database migrated before it has no failure times.
+    has_failed_at = bool(_scalar(cur, """SELECT EXISTS (SELECT 1 FROM pg_attribute
+                                          WHERE attrelid = 'integration_events'::regclass
+                                            AND attname = 'failed_at' AND NOT attisdropped)"""))
+    failed = fetch_dicts(cur, """SELECT event_type, count(*) AS n FROM integration_events
+                                   WHERE failed_at > %s GROUP BY 1 ORDER BY 2 DESC""", (since,)) \
+        if has_failed_at else []
+    if not has_failed_at:
+        d["note"] = "integration_events.failed_at is missing (phase 2 before 025_event_failures.sql): no failure rate"
+    n_failed = sum(int(r["n"]) for r in failed)
+    m["events_processed_per_min"] = round(60.0 * processed / interval_s, 3)
+    m["event_failure_pct"] = round(100.0 * n_failed / (processed + n_failed), 2) if processed + n_failed else None
+    m["events_backlog"] = int(_scalar(cur, """SELECT count(*) FROM integration_events
+                                               WHERE processed_at IS NULL AND status IN ('pending', 'processing')"""))
+    execs = fetch_dicts(cur, """SELECT status, count(*) AS n FROM workflow_executions
+                                 WHERE finished_at > %s AND status IN ('succeeded', 'failed') GROUP BY 1""", (since,))
+    by = {r["status"]: int(r["n"]) for r in execs}
+    finished = by.get("succeeded", 0) + by.get("failed", 0)
+    m["workflow_success_pct"] = round(100.0 * by.get("succeeded", 0) / finished, 2) if finished else None
+    d["executions_finished"] = finished
+    failed_steps = fetch_dicts(cur, """SELECT step_key, count(*) AS n FROM workflow_executions
+                                         WHERE finished_at > %s AND status = 'failed' GROUP BY 1 ORDER BY 2 DESC""",
+                               (since,))
+    delivered = int(_scalar(cur, "SELECT count(*) FROM handover_packages WHERE delivered_at > %s", (since,)))
+    m["packages_delivered_per_h"] = round(3600.0 * delivered / interval_s, 3)
+    m["packages_ready_backlog"] = int(_scalar(cur, "SELECT count(*) FROM handover_packages WHERE status = 'ready'"))
+    # Error types: what failed in the interval, by kind.
+    d["error_types"] = ({f"event {r['event_type']}": int(r["n"]) for r in failed}
+                        | {f"workflow step {r['step_key']}": int(r["n"]) for r in failed_steps})
+    tables = fetch_dicts(cur, """
+        SELECT c.relname AS table, pg_total_relation_size(c.oid) AS total_bytes,
+               coalesce(s.n_dead_tup, 0) AS dead_tuples, coalesce(s.n_live_tup, 0) AS live_tuples
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+         WHERE n.nspname = 'public' AND c.relname = ANY(%s) ORDER BY c.relname""", (MIGRATED,))
+    d["tables"] = tables
+    m["migrated_dead_tuples"] = sum(int(t["dead_tuples"]) for t in tables)
+    return m, d
+
+
+def watch_alerts(sample: dict, metrics: dict, p: dict, baseline: dict | None, previous_alerts: list[dict]) -> list:
+    """The 4.2 thresholds on the database's sample (pgmigrate_monitor.evaluate, with the 5.1
+    criteria) and on the application's figures; each alert carries how many samples in a row it
+    has been raised and whether it escalates."""
+    t = {**DEFAULT_THRESHOLDS, **{k: float(v) for k, v in p["thresholds"].items()}}
+    alerts = evaluate(sample, metrics, p["thresholds"], baseline, p["abort"], "watch")
+
+    def alert(metric: str, value, limit, message: str, critical: bool = False) -> None:
+        alerts.append({"metric": metric, "value": value, "threshold": limit, "message": message,
+                       "severity": "critical" if critical else "warning", "abort": False, "phase": "watch",
+                       "at": sample["at"]})
+
+    for check in p["app_checks"]:
+        if not check.get("ok"):
+            alert(f"app_check:{check.get('name')}", check.get("status"), check.get("expected_status"),
+                  f"application check {check.get('name')} failed: {check.get('reason')}", critical=True)
+    prom = p["prometheus"] or {}
+    for key, limit_key, label in (("p95_ms", "p95_ms", "API response time p95"),
+                                  ("error_pct", "error_rate_pct", "API error ratio")):
+        reading = prom.get(key)
+        if not isinstance(reading, dict):
+            continue
+        if reading.get("value") is None:
+            alert(f"prometheus_{key}", None, t[limit_key],
+                  f"{label} unknown: {reading.get('error') or 'the query returned nothing'} "
+                  "(never taken as healthy)")
+        elif reading["value"] > t[limit_key]:
+            alert(f"prometheus_{key}", reading["value"], t[limit_key],
+                  f"{label} {reading['value']:g} (Prometheus) is over {t[limit_key]:g}")
+    before = {a["metric"]: int(a.get("repeat", 1)) for a in previous_alerts}
+    for a in alerts:
+        a["repeat"] = before.get(a["metric"], 0) + 1
+        a["escalate"] = a["severity"] == "critical" or a["repeat"] >= p["escalate_after"]
+    return alerts
+
+
+def flatten(sample: dict, derived: dict, tables: dict, p: dict) -> dict:
+    prom = p["prometheus"] or {}
+    m = {"p95_ms": derived.get("p95_ms"), "probe_p95_ms": sample["probe"]["p95_ms"],
+         "error_rate_pct": derived.get("error_rate_pct") if derived.get("error_rate_judged") else None,
+         "error_rate_xacts": derived.get("error_rate_xacts"),
+         "event_lag_s": sample.get("event_lag_s"),
+         "pool_utilisation_pct": sample["connections"]["utilisation_pct"],
+         "connections_used": sample["connections"]["used"],
+         "database_size_mib": round(sample["database_size_bytes"] / 1048576, 2),
+         "app_checks_failed": sum(1 for c in p["app_checks"] if not c.get("ok")) if p["app_checks"] else None,
+         "app_p95_ms": (prom.get("p95_ms") or {}).get("value") if prom else None,
+         "app_error_pct": (prom.get("error_pct") or {}).get("value") if prom else None}
+    return {**m, **tables}
+
+
+def plot(path: str, title: str, unit: str, points: list[tuple[float, float]], limit: float | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3), dpi=90)
+    try:
+        if points:
+            ax.plot([x for x, _ in points], [y for _, y in points], marker="o", linewidth=1.5)
+        if limit is not None:
+            ax.axhline(limit, color="red", linestyle="--", linewidth=1, label=f"threshold {limit:g}")
+            ax.legend(loc="upper left", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("hours since phase 6")
+        ax.set_ylabel(unit)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path + ".tmp.png")
+        os.replace(path + ".tmp.png", path)
+    finally:
+        plt.close(fig)
+
+
+def write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def trend_report(p: dict, start: datetime.datetime, rows: list[dict], over: bool) -> dict:
+    """Rewrite <report_dir>/watch-<host>.md and its plots from every sample of the watch so far."""
+    base = os.path.join(p["report_dir"], f"watch-{p['host']}")
+    os.makedirs(base, mode=0o750, exist_ok=True)
+    thresholds = {**DEFAULT_THRESHOLDS, **{k: float(v) for k, v in p["thresholds"].items()}}
+    samples = [r for r in rows if r["kind"] == "sample"]
+    end = start + datetime.timedelta(hours=p["hours"])
+    out = [f"# The 48-hour watch: {p['host']}", "",
+           f"Phase 6 finished {start.isoformat()}; the watch runs until {end.isoformat()} "
+           f"({p['hours']:g} h, strategy 4.2). {len(samples)} sample(s) so far.", ""]
+    if over:
+        out += [f"**The watch is over**: {p['hours']:g} hours have passed since phase 6; no more samples are "
+                "taken.", ""]
+    alerts = [a for r in samples for a in (r["alerts"] or [])]
+    escalations = [e for r in samples for e in (r["escalations"] or [])]
+    out += [f"Alerts raised: {len(alerts)}; escalated: {len(escalations)}.", ""]
+    if alerts:
+        out += ["| at | metric | severity | repeat | escalated | message |", "|---|---|---|---:|---|---|"]
+        out += [f"| {a['at']} | {a['metric']} | {a['severity']} | {a.get('repeat', 1)} | "
+                f"{'yes' if a.get('escalate') else 'no'} | {a['message']} |" for a in alerts]
+        out.append("")
+    out += ["## Metrics", "", "| metric | latest | min | max | threshold | plot |", "|---|---:|---:|---:|---:|---|"]
+    plots = {}
+    for key, title, unit, limit_key in METRICS:
+        points = []
+        for r in samples:
+            value = (r["metrics"] or {}).get(key)
+            if value is not None:
+                hours = (datetime.datetime.fromisoformat(str(r["taken_at"])) - start).total_seconds() / 3600
+                points.append((round(hours, 4), float(value)))
+        limit = thresholds.get(limit_key) if limit_key else None
+        if not points:
+            out.append(f"| {title} | n/a | | | {'' if limit is None else f'{limit:g}'} | no data |")
+            continue
+        name = f"{key}.png"
+        if p["plots"]:
+            plot(os.path.join(base, name), f"{title} ({unit})", unit, points, limit)
+            plots[key] = os.path.join(base, name)
+        values = [y for _, y in points]
+        out.append(f"| {title} ({unit}) | {values[-1]:g} | {min(values):g} | {max(values):g} | "
+                   f"{'' if limit is None else f'{limit:g}'} | ![{key}](watch-{p['host']}/{name}) |")
+    last = samples[-1] if samples else None
+    if last:
+        types = (last["details"] or {}).get("error_types") or {}
+        out += ["", "## The latest sample", "", f"Taken {last['taken_at']}.", "",
+                "Error types in its interval: " + (", ".join(f"{k}: {v}" for k, v in types.items()) or "none") + ".",
+                "", "| table | size | live rows | dead tuples |", "|---|---:|---:|---:|"]
+        out += [f"| {t['table']} | {int(t['total_bytes']) / 1048576:.2f} MiB | {t['live_tuples']} | "
+                f"{t['dead_tuples']} |" for t in (last["details"] or {}).get("tables", [])]
+        checks = (last["details"] or {}).get("app_checks") or []
+        if checks:
+            out += ["", "Application checks: " + "; ".join(
+                f"{c.get('name')} {'ok' if c.get('ok') else 'FAILED: ' + str(c.get('reason'))}" for c in checks) + "."]
+    md = os.path.join(p["report_dir"], f"watch-{p['host']}.md")
+    write(md, "\n".join(out) + "\n")
+    data = os.path.join(p["report_dir"], f"watch-{p['host']}.json")
+    write(data, json.dumps(json_safe({"host": p["host"], "phase6_finished_at": start, "hours": p["hours"],
+                                      "over": over, "samples": rows}), indent=2, default=str) + "\n")
+    return {"md": md, "json": data, "plots": plots}
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            report_dir=dict(type="path", required=True),
+            host=dict(type="str", required=True),
+            run_id=dict(type="str", required=True),
+            hours=dict(type="float", default=48),
+            escalate_after=dict(type="int", default=2),
+            thresholds=dict(type="dict", default={}),
+            abort=dict(type="dict", default={}),
+            probe_sql=dict(type="str"),
+            probe_runs=dict(type="int", default=10),
+            watch_sql=dict(type="path", required=True),
+            app_checks=dict(type="list", elements="dict", default=[]),
+            prometheus=dict(type="dict", default={}),
+            plots=dict(type="bool", default=True),
+            **CONNECTION_ARGS,
+            **LOCK_ARGS,
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    if p["hours"] <= 0 or p["escalate_after"] < 1 or p["probe_runs"] < 1:
+        module.fail_json(msg="watch_hours must be positive, watch_escalate_after and probe_runs at least 1")
+    try:
+        result = run(module)
+    except MigrationError as exc:
+        module.fail_json(msg=str(exc))
+    except OSError as exc:
+        module.fail_json(msg=f"cannot write the trend report under {p['report_dir']}: {exc.strerror or exc} "
+                             "(check migration_report_dir)")
+    module.exit_json(**result)
+
+
+def run(module: AnsibleModule) -> dict:
+    p = module.params
+    conn = connect(p, "pgmigrate-watch")
+    try:
+        conn.autocommit = True  # reads never count as rollbacks; writes are single statements
+        state = ledger_state(conn) if ledger_exists(conn) else {}
+        applied = applied_phases(state)
+        if "6" not in applied:
+            raise MigrationError(
+                f"the watch starts once phase 6 is applied; this database's ledger says applied: "
+                f"{', '.join(applied) or 'none'}. Run playbooks/migrate.yml -e phase=all first. Nothing was changed.")
+        start = datetime.datetime.fromisoformat(str(state["6"]["finished_at"]))
+        with conn.cursor() as cur:
+            cur.execute("SELECT clock_timestamp()")
+            now = cur.fetchone()[0]
+            over = now >= start + datetime.timedelta(hours=p["hours"])
+            exists = bool(_scalar(cur, "SELECT to_regclass(%s) IS NOT NULL", (TABLE,)))
+            rows = fetch_dicts(cur, f"SELECT * FROM {TABLE} WHERE taken_at >= %s ORDER BY id", (start,)) \
+                if exists else []
+            result: dict = {"changed": False, "over": over, "phase6_finished_at": str(start), "alerts": [],
+                            "escalations": [], "announce_over": False, "created_table": False}
+            if over:
+                if not any(r["kind"] == "over" for r in rows) and not module.check_mode:
+                    if not exists:
+                        with open(p["watch_sql"], encoding="utf-8") as handle:
+                            cur.execute(handle.read())
+                        result["created_table"] = True
+                    cur.execute(f"INSERT INTO {TABLE} (kind, run_id) VALUES ('over', %s) RETURNING *",
+                                (p["run_id"],))
+                    rows.append(fetch_row(cur))
+                    result.update(changed=True, announce_over=True)
+                result["summary"] = (f"the watch is over: {p['hours']:g} h have passed since phase 6 finished "
+                                     f"({start.isoformat()}); no sample taken")
+            else:
+                previous = next((r for r in reversed(rows) if r["kind"] == "sample"), None)
+                sample = take_sample(conn, p["probe_sql"] or DEFAULT_PROBE_SQL, p["probe_runs"], 5000)
+                prev_counters = (previous or {}).get("counters") or None
+                derived = derive(sample, prev_counters, float({**DEFAULT_THRESHOLDS, **p["thresholds"]}
+                                                              ["error_rate_min_xacts"]))
+                since = str(previous["taken_at"]) if previous else str(start)
+                tables_m, details = table_figures(cur, since)
+                metrics = flatten(sample, derived, tables_m, p)
+                baseline = ((state.get("1") or {}).get("details") or {}).get("monitoring", {}).get("baseline")
+                alerts = watch_alerts(sample, derived, p, baseline, (previous or {}).get("alerts") or [])
+                escalations = [a for a in alerts if a["escalate"]]
+                details.update(sample=public_sample(sample), app_checks=p["app_checks"], prometheus=p["prometheus"])
+                counters = {"xacts": sample["xacts"], "_statements": sample.get("_statements")}
+                result.update(metrics=metrics, details=json_safe(details), alerts=alerts, escalations=escalations)
+                if not module.check_mode:
+                    if not exists:
+                        with open(p["watch_sql"], encoding="utf-8") as handle:
+                            cur.execute(handle.read())
+                        result["created_table"] = True
+                    cur.execute(
+                        f"""INSERT INTO {TABLE} (run_id, metrics, details, alerts, escalations, counters)
+                            VALUES (%s, %s, %s, %s, %s, %s) RETURNING *""",
+                        (p["run_id"], json.dumps(json_safe(metrics)), json.dumps(json_safe(details)),
+                         json.dumps(json_safe(alerts)), json.dumps(json_safe(escalations)),
+                         json.dumps(json_safe(counters))))
+                    rows.append(fetch_row(cur))
+                    result["changed"] = True
+                hours_in = (now - start).total_seconds() / 3600
+                result["summary"] = (
+                    f"watch sample {sum(1 for r in rows if r['kind'] == 'sample')} at {hours_in:.1f} h of "
+                    f"{p['hours']:g} h: " + ", ".join(f"{k} {v:g}" for k, v in metrics.items()
+                                                      if isinstance(v, (int, float)) and k in PLOTTED)
+                    + f"; {len(alerts)} alert(s), {len(escalations)} escalated")
+    finally:
+        conn.close()
+    if not module.check_mode:
+        result["report"] = trend_report(p, start, json_safe(rows), over)
+    return json_safe(result)
+
+
+def fetch_row(cur) -> dict:
+    names = [c.name for c in cur.description]
+    return dict(zip(names, cur.fetchone(), strict=True))
+
+
+if __name__ == "__main__":
+    main()
