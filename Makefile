@@ -90,6 +90,14 @@ BENCH_SCALE_ARGS ?=
 bench-scale: venv postgres
 	$(BIN)/python tools/bench/scale.py $(BENCH_SCALE_ARGS)
 
+# What the transition's sync costs today's application's writes (issue 12): the same open-loop
+# write mix with the sync and after complete.yml removed it, p50/p99 and the difference.
+BENCH_SYNC_ARGS ?=
+.PHONY: bench-sync
+bench: bench-sync
+bench-sync: venv postgres
+	$(BIN)/python tools/bench/sync_cost.py $(BENCH_SYNC_ARGS)
+
 # The fleet figure: 8 databases of 10,000 clients, migrated with --forks 1 and --forks 4.
 bench-fleet: venv postgres
 	$(BIN)/python tools/bench/fleet.py $(BENCH_FLEET_ARGS)

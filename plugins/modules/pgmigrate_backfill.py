@@ -20,12 +20,17 @@ description:
     shared by several modules were resolved, and returns the start of the integration-event
     window (the server's now() minus I(event_window_days)), fixed once for the run.
   - C(bounds) (read-only) does the same without running the plan file.
+  - C(plan) first fixes the event window and runs I(setup_files) (the linkage rule and the
+    transition's sync) in one short transaction of their own, so the sync is in place before
+    the plan's snapshot is taken and nothing the application does waits for the plan.
   - C(run) applies one chunk (pages I(lo) to I(hi), I(hi) excluded) with the batch SQL file,
-    batch by batch, adapting the batch to take about I(target_batch_ms).
+    batch by batch, adapting the batch to take about I(target_batch_ms). A batch never waits for
+    a row lock (SKIP LOCKED); the pages of rows it skipped are linked again in later passes.
 options:
   action: {type: str, required: true, choices: [plan, bounds, run]}
   plan_table: {type: str, default: migration_ledger.phase3_override_plan}
   plan_file: {type: path}
+  setup_files: {type: list, elements: path, default: [], description: run before the plan, one transaction}
   batch_file: {type: path}
   chunk_rows: {type: int, default: 100000}
   event_window_days: {type: int, default: 7}
@@ -64,8 +69,10 @@ from ansible.module_utils.pgmigrate import (
     LEDGER_SCHEMA,
     LOCK_ARGS,
     MigrationError,
+    backoff_delays,
     connect,
     json_safe,
+    render,
     split_statements,
     with_lock_retry,
 )
@@ -79,16 +86,35 @@ STATS = ("planned", "ambiguous", "ambiguous_resolved_by_installation",
          "ambiguous_resolved_by_oldest_listing", "with_installation")
 
 
-def run_plan(conn, plan_file: str, lock: dict) -> int:
+def run_plan(conn, plan_file: str, lock: dict, setup_files: list[str], since: str) -> int:
+    """The setup files (rule and sync) in one short transaction, then the plan in its own."""
+    retries = 0
+    setup = []
+    for path in setup_files:
+        with open(path, encoding="utf-8") as handle:
+            setup.append(render(handle.read(), {"events_since": since}))
     with open(plan_file, encoding="utf-8") as handle:
-        sql = handle.read()
+        plan_sql = handle.read()
+    for sqls in (setup, [plan_sql]):
+        if not sqls:
+            continue
 
-    def work(cur):
-        cur.execute(sql)
-        return 0
+        def work(cur, sqls=sqls):
+            for sql in sqls:
+                cur.execute(sql)
+            return 0
 
-    _, retries = with_lock_retry(conn, work, lock, transactional=True)
+        _, tries = with_lock_retry(conn, work, lock, transactional=True, sql="\n".join(sqls))
+        retries += tries
     return retries
+
+
+def window_start(conn, window_days: int) -> str:
+    with conn.cursor() as cur:
+        cur.execute("SELECT (now() - make_interval(days => %s))::text", (window_days,))
+        since = cur.fetchone()[0]
+    conn.rollback()
+    return since
 
 
 def rolled_back_window(conn) -> str | None:
@@ -120,9 +146,8 @@ def bounds(conn, plan: str, chunk_rows: int, window_days: int) -> dict:
               FROM {plan}
              GROUP BY 1 ORDER BY 1""")
         pages = cur.fetchall()
-        cur.execute("SELECT (now() - make_interval(days => %s))::text", (window_days,))
-        since = cur.fetchone()[0]
     conn.rollback()
+    since = window_start(conn, window_days)
     stats = dict.fromkeys(STATS, 0)
     chunks: list[dict] = []
     current: dict | None = None
@@ -168,30 +193,70 @@ def link_range(conn, p: dict, lock: dict, lo: int, hi: int, per_page: float, sto
     min_pages = max(1, int(p["min_batch_size"] / per_page))
     sizer = BatchSizer(max(1, round(p["batch_size"] / per_page)), min_pages,
                        max(min_pages, int(p["max_batch_size"] / per_page)), p["target_batch_ms"])
-    done = {"rows": 0, "restated": 0, "batches": 0, "lock_retries": 0, "durations": []}
-    page = lo
-    while page < hi and not stop.is_set():
+    done = {"rows": 0, "restated": 0, "batches": 0, "lock_retries": 0, "durations": [],
+            "skipped": 0, "passes": 1}
+
+    def batch(first: int, end: int) -> tuple[int, float, int] | None:
+        """One batch, or None when it reached its target and was rolled back."""
         share = throttle.wait()
-        end = min(hi, page + sizer.size)
         t0 = time.monotonic()
         try:
-            (rows, fixed), tries = link_batch(conn, lock, page, end, sizer.cap_ms())
+            (rows, fixed, skipped), tries = link_batch(conn, lock, first, end, sizer.cap_ms())
         except BatchCut:
             sizer.was_cut()  # rolled back: the same pages again, in a quarter of the size
-            continue
+            return None
         elapsed = max(time.monotonic() - t0, 1e-4)
         done["durations"].append(elapsed)
         done["rows"] += rows
         done["restated"] += fixed
         done["batches"] += 1
         done["lock_retries"] += tries
-        page = end
         sizer.done(elapsed, bool(tries), share)
+        return skipped, elapsed, tries
+
+    # Pages holding rows a batch skipped (another transaction held their lock): linked again
+    # in later passes, after a pause with backoff, as a lock timeout is retried.
+    revisit: list[tuple[int, int]] = []
+    page = lo
+    while page < hi and not stop.is_set():
+        end = min(hi, page + sizer.size)
+        result = batch(page, end)
+        if result is None:
+            continue
+        if result[0]:
+            done["skipped"] += result[0]
+            revisit.append((page, end))
+        page = end
+    delays = backoff_delays(lock["backoff_initial_ms"], lock["backoff_max_ms"])
+    while revisit and not stop.is_set():
+        if done["passes"] > lock["lock_attempts"]:
+            raise MigrationError(
+                f"{len(revisit)} page range(s) still hold overrides locked by another "
+                f"transaction after {done['passes']} passes: a long transaction holds them; find it "
+                "in pg_stat_activity (client_app_overrides), or raise migration_lock_attempts")
+        time.sleep(next(delays))
+        done["passes"] += 1
+        revisit = [r for r in revisit if revisit_pages(batch, *r)]
     done.update(cut=sizer.cut, over_target=sizer.over_target)
     return done
 
 
-def link_batch(conn, lock: dict, page: int, end: int, cap_ms: float | None) -> tuple[tuple[int, int], int]:
+def revisit_pages(batch, first: int, end: int) -> bool:
+    """A later pass over pages that held skipped rows: True while some are still skipped. A
+    revisited range may be larger than the batch target allows: cut, it is walked in pieces."""
+    step = end - first
+    page, skipped = first, False
+    while page < end:
+        result = batch(page, min(end, page + step))
+        if result is None:
+            step = max(1, step // 4)
+            continue
+        skipped = skipped or bool(result[0])
+        page = min(end, page + step)
+    return skipped
+
+
+def link_batch(conn, lock: dict, page: int, end: int, cap_ms: float | None) -> tuple[tuple[int, ...], int]:
     """One batch: the plan's pages [page, end), one statement in one round trip, capped at
     cap_ms (pgmigrate_throttle.run_capped)."""
     row, tries = run_capped(conn, "EXECUTE pgmigrate_link_batch(%s, %s)", (f"({page},0)", f"({end},0)"),
@@ -234,6 +299,8 @@ def run_chunk(p: dict, lock: dict) -> dict:
             "lock_retries": sum(r["lock_retries"] for r in results),
             "batches_cut": sum(r["cut"] for r in results),
             "batches_over_target": sum(r["over_target"] for r in results),
+            "skipped": sum(r["skipped"] for r in results),
+            "passes": max(r["passes"] for r in results),
             "throttle": throttled, "workers": workers, "seconds": round(seconds, 3),
             "batch_ms_p50": round(1000 * durations[len(durations) // 2], 1) if durations else 0,
             "slowest_batch_ms": round(1000 * durations[-1], 1) if durations else 0,
@@ -246,6 +313,7 @@ def main():
             action=dict(type="str", required=True, choices=["plan", "bounds", "run"]),
             plan_table=dict(type="str", default="migration_ledger.phase3_override_plan"),
             plan_file=dict(type="path"),
+            setup_files=dict(type="list", elements="path", default=[]),
             batch_file=dict(type="path"),
             chunk_rows=dict(type="int", default=100000),
             event_window_days=dict(type="int", default=7),
@@ -294,10 +362,13 @@ def main():
             module.exit_json(changed=result["rows"] > 0, **result)
         conn = connect(p, "pgmigrate-backfill")
         try:
-            retries = run_plan(conn, p["plan_file"], lock) if p["action"] == "plan" else 0
+            # The window first: the sync (a setup file) gives the events of the same window.
+            since = (rolled_back_window(conn) if p["reuse_rolled_back_window"] else None) \
+                or window_start(conn, p["event_window_days"])
+            retries = (run_plan(conn, p["plan_file"], lock, p["setup_files"], since)
+                       if p["action"] == "plan" else 0)
             result = bounds(conn, p["plan_table"], p["chunk_rows"], p["event_window_days"])
-            if p["reuse_rolled_back_window"]:
-                result["events_since"] = rolled_back_window(conn) or result["events_since"]
+            result["events_since"] = since
         finally:
             conn.close()
     except MigrationError as exc:

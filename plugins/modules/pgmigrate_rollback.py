@@ -7,7 +7,10 @@
 #     transaction (SQL and ledger records: all or nothing), except where a phase has batches
 #     (files/sql/phaseN/revert/batches/*.sql, e.g. phase 3 resetting overrides): those run first,
 #     each batch in its own short transaction, because one long transaction would hold row locks
-#     on live rows for its whole length.
+#     on live rows for its whole length. Before the batches, files/sql/phaseN/revert/first/*.sql
+#     run, each in a short transaction of its own (phase 3: remove the transition's sync, so
+#     nothing derives the overrides again while the batches put them back); when the batches are
+#     not run (phase 2 rolled back too), they open the phase's transaction instead.
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -93,6 +96,10 @@ def phase_key(phase: str) -> int:
 
 def revert_files(root: str, phase: str) -> list[str]:
     return sorted(glob.glob(os.path.join(root, f"phase{phase}", "revert", "*.sql")))
+
+
+def first_files(root: str, phase: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(root, f"phase{phase}", "revert", "first", "*.sql")))
 
 
 def batch_files(root: str, phase: str) -> list[str]:
@@ -185,7 +192,8 @@ def do_plan(module, conn) -> dict:
                     "CASCADE: drop or change those objects first (the migration did not create "
                     "them), then rerun. Nothing was changed.", blockers=blockers, **result)
     result["files"] = {t: [os.path.relpath(f, p["sql_root"])
-                           for f in batch_files(p["sql_root"], t) + revert_files(p["sql_root"], t)]
+                           for f in first_files(p["sql_root"], t) + batch_files(p["sql_root"], t)
+                           + revert_files(p["sql_root"], t)]
                        for t in targets}
     return result
 
@@ -243,6 +251,17 @@ def relation_exists(conn, name: str) -> bool:
         found = cur.fetchone()[0]
     conn.rollback()
     return found
+
+
+def run_first(conn, path: str, lock: dict) -> int:
+    """A first/ file, in one short transaction under lock_timeout, retried; returns retries."""
+    with open(path, encoding="utf-8") as handle:
+        sql = handle.read()
+
+    def work(cur):
+        cur.execute(sql)
+
+    return with_lock_retry(conn, work, lock, transactional=True, sql=sql)[1]
 
 
 def run_batches(conn, path: str, p: dict, lock: dict) -> dict:
@@ -378,8 +397,10 @@ def do_run(module, conn) -> dict:
     phase2_follows = "2" in phases
     p["sql_params"] = {"phase2_follows": "true" if phase2_follows else "false"}
     batches = {ph: ([] if phase2_follows else batch_files(root, ph)) for ph in phases}
-    files = {ph: revert_files(root, ph) for ph in phases}
-    recorded = {ph: batches[ph] + files[ph] for ph in phases}
+    # first/ files: on their own before the batches, or at the head of the phase's transaction.
+    firsts = {ph: (first_files(root, ph) if batches[ph] else []) for ph in phases}
+    files = {ph: ([] if batches[ph] else first_files(root, ph)) + revert_files(root, ph) for ph in phases}
+    recorded = {ph: firsts[ph] + batches[ph] + files[ph] for ph in phases}
     if module.check_mode:
         return {"changed": bool(phases), "phases": phases,
                 "msg": f"would roll back phase(s) {', '.join(phases) or 'none'}"}
@@ -414,9 +435,15 @@ def do_run(module, conn) -> dict:
     current: dict = {"file": None}
     for group in groups:
         try:
+            for path in firsts[group[0]]:
+                current["file"] = path
+                run_first(conn, path, lock)
             for path in batches[group[0]]:
                 current["file"] = path
-                extra[group[0]]["batches"] = run_batches(conn, path, p, lock)
+                # Several batch files (phase 3: the sync's overrides, then the plan's): summed.
+                got, sums = run_batches(conn, path, p, lock), extra[group[0]].setdefault("batches", {})
+                for key, value in got.items():
+                    sums[key] = (sums.get(key, 0) + value) if isinstance(value, (int, float)) else value
             current["file"] = None
             out, tries = run_group(conn, group, p, files, ids, extra, lock, current)
         except Exception as exc:  # noqa: BLE001 - psycopg2 errors and MigrationError alike

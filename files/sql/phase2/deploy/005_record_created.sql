@@ -18,7 +18,7 @@ SELECT 'column', 'client_app_overrides.' || c, '2'
                       AND a.attname = c AND NOT a.attisdropped)
 UNION ALL
 SELECT 'index', i, '2'
-  FROM unnest(ARRAY['idx_cao_marketplace_module', 'idx_cao_installation']) AS i
+  FROM unnest(ARRAY['idx_cao_marketplace_module', 'idx_cao_installation', 'idx_mm_name']) AS i
  WHERE to_regclass(i) IS NULL
 UNION ALL
 SELECT 'record', 'phase 2', '2'

@@ -7,3 +7,8 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_cao_marketplace_module
 
 CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_cao_installation
     ON client_app_overrides (installation_id);
+
+-- The transition's sync (phase 3, docs/transition.md) looks the application's app_name up
+-- among the listings on every override it derives.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS idx_mm_name
+    ON marketplace_modules (name);

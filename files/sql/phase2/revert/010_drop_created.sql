@@ -26,7 +26,7 @@ BEGIN
             dropped := dropped || item;
         END IF;
     END LOOP;
-    FOREACH item IN ARRAY ARRAY['idx_cao_marketplace_module', 'idx_cao_installation'] LOOP
+    FOREACH item IN ARRAY ARRAY['idx_cao_marketplace_module', 'idx_cao_installation', 'idx_mm_name'] LOOP
         IF to_regclass(item) IS NOT NULL AND (legacy OR EXISTS (
                 SELECT 1 FROM migration_ledger.created_objects
                  WHERE kind = 'index' AND name = item)) THEN

@@ -2,9 +2,9 @@
 -- The batched backfill (020) then applies it in short transactions; the plan also records the
 -- values each override held before, so a rollback restores exactly those.
 --
--- Which module, when names repeat: among the marketplace modules named like the override's
--- app_name, prefer one the override's client has installed (its newest installation); otherwise
--- the oldest listing (created_at, then id). chosen_by records which rule decided.
+-- Which module, when names repeat: the rule of 005 (migration_ledger.phase3_linkage), the one
+-- the transition's sync (007) applies to the application's writes. chosen_by records which
+-- part of it decided.
 -- Rerunnable: overrides already planned keep their plan (and their recorded old values).
 --
 -- planned_ctid is where the override was when it was planned: the plan is laid out in the
@@ -18,6 +18,8 @@
 -- the memory to run without spilling to disk.
 SET LOCAL work_mem = '256MB';
 SET LOCAL maintenance_work_mem = '256MB';
+-- The rule's per-override probes are cheap; compiling them (JIT) is not.
+SET LOCAL jit = off;
 
 CREATE TABLE IF NOT EXISTS migration_ledger.phase3_override_plan (
     override_id          uuid NOT NULL,
@@ -38,29 +40,28 @@ UPDATE migration_ledger.phase3_override_plan AS p
   FROM client_app_overrides AS cao
  WHERE p.planned_ctid IS NULL AND cao.id = p.override_id;
 
--- One row per override: within this statement's snapshot an override's ctid identifies it, and
--- ordering by it writes the plan in the table's physical order.
+-- One row per override whose name is listed, by the rule (005, phase3_linkage: inlined, so
+-- this stays one statement the planner runs as a nested loop over index probes). Ordering by
+-- ctid writes the plan in the table's physical order. An override the transition's sync has
+-- already linked (007, opened before this) is left to it: its record is in
+-- phase3_override_sync, and the backfill must not write it again.
 INSERT INTO migration_ledger.phase3_override_plan
-SELECT DISTINCT ON (cao.ctid)
-       cao.id,
-       mm.id,
-       mi.id,
-       CASE WHEN cao.enabled THEN 'active' ELSE 'inactive' END,
+SELECT cao.id,
+       l.module_id,
+       l.installation_id,
+       l.activation_status,
        cao.marketplace_module_id,
        cao.installation_id,
        cao.activation_status,
-       n.candidates,
-       CASE WHEN n.candidates = 1 THEN 'unique'
-            WHEN mi.id IS NOT NULL THEN 'installed'
-            ELSE 'oldest_listing' END,
+       l.candidates,
+       l.chosen_by,
        cao.ctid
 FROM client_app_overrides cao
-JOIN marketplace_modules mm ON mm.name = cao.app_name
-JOIN (SELECT name, count(*)::integer AS candidates FROM marketplace_modules GROUP BY name) n
-  ON n.name = cao.app_name
-LEFT JOIN module_installations mi ON mi.module_id = mm.id AND mi.tenant_id = cao.client_id
-WHERE NOT EXISTS (SELECT 1 FROM migration_ledger.phase3_override_plan p WHERE p.override_id = cao.id)
-ORDER BY cao.ctid, (mi.id IS NULL), mm.created_at, mm.id, mi.installed_at DESC, mi.id;
+CROSS JOIN LATERAL migration_ledger.phase3_linkage(cao.client_id, cao.app_name, cao.enabled) AS l
+WHERE l.module_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM migration_ledger.phase3_override_plan p WHERE p.override_id = cao.id)
+  AND NOT EXISTS (SELECT 1 FROM migration_ledger.phase3_override_sync s WHERE s.override_id = cao.id)
+ORDER BY cao.ctid;
 
 -- The plan's key (a rerun's NOT EXISTS above, the rollback's joins) and the backfill's range
 -- index. The table is the migration's own, new in this transaction when they are built, and

@@ -43,11 +43,32 @@ SELECT 'linkage.installation_matches', count(*) = 0, count(*)::text, '0'
   FROM client_app_overrides cao JOIN module_installations mi ON mi.id = cao.installation_id
  WHERE mi.tenant_id <> cao.client_id OR mi.module_id <> cao.marketplace_module_id;
 
--- Every override that existed at phase 3 and whose app is in the marketplace is linked.
+-- Every override whose app is in the marketplace is linked: those phase 3 planned, and those
+-- the application wrote since (the transition's sync linked them).
 SELECT 'linkage.complete', count(*) = 0, count(*)::text, '0'
   FROM client_app_overrides cao
-  JOIN migration_ledger.phase3_override_plan p ON p.override_id = cao.id
- WHERE cao.marketplace_module_id IS NULL;
+ WHERE cao.marketplace_module_id IS NULL
+   AND EXISTS (SELECT 1 FROM marketplace_modules mm WHERE mm.name = cao.app_name);
+
+-- While the transition is open (phase 3 to playbooks/complete.yml), its sync is in place: the
+-- three triggers, enabled, and their functions SECURITY DEFINER with a fixed search_path.
+SELECT 'transition.sync_in_place',
+       NOT t.open OR (x.triggers = 3 AND x.functions = 4),
+       CASE WHEN t.open THEN 'open: ' || x.triggers || ' triggers, ' || x.functions || ' functions'
+            ELSE 'closed (cutover done)' END,
+       'open: 3 triggers, 4 functions (or closed)'
+  FROM (SELECT EXISTS (SELECT 1 FROM migration_ledger.transition
+                        WHERE completed_at IS NULL AND rolled_back_at IS NULL) AS open) AS t,
+       (SELECT (SELECT count(*) FROM pg_trigger tg
+                 WHERE NOT tg.tgisinternal AND tg.tgenabled IN ('O', 'A')
+                   AND (tg.tgrelid, tg.tgname) IN (('client_app_overrides'::regclass, 'pgmigrate_transition_override'),
+                                                   ('module_installations'::regclass, 'pgmigrate_transition_installation'),
+                                                   ('marketplace_modules'::regclass, 'pgmigrate_transition_listing'))) AS triggers,
+               (SELECT count(*) FROM pg_proc pr
+                 WHERE pr.pronamespace = 'migration_ledger'::regnamespace AND pr.prosecdef
+                   AND pr.proconfig IS NOT NULL
+                   AND pr.proname IN ('transition_sync_override', 'transition_sync_installation',
+                                      'transition_sync_listing', 'transition_relink')) AS functions) AS x;
 
 SELECT 'linkage.activation_status', count(*) = 0, count(*)::text, '0'
   FROM client_app_overrides cao

@@ -1,0 +1,18 @@
+-- Remove the transition's sync (phase 3's 005 and 007): its triggers, then its functions and
+-- the linkage rule. Run by playbooks/complete.yml at the cutover, and by the rollback of phase 3
+-- at the head of its last transaction (before it puts back what is left): revert/first/ has
+-- already closed the transition, so the sync has written nothing since the batches began.
+-- DROP TRIGGER takes an ACCESS EXCLUSIVE lock on each table for an instant, under the runner's
+-- lock_timeout; it waits for the application's open transactions on those tables, whose writes
+-- the statements after it then see. Idempotent: after the cutover a rollback finds nothing to
+-- drop and still puts back what the sync wrote (its record, phase3_override_sync, stays).
+DROP TRIGGER IF EXISTS pgmigrate_transition_override ON client_app_overrides;
+DROP TRIGGER IF EXISTS pgmigrate_transition_installation ON module_installations;
+DROP TRIGGER IF EXISTS pgmigrate_transition_listing ON marketplace_modules;
+DROP FUNCTION IF EXISTS migration_ledger.transition_sync_override();
+DROP FUNCTION IF EXISTS migration_ledger.transition_sync_installation();
+DROP FUNCTION IF EXISTS migration_ledger.transition_sync_listing();
+DROP FUNCTION IF EXISTS migration_ledger.transition_relink(uuid, text[]);
+DROP FUNCTION IF EXISTS migration_ledger.transition_open();
+DROP FUNCTION IF EXISTS migration_ledger.phase3_linkage(uuid, text, boolean);
+DROP FUNCTION IF EXISTS migration_ledger.phase3_installed_event(uuid, uuid, uuid, timestamptz, text);

@@ -1,0 +1,15 @@
+-- Read-only: the latest transition (status.yml, complete.yml) and whether its sync is in
+-- place. No row when phase 3 never opened one.
+SELECT t.id, t.opened_at, t.events_since, t.completed_at, t.completed_by, t.rolled_back_at,
+       CASE WHEN t.completed_at IS NOT NULL THEN 'completed'
+            WHEN t.rolled_back_at IS NOT NULL THEN 'rolled back'
+            ELSE 'open' END AS state,
+       (SELECT count(*) FROM pg_trigger tg
+         WHERE NOT tg.tgisinternal AND tg.tgname LIKE 'pgmigrate\_transition\_%') AS triggers,
+       (SELECT count(*) FROM pg_proc p
+         WHERE p.pronamespace = 'migration_ledger'::regnamespace
+           AND (p.proname LIKE 'transition\_%' OR p.proname LIKE 'phase3\_%')) AS functions,
+       (SELECT count(*) FROM migration_ledger.phase3_override_sync) AS overrides_synced
+  FROM migration_ledger.transition t
+ ORDER BY t.id DESC
+ LIMIT 1;

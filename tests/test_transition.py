@@ -1,0 +1,363 @@
+"""The transition (issue 12, docs/transition.md): from phase 3 until complete.yml, today's
+application's writes keep the new columns and tables consistent, by phase 3's own rule.
+
+Real clusters, real playbooks, real concurrent sessions. Today's application is pgbench running
+tools/bench/pgbench/old_app_*.sql, or sessions doing exactly what those do (read, flip
+`enabled`, insert an installation, insert an override; never the new columns). The check of
+consistency is tools/check_transition.sql, written apart from the migration's rule.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TEMPLATE_SCALE
+from helpers import clone_database, connect, drop_database, playbook_output, query, run_playbook
+from transition_helpers import SYNC_TRIGGERS, OldApplication, inconsistent, sync_leftovers
+
+MIGRATE = "playbooks/migrate.yml"
+ROLLBACK = "playbooks/rollback.yml"
+COMPLETE = "playbooks/complete.yml"
+STATUS = "playbooks/status.yml"
+
+
+def dirs(tmp_path: Path) -> dict[str, str]:
+    return {"migration_backup_dir": str(tmp_path / "backups"),
+            "migration_report_dir": str(tmp_path / "reports")}
+
+
+def run(playbook: str, db: dict[str, Any], tmp_path: Path, check: bool = False, **extra: Any) -> Any:
+    result = run_playbook(playbook, db, {**dirs(tmp_path), **extra}, check=check)
+    assert result.returncode == 0, playbook_output(result)
+    return result
+
+
+def scalar(db: dict[str, Any], sql: str, args: Any = None) -> Any:
+    return query(db, sql, args)[0][0]
+
+
+def linkage(db: dict[str, Any], override_id: str) -> tuple[Any, ...]:
+    return query(db, """SELECT marketplace_module_id::text, installation_id::text, activation_status
+                          FROM client_app_overrides WHERE id = %s""", (override_id,))[0]
+
+
+def phase3_details(db: dict[str, Any]) -> dict[str, Any]:
+    return scalar(db, """SELECT details FROM migration_ledger.history WHERE phase = '3'
+                          AND direction = 'apply' AND status = 'succeeded' ORDER BY id DESC LIMIT 1""")
+
+
+@pytest.fixture(scope="module")
+def at_phase2(pg_cluster: dict[str, Any], template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A database with phases 1 and 2 applied, cloned by the tests that run phase 3."""
+    base = {**pg_cluster, "dbname": template_db}
+    staged = clone_database(base, f"transition_p2_{uuid.uuid4().hex[:8]}")
+    tmp = tmp_path_factory.mktemp("at_phase2")
+    try:
+        run(MIGRATE, staged, tmp, phase="1")
+        run(MIGRATE, staged, tmp, phase="2")
+        yield staged
+    finally:
+        drop_database(staged)
+
+
+@pytest.fixture
+def phase2_db(at_phase2: dict[str, Any]) -> Any:
+    db = clone_database(at_phase2, f"test_{uuid.uuid4().hex[:12]}")
+    try:
+        yield db
+    finally:
+        drop_database(db)
+
+
+# --- the sync on a quiet database, write by write ------------------------------------------
+
+@pytest.fixture
+def migrated(fresh_db: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    run(MIGRATE, fresh_db, tmp_path, phase="all")
+    return fresh_db
+
+
+def test_old_application_writes_stay_consistent(migrated: dict[str, Any]) -> None:
+    db = migrated
+    conn = connect(db)
+    conn.autocommit = True
+    cur = conn.cursor()
+    # An override for a module the client has installed: linked to that installation, active.
+    cur.execute("""SELECT mi.tenant_id::text, mm.name, mi.id::text, mm.id::text
+                     FROM module_installations mi JOIN marketplace_modules mm ON mm.id = mi.module_id
+                    WHERE mm.name <> 'analytics' ORDER BY mi.id LIMIT 1""")
+    tenant, name, installation, module = cur.fetchone()
+    cur.execute("""INSERT INTO client_app_overrides (client_id, app_name, enabled)
+                   VALUES (%s, %s, true) RETURNING id::text""", (tenant, name))
+    new_override = cur.fetchone()[0]
+    assert linkage(db, new_override)[2] == "active"
+    assert linkage(db, new_override)[0] == module
+    # the newest installation of the module wins (phase 3's rule); the client may have several
+    newest = scalar(db, """SELECT id::text FROM module_installations WHERE tenant_id = %s AND module_id = %s
+                            ORDER BY installed_at DESC, id LIMIT 1""", (tenant, module))
+    assert linkage(db, new_override)[1] == newest
+    # Flipping enabled: the status follows, both ways.
+    cur.execute("UPDATE client_app_overrides SET enabled = false WHERE id = %s", (new_override,))
+    assert linkage(db, new_override)[2] == "inactive"
+    cur.execute("UPDATE client_app_overrides SET enabled = true WHERE id = %s", (new_override,))
+    assert linkage(db, new_override)[2] == "active"
+    # An override of an unknown app: pending, unlinked.
+    cur.execute("""INSERT INTO client_app_overrides (client_id, app_name) VALUES (%s, 'nobody_lists_this')
+                   RETURNING id::text""", (tenant,))
+    unknown = cur.fetchone()[0]
+    assert linkage(db, unknown) == (None, None, "pending")
+    # A new installation links the client's overrides of that name and gets one event.
+    cur.execute("""SELECT o.id::text, o.client_id::text, mm.id::text FROM client_app_overrides o
+                     JOIN marketplace_modules mm ON mm.name = o.app_name
+                    WHERE o.installation_id IS NULL AND o.app_name <> 'analytics' ORDER BY o.id LIMIT 1""")
+    plain, plain_client, plain_module = cur.fetchone()
+    cur.execute("""INSERT INTO module_installations (module_id, tenant_id) VALUES (%s, %s)
+                   RETURNING id::text""", (plain_module, plain_client))
+    fresh_installation = cur.fetchone()[0]
+    assert linkage(db, plain)[1] == fresh_installation
+    assert scalar(db, """SELECT count(*) FROM integration_events
+                          WHERE correlation_id = %s AND event_type = 'module_installed'""",
+                  (fresh_installation,)) == 1
+    assert scalar(db, """SELECT count(*) FROM migration_ledger.phase3_inserted
+                          WHERE table_name = 'integration_events'
+                            AND row_id = (SELECT id FROM integration_events WHERE correlation_id = %s)""",
+                  (fresh_installation,)) == 1
+    # The name listed twice: installing the newer listing makes it win for that client.
+    cur.execute("""SELECT o.id::text, o.client_id::text FROM client_app_overrides o
+                    WHERE o.app_name = 'analytics' AND o.installation_id IS NULL ORDER BY o.id LIMIT 1""")
+    dup_override, dup_client = cur.fetchone()
+    newer = scalar(db, """SELECT id::text FROM marketplace_modules WHERE name = 'analytics'
+                           ORDER BY created_at DESC LIMIT 1""")
+    cur.execute("INSERT INTO module_installations (module_id, tenant_id) VALUES (%s, %s) RETURNING id::text",
+                (newer, dup_client))
+    dup_installation = cur.fetchone()[0]
+    assert linkage(db, dup_override)[:2] == (newer, dup_installation)
+    # After phase 4, deleting an installation deletes its overrides (the strategy's CASCADE).
+    cur.execute("DELETE FROM module_installations WHERE id = %s", (dup_installation,))
+    assert scalar(db, "SELECT count(*) FROM client_app_overrides WHERE id = %s", (dup_override,)) == 0
+    # A renamed listing: its overrides of the old name go pending, those of the new name link.
+    cur.execute("SELECT id::text FROM marketplace_modules WHERE name = 'app_07'")
+    renamed = cur.fetchone()[0]
+    cur.execute("INSERT INTO marketplace_modules (name) VALUES ('brand_new_app') RETURNING id::text")
+    listing = cur.fetchone()[0]
+    cur.execute("""INSERT INTO client_app_overrides (client_id, app_name) VALUES (%s, 'brand_new_app')
+                   RETURNING id::text""", (tenant,))
+    assert linkage(db, cur.fetchone()[0]) == (listing, None, "active")
+    cur.execute("UPDATE marketplace_modules SET name = 'app_07_renamed' WHERE id = %s", (renamed,))
+    assert scalar(db, """SELECT count(*) FROM client_app_overrides
+                          WHERE app_name = 'app_07' AND (marketplace_module_id IS NOT NULL
+                                OR activation_status <> 'pending')""") == 0
+    cur.execute("UPDATE marketplace_modules SET name = 'app_07' WHERE id = %s", (renamed,))
+    # The next application version writes the new columns itself: its values stand.
+    cur.execute("""INSERT INTO client_app_overrides (client_id, app_name, enabled, activation_status)
+                   VALUES (%s, %s, true, 'inactive') RETURNING id::text""", (tenant, name))
+    assert linkage(db, cur.fetchone()[0]) == (None, None, "inactive")
+    cur.execute("""UPDATE client_app_overrides SET enabled = false, activation_status = 'pending'
+                    WHERE id = %s""", (new_override,))
+    assert linkage(db, new_override)[2] == "pending"
+    cur.execute("UPDATE client_app_overrides SET enabled = true, activation_status = 'active' WHERE id = %s",
+                (new_override,))
+    # ... and everything the old application wrote is consistent by the independent check
+    # (the two rows written by the "next version" above are the only exceptions, removed here).
+    cur.execute("""DELETE FROM client_app_overrides WHERE activation_status = 'inactive'
+                    AND marketplace_module_id IS NULL""")
+    conn.close()
+    assert inconsistent(db) == {}
+    # The application's role may not write the ledger: the sync's functions run as their owner.
+    assert scalar(db, """SELECT count(*) FROM pg_proc WHERE pronamespace = 'migration_ledger'::regnamespace
+                          AND proname LIKE 'transition%%' AND prosecdef
+                          AND array_to_string(proconfig, ',') LIKE 'search_path=%%'""") == 4
+
+
+def test_installation_deleted_before_phase_4_relinks(phase2_db: dict[str, Any], tmp_path: Path) -> None:
+    db = phase2_db
+    run(MIGRATE, db, tmp_path, phase="3")
+    row = query(db, """SELECT o.id::text, o.installation_id::text FROM client_app_overrides o
+                        WHERE o.installation_id IS NOT NULL ORDER BY o.id LIMIT 1""")[0]
+    conn = connect(db)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM module_installations WHERE id = %s", (row[1],))
+    conn.close()
+    # No foreign key yet: the override stays, linked again by the rule (another installation of
+    # the module, or none).
+    assert linkage(db, row[0])[1] != row[1]
+    assert inconsistent(db) == {}
+
+
+# --- the backfill and the sync, concurrently ------------------------------------------------
+
+# Another override on the held override's planned page has been linked by the backfill (not by
+# the sync, which pgbench's flips fire): the batch covering that page ran while the holder kept
+# its transaction open.
+PAGE_PASSED = """
+    SELECT count(*) FROM migration_ledger.phase3_override_plan p
+      JOIN client_app_overrides o ON o.id = p.override_id
+     WHERE (p.planned_ctid::text::point)[0] = (
+               SELECT (planned_ctid::text::point)[0] FROM migration_ledger.phase3_override_plan
+                WHERE override_id = md5('override-7-3')::uuid)
+       AND o.client_id <> md5('client-7')::uuid AND o.marketplace_module_id IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM migration_ledger.phase3_override_sync s WHERE s.override_id = o.id)"""
+
+
+class Holder(threading.Thread):
+    """A session of today's application that opens a transaction once the sync exists, makes
+    one write (`statement`), and keeps the transaction open until the backfill has linked the
+    page of override-7-3 around it (at least `hold_s`): whatever the backfill does meanwhile
+    must neither wait for it nor overwrite it."""
+
+    def __init__(self, db: dict[str, Any], statement: str, args: tuple, hold_s: float) -> None:
+        super().__init__(daemon=True)
+        self.db, self.statement, self.args, self.hold_s = db, statement, args, hold_s
+        self.error: str | None = None
+        self.wrote_at: float | None = None
+        self.page_passed = False
+
+    def run(self) -> None:
+        try:
+            conn, watch = connect(self.db), connect(self.db)
+            watch.autocommit = True
+            with conn.cursor() as cur, watch.cursor() as look:
+                deadline = time.monotonic() + 180
+                while time.monotonic() < deadline:
+                    look.execute("SELECT count(*) FROM pg_trigger WHERE tgname = %s", (SYNC_TRIGGERS[0],))
+                    if look.fetchone()[0]:
+                        break
+                    time.sleep(0.005)
+                cur.execute(self.statement, self.args)
+                self.wrote_at = time.monotonic()
+                time.sleep(self.hold_s)
+                while time.monotonic() < deadline and not self.page_passed:
+                    look.execute("SELECT to_regclass('migration_ledger.phase3_override_plan') IS NOT NULL")
+                    if look.fetchone()[0]:
+                        look.execute(PAGE_PASSED)
+                        self.page_passed = look.fetchone()[0] > 0
+                    time.sleep(0.05)
+                time.sleep(0.5)
+            conn.commit()
+            conn.close()
+            watch.close()
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            self.error = repr(exc)
+
+
+@pytest.mark.parametrize("order", ["flip_held_across_batches", "installation_held_across_batches",
+                                   "override_inserted_held"])
+def test_backfill_never_waits_for_nor_overwrites_the_application(
+        phase2_db: dict[str, Any], tmp_path: Path, order: str) -> None:
+    db = phase2_db
+    deadlocks = scalar(db, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+    statement, args = {
+        "flip_held_across_batches": (
+            "UPDATE client_app_overrides SET enabled = NOT enabled, updated_at = now() WHERE id = md5(%s)::uuid",
+            ("override-7-3",)),
+        # a client whose overrides the batches are linking gets an installation meanwhile
+        "installation_held_across_batches": (
+            """INSERT INTO module_installations (module_id, tenant_id, installed_at, status)
+               SELECT mm.id, md5('client-7')::uuid, now(), 'installed' FROM marketplace_modules mm
+                WHERE mm.name = (SELECT app_name FROM client_app_overrides
+                                  WHERE id = md5('override-7-3')::uuid)
+                ORDER BY mm.created_at DESC LIMIT 1""", ()),
+        "override_inserted_held": (
+            "INSERT INTO client_app_overrides (client_id, app_name, enabled) VALUES (md5(%s)::uuid, 'app_05', true)",
+            ("client-7",)),
+    }[order]
+    holder = Holder(db, statement, args, hold_s=1.0)
+    holder.start()
+    app = OldApplication(db, TEMPLATE_SCALE, tmp_path, rate=100)
+    try:
+        started = time.monotonic()
+        run(MIGRATE, db, tmp_path, phase="3")
+    finally:
+        holder.join(60)
+        counts = app.stop()
+    assert holder.error is None, holder.error
+    assert holder.wrote_at is not None and holder.wrote_at > started
+    assert holder.page_passed, "the backfill never linked the held override's page"
+    assert counts["processed"] > 0 and counts["failed"] == 0, (counts, app.output)
+    details = phase3_details(db)
+    if order != "override_inserted_held":
+        # the batch met the held rows, skipped them, and linked what was left in a later pass
+        assert int(details["rows_skipped_locked"]) >= 1, details
+    assert inconsistent(db) == {}
+    assert scalar(db, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()") == deadlocks
+    # no row derived twice differently: every override is in at most one consistent record of
+    # what the migration wrote last, and it holds exactly that
+    assert scalar(db, """SELECT count(*) FROM client_app_overrides cao
+                          JOIN migration_ledger.phase3_override_sync s ON s.override_id = cao.id
+                         WHERE (cao.marketplace_module_id, cao.installation_id, cao.activation_status)
+                               IS DISTINCT FROM (s.module_id, s.installation_id, s.new_status)""") == 0
+    assert scalar(db, """SELECT count(*) FROM client_app_overrides cao
+                          JOIN migration_ledger.phase3_override_plan p ON p.override_id = cao.id
+                         WHERE NOT EXISTS (SELECT 1 FROM migration_ledger.phase3_override_sync s
+                                            WHERE s.override_id = cao.id)
+                           AND (cao.marketplace_module_id, cao.installation_id, cao.activation_status)
+                               IS DISTINCT FROM (p.module_id, p.installation_id, p.new_status)""") == 0
+
+
+# --- the whole transition under today's application -----------------------------------------
+
+def pristine_new_columns(db: dict[str, Any]) -> dict[str, int]:
+    """After a rollback of phase 3's data: what the migration wrote is gone (today's
+    application never writes the new columns or tables)."""
+    return dict(query(db, """SELECT 'overrides linked or not pending', count(*) FROM client_app_overrides
+                              WHERE marketplace_module_id IS NOT NULL OR installation_id IS NOT NULL
+                                 OR activation_status <> 'pending'
+                             UNION ALL SELECT 'events', count(*) FROM integration_events
+                             UNION ALL SELECT 'workflows', count(*) FROM orchestration_workflows
+                             UNION ALL SELECT 'packages', count(*) FROM handover_packages"""))
+
+
+def test_transition_under_old_application_traffic(fresh_db: dict[str, Any], tmp_path: Path) -> None:
+    """The issue's done-when, small: today's application from before phase 1 to after phase 6;
+    consistent; rollback of the data and phase 3 again under the same traffic, consistent; the
+    cutover leaves no trigger or function of the migration; a rollback after it still works."""
+    db = fresh_db
+    app = OldApplication(db, TEMPLATE_SCALE, tmp_path, rate=150)
+    try:
+        time.sleep(1)
+        refused = run_playbook(COMPLETE, db, dirs(tmp_path))
+        assert refused.returncode != 0, playbook_output(refused)
+        assert "Run migrate.yml -e phase=all" in refused.stdout, playbook_output(refused)
+        run(MIGRATE, db, tmp_path, phase="all")
+        time.sleep(1)
+        assert inconsistent(db) == {}
+        run(ROLLBACK, db, tmp_path, phase="data")
+        time.sleep(0.5)
+        assert sync_leftovers(db) == []
+        assert pristine_new_columns(db) == {"overrides linked or not pending": 0, "events": 0,
+                                            "workflows": 0, "packages": 0}
+        run(MIGRATE, db, tmp_path, phase="3")
+        time.sleep(1)
+        assert inconsistent(db) == {}
+        status = run(STATUS, db, tmp_path)
+        assert "transition OPEN since" in status.stdout
+        # check mode tells what it would do, and does nothing
+        checked = run(COMPLETE, db, tmp_path, check=True)
+        assert "would remove the sync (3 triggers" in checked.stdout, playbook_output(checked)
+        assert len(sync_leftovers(db)) > 0
+        run(COMPLETE, db, tmp_path)
+        assert sync_leftovers(db) == []
+        status = run(STATUS, db, tmp_path)
+        assert "transition COMPLETED at" in status.stdout
+        again = run(COMPLETE, db, tmp_path)
+        assert "Nothing to do: the transition was completed" in again.stdout
+        record = query(db, """SELECT operator, status FROM migration_ledger.history
+                               WHERE phase = 'complete' ORDER BY id""")
+        assert [r[1] for r in record] == ["succeeded"]
+    finally:
+        counts = app.stop()
+    assert counts["processed"] > 0 and counts["failed"] == 0, (counts, app.output)
+    # After the cutover a rollback still puts back exactly what the migration wrote (today's
+    # application kept writing without the sync: its rows hold the columns' defaults).
+    run(ROLLBACK, db, tmp_path, phase="data")
+    assert pristine_new_columns(db) == {"overrides linked or not pending": 0, "events": 0,
+                                        "workflows": 0, "packages": 0}
+    report = json.dumps(phase3_details(db))
+    assert "events_since" in report
