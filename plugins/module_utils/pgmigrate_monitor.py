@@ -42,6 +42,20 @@ def utcnow() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
+def md_cell(value) -> str:
+    """A value as one Markdown table cell."""
+    return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def write_report(path: str, text: str) -> None:
+    """A report file, mode 0640, replaced whole: a reader never sees half of it."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
 def percentile(values: list[float], pct: float) -> float:
     """Nearest-rank percentile (the one the phase 6 validator uses)."""
     ordered = sorted(values)

@@ -48,7 +48,7 @@ from ansible.module_utils.pgmigrate import (
     fetch_dicts,
     json_safe,
 )
-from ansible.module_utils.pgmigrate_monitor import utcnow
+from ansible.module_utils.pgmigrate_monitor import utcnow, write_report
 
 TABLES = ["clients_enhanced", "marketplace_modules", "module_installations", "client_app_overrides",
           "client_deployments", "orchestration_workflows", "workflow_executions", "handover_packages",
@@ -290,14 +290,6 @@ def markdown(b: dict) -> str:
     return "\n".join(out)
 
 
-def write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def summary(b: dict) -> str:
     src = (f"durations from the rehearsal of {b['rehearsal']['started_at']}" if b["rehearsal"]
            else "no rehearsal found: durations are size-based ESTIMATES")
@@ -355,8 +347,8 @@ def main() -> None:
     if not module.check_mode:
         try:
             os.makedirs(p["report_dir"], mode=0o750, exist_ok=True)
-            write(paths["json"], json.dumps(briefing, indent=2, default=str) + "\n")
-            write(paths["md"], text)
+            write_report(paths["json"], json.dumps(briefing, indent=2, default=str) + "\n")
+            write_report(paths["md"], text)
         except OSError as exc:
             module.fail_json(msg=f"cannot write the briefing in {p['report_dir']}: {exc.strerror or exc} "
                                  "(check migration_report_dir)")

@@ -48,7 +48,7 @@ from ansible.module_utils.pgmigrate import (
     fetch_dicts,
     json_safe,
 )
-from ansible.module_utils.pgmigrate_monitor import utcnow
+from ansible.module_utils.pgmigrate_monitor import md_cell, utcnow, write_report
 
 SYSTEM = "nspname !~ '^pg_' AND nspname <> 'information_schema'"
 # What the full rollback keeps on purpose: the ledger (the record of the rehearsal itself) and
@@ -326,10 +326,6 @@ def judge(p: dict, applies: list[dict], rollbacks: list[dict], valid: dict | Non
     return reasons
 
 
-def cell(value) -> str:
-    return str("" if value is None else value).replace("|", "\\|").replace("\n", " ")
-
-
 def markdown(r: dict) -> str:
     c = r["context"]
     verdict = "GO" if r["verdict"] == "go" else "NO-GO"
@@ -340,14 +336,14 @@ def markdown(r: dict) -> str:
     out += ["| | |", "|---|---|"]
     for label, key in (("source (read only)", "source"), ("staging", "staging"), ("environment", "environment"),
                        ("run id", "run_id"), ("operator", "operator"), ("started", "started_at")):
-        out.append(f"| {label} | {cell(c.get(key))} |")
+        out.append(f"| {label} | {md_cell(c.get(key))} |")
     out += [f"| finished | {r['finished_at']} |", ""]
     if r["run_report"]:
         out += [f"Run report (metrics, notifications): `{r['run_report']}`.", ""]
     clone = r["clone"]
     out += ["## Clone", ""]
     if clone.get("failed"):
-        out.append(f"Failed: {cell(clone.get('msg'))}")
+        out.append(f"Failed: {md_cell(clone.get('msg'))}")
     elif clone:
         timings = ", ".join(f"{k.removesuffix('_s')} {v} s" for k, v in (clone.get("timings") or {}).items())
         out.append(f"{clone.get('rows')} rows in {clone.get('tables')} tables, method {clone.get('method')} with "
@@ -363,9 +359,9 @@ def markdown(r: dict) -> str:
                 " longest lock wait (s) | error |", "|---|---|---|---|---|---|---|---|---|"]
         for ph in r["phases"]:
             w = ph["lock_waits"]
-            out.append(f"| {ph['phase']} | {cell(ph['title'])} | {ph['status']} | {ph['duration_s']} | "
-                       f"{cell(ph['rows'])} | {w['lock_retries']} | {w['sessions_waiting_max']} | "
-                       f"{w['longest_wait_s']} | {cell(ph['error'])} |")
+            out.append(f"| {ph['phase']} | {md_cell(ph['title'])} | {ph['status']} | {ph['duration_s']} | "
+                       f"{md_cell(ph['rows'])} | {w['lock_retries']} | {w['sessions_waiting_max']} | "
+                       f"{w['longest_wait_s']} | {md_cell(ph['error'])} |")
     else:
         out.append(f"No phase ran{(' (' + r['ledger_note'] + ')') if r['ledger_note'] else ''}.")
     out += ["", "## Validation", ""]
@@ -376,18 +372,18 @@ def markdown(r: dict) -> str:
         out.append(f"{'Passed' if v['passed'] else 'FAILED'}; report `{v['report']}`.")
         if v.get("checks"):
             out += ["", "| check | passed | observed | expected |", "|---|---|---|---|"]
-            out += [f"| {cell(ch.get('check'))} | {'yes' if ch.get('passed') else 'NO'} | {cell(ch.get('observed'))} "
-                    f"| {cell(ch.get('expected'))} |" for ch in v["checks"]]
+            out += [f"| {md_cell(ch.get('check'))} | {'yes' if ch.get('passed') else 'NO'} "
+                    f"| {md_cell(ch.get('observed'))} | {md_cell(ch.get('expected'))} |" for ch in v["checks"]]
     out += ["", "## Monitoring alerts", ""]
-    out += [f"- phase {a.get('phase') or '-'} {a.get('severity', '')}: {cell(a.get('message'))}"
+    out += [f"- phase {a.get('phase') or '-'} {a.get('severity', '')}: {md_cell(a.get('message'))}"
             for a in r["alerts"]] or ["None."]
     out += ["", "## Rollback", ""]
     rb = r["rollback"]
     if rb.get("failed"):
-        out.append(f"Failed: {cell(rb.get('msg'))}")
+        out.append(f"Failed: {md_cell(rb.get('msg'))}")
     elif r["rollback_phases"]:
         out += ["| phase | status | duration (s) | rows | error |", "|---|---|---|---|---|"]
-        out += [f"| {x['phase']} | {x['status']} | {x['duration_s']} | {cell(x['rows'])} | {cell(x['error'])} |"
+        out += [f"| {x['phase']} | {x['status']} | {x['duration_s']} | {md_cell(x['rows'])} | {md_cell(x['error'])} |"
                 for x in r["rollback_phases"]]
     else:
         out.append(rb.get("note") or "Nothing to roll back.")
@@ -400,18 +396,10 @@ def markdown(r: dict) -> str:
                     if f.get("holds") else f"Does NOT hold: {f.get('difference_count')} difference(s)")
                    + " (catalog, roles and every table's rows; left out on purpose: "
                    + f"{', '.join(f.get('ignored', []))}).")
-        out += [f"- {cell(line)}" for line in f.get("differences") or []]
+        out += [f"- {md_cell(line)}" for line in f.get("differences") or []]
     if len(r["reasons"]) > 1:
-        out += ["", "## Every no-go reason", ""] + [f"{i}. {cell(x)}" for i, x in enumerate(r["reasons"], 1)]
+        out += ["", "## Every no-go reason", ""] + [f"{i}. {md_cell(x)}" for i, x in enumerate(r["reasons"], 1)]
     return "\n".join(out) + "\n"
-
-
-def write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def do_report(module: AnsibleModule) -> None:
@@ -450,8 +438,8 @@ def do_report(module: AnsibleModule) -> None:
     if not module.check_mode:
         try:
             os.makedirs(p["report_dir"], mode=0o750, exist_ok=True)
-            write(paths["json"], json.dumps(report, indent=2, default=str) + "\n")
-            write(paths["md"], markdown(report))
+            write_report(paths["json"], json.dumps(report, indent=2, default=str) + "\n")
+            write_report(paths["md"], markdown(report))
         except OSError as exc:
             module.fail_json(msg=f"cannot write the rehearsal report in {p['report_dir']}: {exc.strerror or exc} "
                                  "(check migration_report_dir)")

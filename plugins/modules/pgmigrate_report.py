@@ -45,7 +45,7 @@ from ansible.module_utils.pgmigrate import (
     json_safe,
     ledger_state,
 )
-from ansible.module_utils.pgmigrate_monitor import utcnow
+from ansible.module_utils.pgmigrate_monitor import utcnow, write_report
 from ansible.module_utils.pgmigrate_notify import read_log
 
 SECRET_KEYS = ("password", "token", "secret", "webhook_url", "passwd")
@@ -225,14 +225,6 @@ def markdown(r: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
@@ -295,8 +287,8 @@ def main() -> None:
         module.exit_json(changed=False, paths=paths, msg="check mode: no report written")
     try:
         os.makedirs(p["report_dir"], mode=0o750, exist_ok=True)
-        write(paths["json"], json.dumps(report, indent=2, default=str) + "\n")
-        write(paths["md"], markdown(report))
+        write_report(paths["json"], json.dumps(report, indent=2, default=str) + "\n")
+        write_report(paths["md"], markdown(report))
     except OSError as exc:
         module.fail_json(msg=f"cannot write the report in {p['report_dir']}: {exc.strerror or exc} "
                              "(check migration_report_dir)")

@@ -44,7 +44,7 @@ from ansible.module_utils.pgmigrate import (
     fetch_dicts,
     json_safe,
 )
-from ansible.module_utils.pgmigrate_monitor import utcnow
+from ansible.module_utils.pgmigrate_monitor import md_cell, utcnow, write_report
 
 NEW_TABLES = ["orchestration_workflows", "workflow_executions", "handover_packages", "integration_events"]
 NEW_COLUMNS = ["marketplace_module_id", "installation_id", "activation_status", "activation_metadata"]
@@ -243,10 +243,6 @@ def performance(history: list[dict], watch: list[dict]) -> dict:
 
 # --- writing --------------------------------------------------------------------------------
 
-def cell(value) -> str:
-    return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
-
-
 def schema_markdown(schema: dict, level: int = 1) -> str:
     h = "#" * level
     out = [f"{h} Schema documentation: what the migration added", "",
@@ -261,8 +257,8 @@ def schema_markdown(schema: dict, level: int = 1) -> str:
         if t["rls"]:
             out += ["Row-level security is enabled.", ""]
         out += ["| column | type | null | default | description |", "|---|---|---|---|---|"]
-        out += [f"| `{c['column']}` | {cell(c['type'])} | {'no' if c['not_null'] else 'yes'} | "
-                f"{cell(c['default'])} | {cell(c['comment'])} |" for c in t["columns"]]
+        out += [f"| `{c['column']}` | {md_cell(c['type'])} | {'no' if c['not_null'] else 'yes'} | "
+                f"{md_cell(c['default'])} | {md_cell(c['comment'])} |" for c in t["columns"]]
         if t["constraints"]:
             out += ["", "Constraints:", ""]
             for c in t["constraints"]:
@@ -304,11 +300,11 @@ def markdown(r: dict) -> str:
            "|---:|---|---|---|---|---|---:|---:|---:|---:|---|"]
     for t in r["timeline"]:
         attempt = f" (attempt {t['attempt']})" if t["attempt"] and t["attempt"] > 1 else ""
-        title = cell(r["titles"].get(t["phase"], ""))
+        title = md_cell(r["titles"].get(t["phase"], ""))
         out.append(f"| {t['id']} | {t['run_id'][:8]} | {t['phase']} {title}{attempt} | "
                    f"{t['direction']} | {t['status']} | {t['started_at']} | {human_s(t['duration_s'])} | "
-                   f"{cell(t['rows'])} | {t['lock']['lock_retries']} | {t['lock']['waiting_max']} | "
-                   f"{cell(t['operator'])} |")
+                   f"{md_cell(t['rows'])} | {t['lock']['lock_retries']} | {t['lock']['waiting_max']} | "
+                   f"{md_cell(t['operator'])} |")
     out += ["", "Runs:", ""]
     for run in r["runs"]:
         outcome = f", {run['outcome']}" if run.get("outcome") else ""
@@ -326,7 +322,8 @@ def markdown(r: dict) -> str:
     for key, label in (("probe_p95_ms", "probe query p95 (ms)"), ("p95_ms", "query p95, pg_stat_statements (ms)"),
                        ("error_rate_pct", "error rate (%)"), ("database_size_mib", "database size (MiB)")):
         latest = (watch.get(key) or {}).get("latest")
-        out.append(f"| {label} | {cell(p['before'].get(key))} | {cell(p['after_phase6'].get(key))} | {cell(latest)} |")
+        out.append(f"| {label} | {md_cell(p['before'].get(key))} | {md_cell(p['after_phase6'].get(key))} "
+                   f"| {md_cell(latest)} |")
     out += ["", f"The 48-hour watch: {p['watch_samples']} sample(s)"
             + (", over" if p["watch_over"] else "") + "." + (" Trends:" if watch else ""), ""]
     if watch:
@@ -337,20 +334,12 @@ def markdown(r: dict) -> str:
     latest_post = {a["role"].lower(): a for a in r["approvals"] if a["stage"] == "post"}
     for role in r["post_roles"]:
         a = latest_post.get(role.lower())
-        out.append(f"| {role} | {a['decision'] if a else 'missing'} | {cell((a or {}).get('name'))} | "
-                   f"{cell((a or {}).get('recorded_at'))} |")
+        out.append(f"| {role} | {a['decision'] if a else 'missing'} | {md_cell((a or {}).get('name'))} | "
+                   f"{md_cell((a or {}).get('recorded_at'))} |")
     out += ["", "## 4. Team feedback", "", "_To complete by the team._", "", "## 5. Lessons learned", "",
             "_To complete by the team._", "", "## 6. Process improvements", "", "_To complete by the team._", ""]
     out.append(schema_markdown(r["schema"], level=2))
     return "\n".join(out)
-
-
-def write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -400,10 +389,10 @@ def main() -> None:
     if not module.check_mode:
         try:
             os.makedirs(p["report_dir"], mode=0o750, exist_ok=True)
-            write(paths["json"], json.dumps(review, indent=2, default=str) + "\n")
-            write(paths["md"], text)
+            write_report(paths["json"], json.dumps(review, indent=2, default=str) + "\n")
+            write_report(paths["md"], text)
             if p["schema_doc"]:
-                write(p["schema_doc"], schema_markdown(schema))
+                write_report(p["schema_doc"], schema_markdown(schema))
                 paths["schema"] = p["schema_doc"]
         except OSError as exc:
             module.fail_json(msg=f"cannot write the review: {exc.strerror or exc} (check migration_report_dir "

@@ -58,6 +58,7 @@ from ansible.module_utils.pgmigrate_monitor import (
     evaluate,
     public_sample,
     take_sample,
+    write_report,
 )
 
 TABLE = f"{LEDGER_SCHEMA}.watch_samples"
@@ -214,14 +215,6 @@ def plot(path: str, title: str, unit: str, points: list[tuple[float, float]], li
         plt.close(fig)
 
 
-def write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def trend_report(p: dict, start: datetime.datetime, rows: list[dict], over: bool) -> dict:
     """Rewrite <report_dir>/watch-<host>.md and its plots from every sample of the watch so far."""
     base = os.path.join(p["report_dir"], f"watch-{p['host']}")
@@ -276,9 +269,9 @@ def trend_report(p: dict, start: datetime.datetime, rows: list[dict], over: bool
             out += ["", "Application checks: " + "; ".join(
                 f"{c.get('name')} {'ok' if c.get('ok') else 'FAILED: ' + str(c.get('reason'))}" for c in checks) + "."]
     md = os.path.join(p["report_dir"], f"watch-{p['host']}.md")
-    write(md, "\n".join(out) + "\n")
+    write_report(md, "\n".join(out) + "\n")
     data = os.path.join(p["report_dir"], f"watch-{p['host']}.json")
-    write(data, json.dumps(json_safe({"host": p["host"], "phase6_finished_at": start, "hours": p["hours"],
+    write_report(data, json.dumps(json_safe({"host": p["host"], "phase6_finished_at": start, "hours": p["hours"],
                                       "over": over, "samples": rows}), indent=2, default=str) + "\n")
     return {"md": md, "json": data, "plots": plots}
 
