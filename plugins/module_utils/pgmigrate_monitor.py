@@ -42,6 +42,33 @@ def utcnow() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
+def find_key(value, key: str) -> list:
+    """Every value of `key` at any depth (lock_retries sits at different depths per phase)."""
+    found = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == key and isinstance(v, (int, float)):
+                found.append(v)
+            else:
+                found += find_key(v, key)
+    elif isinstance(value, list):
+        for v in value:
+            found += find_key(v, key)
+    return found
+
+
+def phase_lock_waits(details: dict) -> dict:
+    """Lock waits a phase saw, from its ledger record's details: our statements' lock-timeout
+    retries, and the monitoring's samples of sessions waiting for a lock (before and after)."""
+    monitoring = (details or {}).get("monitoring") or {}
+    samples = [s for s in (monitoring.get("before"), monitoring.get("after")) if isinstance(s, dict)]
+    waiting = [int((s.get("locks") or {}).get("waiting", 0)) for s in samples]
+    longest = [float((s.get("locks") or {}).get("longest_wait_s", 0)) for s in samples]
+    return {"lock_retries": int(sum(find_key({k: v for k, v in (details or {}).items() if k != "monitoring"},
+                                             "lock_retries"))),
+            "sessions_waiting_max": max(waiting, default=0), "longest_wait_s": max(longest, default=0.0)}
+
+
 def md_cell(value) -> str:
     """A value as one Markdown table cell."""
     return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")

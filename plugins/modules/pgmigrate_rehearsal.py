@@ -48,7 +48,7 @@ from ansible.module_utils.pgmigrate import (
     fetch_dicts,
     json_safe,
 )
-from ansible.module_utils.pgmigrate_monitor import md_cell, utcnow, write_report
+from ansible.module_utils.pgmigrate_monitor import md_cell, phase_lock_waits, utcnow, write_report
 
 SYSTEM = "nspname !~ '^pg_' AND nspname <> 'information_schema'"
 # What the full rollback keeps on purpose: the ledger (the record of the rehearsal itself) and
@@ -209,32 +209,6 @@ def ledger_records(module: AnsibleModule, run_id: str) -> tuple[list[dict], str 
     finally:
         conn.close()
 
-
-def find_key(value, key: str) -> list:
-    """Every value of `key` at any depth (lock_retries sits at different depths per phase)."""
-    found = []
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if k == key and isinstance(v, (int, float)):
-                found.append(v)
-            else:
-                found += find_key(v, key)
-    elif isinstance(value, list):
-        for v in value:
-            found += find_key(v, key)
-    return found
-
-
-def lock_waits(details: dict) -> dict:
-    """Lock waits a phase saw: our statements' lock-timeout retries, and the monitoring's samples
-    of sessions waiting for a lock (before and after the phase)."""
-    monitoring = (details or {}).get("monitoring") or {}
-    samples = [s for s in (monitoring.get("before"), monitoring.get("after")) if isinstance(s, dict)]
-    waiting = [int((s.get("locks") or {}).get("waiting", 0)) for s in samples]
-    longest = [float((s.get("locks") or {}).get("longest_wait_s", 0)) for s in samples]
-    return {"lock_retries": int(sum(find_key({k: v for k, v in (details or {}).items() if k != "monitoring"},
-                                             "lock_retries"))),
-            "sessions_waiting_max": max(waiting, default=0), "longest_wait_s": max(longest, default=0.0)}
 
 
 def read_alerts(path: str | None, records: list[dict]) -> list[dict]:
@@ -423,7 +397,7 @@ def do_report(module: AnsibleModule) -> None:
         "clone": p["clone"],
         "phases": [{"phase": r["phase"], "title": p["phase_titles"].get(r["phase"], ""), "status": r["status"],
                     "started_at": r["started_at"], "duration_s": r["duration_s"], "rows": r["rows_affected"],
-                    "error": r["error"], "lock_waits": lock_waits(r.get("details") or {})} for r in applies],
+                    "error": r["error"], "lock_waits": phase_lock_waits(r.get("details") or {})} for r in applies],
         "validation": valid,
         "alerts": alerts,
         "rollback": p["rollback"],

@@ -44,7 +44,7 @@ from ansible.module_utils.pgmigrate import (
     fetch_dicts,
     json_safe,
 )
-from ansible.module_utils.pgmigrate_monitor import md_cell, utcnow, write_report
+from ansible.module_utils.pgmigrate_monitor import md_cell, phase_lock_waits, utcnow, write_report
 
 NEW_TABLES = ["orchestration_workflows", "workflow_executions", "handover_packages", "integration_events"]
 NEW_COLUMNS = ["marketplace_module_id", "installation_id", "activation_status", "activation_metadata"]
@@ -133,36 +133,12 @@ def run_reports(report_dir: str, host: str) -> dict:
 
 # --- judging --------------------------------------------------------------------------------
 
-def find_key(value, key: str) -> list:
-    found = []
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if k == key and isinstance(v, (int, float)):
-                found.append(v)
-            else:
-                found += find_key(v, key)
-    elif isinstance(value, list):
-        for v in value:
-            found += find_key(v, key)
-    return found
-
-
-def lock_waits(details: dict) -> dict:
-    monitoring = (details or {}).get("monitoring") or {}
-    samples = [s for s in (monitoring.get("before"), monitoring.get("after")) if isinstance(s, dict)]
-    return {"lock_retries": int(sum(find_key({k: v for k, v in (details or {}).items() if k != "monitoring"},
-                                             "lock_retries"))),
-            "waiting_max": max((int((s.get("locks") or {}).get("waiting", 0)) for s in samples), default=0),
-            "longest_wait_s": max((float((s.get("locks") or {}).get("longest_wait_s", 0)) for s in samples),
-                                  default=0.0)}
-
-
 def timeline(history: list[dict], reports: dict) -> tuple[list[dict], list[dict]]:
     rows, runs = [], {}
     seen_apply: dict[str, int] = {}
     for r in history:
         details = r.get("details") or {}
-        waits = lock_waits(details)
+        waits = phase_lock_waits(details)
         kind = r["direction"]
         if kind == "apply":
             seen_apply[r["phase"]] = seen_apply.get(r["phase"], 0) + 1
@@ -303,7 +279,7 @@ def markdown(r: dict) -> str:
         title = md_cell(r["titles"].get(t["phase"], ""))
         out.append(f"| {t['id']} | {t['run_id'][:8]} | {t['phase']} {title}{attempt} | "
                    f"{t['direction']} | {t['status']} | {t['started_at']} | {human_s(t['duration_s'])} | "
-                   f"{md_cell(t['rows'])} | {t['lock']['lock_retries']} | {t['lock']['waiting_max']} | "
+                   f"{md_cell(t['rows'])} | {t['lock']['lock_retries']} | {t['lock']['sessions_waiting_max']} | "
                    f"{md_cell(t['operator'])} |")
     out += ["", "Runs:", ""]
     for run in r["runs"]:
