@@ -38,6 +38,7 @@ from helpers import (
 )
 from rehearsal_helpers import out_of, run_with_inventory, two_host_inventory
 from rollback_helpers import APPLICATION_EXTRAS, applied, fidelity_diff, out_dirs_in
+from transition_helpers import sync_leftovers
 
 LOGIN = "app_admin"
 SCALE = 30
@@ -93,7 +94,8 @@ def _without_roles(snapshot: dict[str, Any]) -> dict[str, Any]:
 
 def test_migrate_status_rollbacks_and_cleanup(copy: dict[str, Any], tmp_path: Path) -> None:
     """migrate all, status, rollback of one phase, of the data, of everything (the database as it
-    was), migrate again and cleanup: all as the managed login."""
+    was), migrate again, the cutover (no trigger or function of the sync left) and cleanup: all
+    as the managed login."""
     dirs = out_dirs_in(tmp_path)
     before = db_snapshot(copy)
     _ok(run_playbook("playbooks/migrate.yml", copy, {"phase": "all", **dirs}))
@@ -107,6 +109,8 @@ def test_migrate_status_rollbacks_and_cleanup(copy: dict[str, Any], tmp_path: Pa
     assert applied(copy) == []
     assert fidelity_diff(_without_roles(before), _without_roles(db_snapshot(copy))) == []
     _ok(run_playbook("playbooks/migrate.yml", copy, {"phase": "all", **dirs}))
+    _ok(run_playbook("playbooks/complete.yml", copy, dirs))
+    assert sync_leftovers(copy) == []
     _ok(run_playbook("playbooks/cleanup.yml", copy, {"cleanup_force": True, **dirs}))
 
 
