@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import yaml
 from helpers import REPO_ROOT
 
 
@@ -17,8 +18,6 @@ def test_generated_reference_is_current() -> None:
 
 
 def test_every_role_variable_is_on_the_page() -> None:
-    import yaml
-
     page = (REPO_ROOT / "docs" / "variables.md").read_text()
     for spec_file in REPO_ROOT.glob("roles/*/meta/argument_specs.yml"):
         for spec in (yaml.safe_load(spec_file.read_text())["argument_specs"] or {}).values():
