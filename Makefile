@@ -98,6 +98,14 @@ bench: bench-sync
 bench-sync: venv postgres
 	$(BIN)/python tools/bench/sync_cost.py $(BENCH_SYNC_ARGS)
 
+# The transition under today's application (issue 12's done-when): migrate all, data rollback,
+# phase 3 again and the cutover on 100,000 clients, each step checked by tools/check_transition.sql.
+BENCH_TRANSITION_ARGS ?=
+.PHONY: bench-transition
+bench: bench-transition
+bench-transition: venv postgres
+	$(BIN)/python tools/bench/transition.py $(BENCH_TRANSITION_ARGS)
+
 # The fleet figure: 8 databases of 10,000 clients, migrated with --forks 1 and --forks 4.
 bench-fleet: venv postgres
 	$(BIN)/python tools/bench/fleet.py $(BENCH_FLEET_ARGS)
