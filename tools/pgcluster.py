@@ -578,6 +578,20 @@ def stop_cluster(datadir: Path) -> bool:
     return True
 
 
+def configure(info: dict[str, Any], settings: dict[str, str]) -> dict[str, Any]:
+    """ALTER SYSTEM SET each setting, then restart the cluster on the same port (settings such
+    as shared_buffers take effect only then). Returns start_cluster's info."""
+    for name, value in settings.items():
+        if not re.fullmatch(r"[a-z_]+", name):
+            raise PgClusterError(f"not a setting name: {name!r}")
+        literal = str(value).replace("'", "''")
+        _psql(info, "postgres", ["-c", f"ALTER SYSTEM SET {name} = '{literal}'"])
+    datadir = Path(info["datadir"])
+    stop_cluster(datadir)
+    return start_cluster(datadir, port=int(info["port"]), password=str(info["password"]),
+                         bin_dir=info.get("bin_dir"))
+
+
 def destroy_cluster(datadir: Path) -> bool:
     """Stop the cluster and delete its data directory. True if anything was removed.
 

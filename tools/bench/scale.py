@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(HERE))
 
 import pgcluster  # noqa: E402
-from bench import ProcedureFailed, drop, execute, run_playbook  # noqa: E402
+from bench import ProcedureFailed, add_server_arguments, bench_settings, drop, execute, run_playbook  # noqa: E402
 
 PHASES = ["1", "2", "3", "4", "5", "6"]
 FASTER = 1.15
@@ -299,6 +299,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_server_arguments(parser)
     parser.add_argument("--sizes", default="100000,300000,1000000", help="clients per size, comma-separated")
     parser.add_argument("--datadir", help="keep the cluster here (default: a temporary one)")
     parser.add_argument("--repo", default=str(REPO), help="the checkout whose migrate.yml runs")
@@ -319,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path = out / f"bench-scale-{started}.json"
     try:
         info = pgcluster.start_cluster(datadir, password="bench")
+        info = pgcluster.configure(info, bench_settings(args))
         for clients in sizes:
             workdir = base / "work" / str(clients)
             workdir.mkdir(parents=True)
