@@ -46,8 +46,10 @@ else:
     _IMPORT_ERROR = ""
 
 # The ansible-core releases the in-process runner was tested with (tests/test_ansible_versions.py
-# runs both ends); meta/runtime.yml's requires_ansible is the collection's wider range.
-_TESTED_ANSIBLE_CORE = ">=2.19.0,<2.20.0"
+# runs both ends); meta/runtime.yml's requires_ansible is the collection's wider range. 2.19.1
+# brought AnsibleModule._record_module_result (ansible/ansible#85609), the hook that hands us the
+# result; 2.21 changes what _return_formatted reads before it (ansible.netcommon#770).
+_TESTED_ANSIBLE_CORE = ">=2.19.1,<2.20.0"
 _PROFILE = "legacy"  # what module_common gives a Python module without metadata
 _COLLECTION = "agency.pgmigrate"
 _UTILS_PACKAGE = "ansible_collections.agency.pgmigrate.plugins.module_utils."
