@@ -10,7 +10,7 @@ SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule
 # Clients generated in the demo sandbox.
 SCALE ?= 200
 
-.PHONY: help venv postgres pg-versions prometheus demo sandbox-stop lint pytest molecule test clean
+.PHONY: help venv postgres pg-versions ansible-versions prometheus demo sandbox-stop lint pytest molecule test clean
 
 help:
 	@echo "make demo    set up, start the sandbox, run the whole migration, print its summary"
@@ -35,6 +35,11 @@ postgres:
 pg-versions: venv postgres
 	@tools/ensure-pg-versions.sh
 
+# ansible-core 2.19.1, 2.19.0 and 2.18.19 in .ansible-core/ for tests/test_ansible_versions.py (the
+# in-process runner's low end, one without the hook it needs, one outside its range).
+ansible-versions: venv
+	@tools/ensure-ansible-versions.sh
+
 # Prometheus, its Pushgateway and crontab, for the after-the-migration tests (real servers).
 prometheus:
 	@tools/ensure-prometheus.sh
@@ -52,7 +57,7 @@ lint: venv
 	ansible-lint
 	ruff check .
 
-pytest: venv postgres pg-versions prometheus
+pytest: venv postgres pg-versions ansible-versions prometheus
 	pytest -q -n 2 --dist loadfile tests
 
 molecule: venv postgres
