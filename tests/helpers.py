@@ -26,6 +26,18 @@ if str(TOOLS_DIR) not in sys.path:
     sys.path.insert(0, str(TOOLS_DIR))
 # tools/ is not a package: import pgcluster once tools/ is on sys.path.
 pgcluster = importlib.import_module("pgcluster")
+# The checkout is the collection agency.pgmigrate (collections/ansible_collections/agency/pgmigrate
+# links to the root): with collections/ on sys.path, the suite imports our modules and module_utils
+# by the names Ansible gives them, ansible_collections.agency.pgmigrate.plugins.<kind>.<name>.
+COLLECTIONS_DIR = REPO_ROOT / "collections"
+if str(COLLECTIONS_DIR) not in sys.path:
+    sys.path.insert(0, str(COLLECTIONS_DIR))
+PLUGINS_PACKAGE = "ansible_collections.agency.pgmigrate.plugins"
+
+
+def plugin(kind: str, name: str) -> Any:
+    """plugins/<kind>/<name>.py (kind: module_utils, modules or action), imported as Ansible names it."""
+    return importlib.import_module(f"{PLUGINS_PACKAGE}.{kind}.{name}")
 
 PLAYBOOK_TIMEOUT_S = 1800
 TEST_HOST = "testdb"
@@ -148,7 +160,8 @@ def playbook_output(result: subprocess.CompletedProcess[str]) -> str:
 # --- additions: snapshots, database copies, repository copies, background playbooks -------
 
 SYSTEM_SCHEMA_FILTER = "nspname !~ '^pg_' AND nspname <> 'information_schema'"
-REPO_COPY_ITEMS = ("ansible.cfg", "playbooks", "roles", "plugins", "files")
+# collections/ holds the link that makes the copy the collection agency.pgmigrate (copied as a link).
+REPO_COPY_ITEMS = ("ansible.cfg", "collections", "meta", "playbooks", "roles", "plugins", "files")
 
 # Each catalog query returns rows of (key, value); keys are unique within a query.
 _CATALOG_QUERIES: dict[str, str] = {
@@ -344,7 +357,7 @@ def drop_database(db: dict[str, Any]) -> None:
 
 
 def copy_repository(dest: Path) -> Path:
-    """Copy what ansible-playbook needs (ansible.cfg, playbooks, roles, plugins, files).
+    """Copy what ansible-playbook needs (ansible.cfg, the collection link, playbooks, roles, plugins, files).
 
     Returns the copy's root, which run_playbook_at() and start_playbook() accept.
     """
@@ -353,7 +366,7 @@ def copy_repository(dest: Path) -> Path:
         source = REPO_ROOT / item
         if source.is_dir():
             shutil.copytree(
-                source, dest / item, ignore=shutil.ignore_patterns("__pycache__")
+                source, dest / item, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
             )
         else:
             shutil.copy2(source, dest / item)

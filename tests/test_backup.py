@@ -7,11 +7,9 @@ refusals before anything is written, and no password anywhere."""
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import stat
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,25 +18,15 @@ from typing import Any
 import psycopg2
 import psycopg2.errors
 import pytest
-from helpers import REPO_ROOT, connect, playbook_output, query, run_playbook
+from helpers import connect, playbook_output, plugin, query, run_playbook
 from rehearsal_helpers import databases_like, out_of
 
 BACKUP = "playbooks/backup.yml"
 MIGRATE = "playbooks/migrate.yml"
 
 
-def load_plugin(name: str, path: Path) -> Any:
-    """Import a module_utils file or module the way Ansible would see it (ansible.module_utils.X)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-load_plugin("ansible.module_utils.pgmigrate", REPO_ROOT / "plugins/module_utils/pgmigrate.py")
-dump_utils = load_plugin("ansible.module_utils.pgmigrate_dump", REPO_ROOT / "plugins/module_utils/pgmigrate_dump.py")
-backup_module = load_plugin("pgmigrate_backup_under_test", REPO_ROOT / "plugins/modules/pgmigrate_backup.py")
+dump_utils = plugin("module_utils", "pgmigrate_dump")
+backup_module = plugin("modules", "pgmigrate_backup")
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import importlib
 import json
 import sys
 import time
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,24 +18,14 @@ from typing import Any
 import psycopg2
 import psycopg2.extras
 import pytest
-from helpers import REPO_ROOT, connect, pgcluster, playbook_output, query, run_playbook
+from helpers import REPO_ROOT, connect, pgcluster, playbook_output, plugin, query, run_playbook
 
 MIGRATE = "playbooks/migrate.yml"
-MODULE_UTILS = REPO_ROOT / "plugins" / "module_utils"
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 webhook_receiver = importlib.import_module("webhook_receiver")
 
 
-def load_monitor() -> types.ModuleType:
-    """plugins/module_utils/pgmigrate_monitor.py, importable as Ansible would (module_utils)."""
-    import ansible.module_utils as amu
-
-    if str(MODULE_UTILS) not in amu.__path__:
-        amu.__path__.append(str(MODULE_UTILS))
-    return importlib.import_module("ansible.module_utils.pgmigrate_monitor")
-
-
-monitor = load_monitor()
+monitor = plugin("module_utils", "pgmigrate_monitor")
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@ directives, connection errors, and lock retries against the real test cluster.""
 
 from __future__ import annotations
 
-import importlib
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,13 +11,9 @@ from typing import Any
 import psycopg2
 import psycopg2.errors
 import pytest
-from helpers import REPO_ROOT, connect, pgcluster
+from helpers import connect, pgcluster, plugin
 
-MODULE_UTILS = REPO_ROOT / "plugins" / "module_utils"
-if str(MODULE_UTILS) not in sys.path:
-    sys.path.insert(0, str(MODULE_UTILS))
-# Ansible loads it as ansible.module_utils.pgmigrate; it has no Ansible imports of its own.
-pgmigrate = importlib.import_module("pgmigrate")
+pgmigrate = plugin("module_utils", "pgmigrate")
 
 FAST_LOCK: dict[str, int] = {
     "lock_timeout_ms": 50,

@@ -5,15 +5,13 @@ restores the clone exactly; the source is identical before and after every run."
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import rehearsal_helpers
-from helpers import REPO_ROOT, db_snapshot, query, snapshot_diff
+from helpers import db_snapshot, plugin, query, snapshot_diff
 from rehearsal_helpers import (
     out_of,
     output_dirs,
@@ -149,14 +147,7 @@ def test_refused_rehearsal_changes_nothing(fresh_db: dict[str, Any], staging_db:
 # --- the verdict, as a unit ---------------------------------------------------------------------
 
 def load_rehearsal() -> Any:
-    for name, path in (("ansible.module_utils.pgmigrate", "plugins/module_utils/pgmigrate.py"),
-                       ("ansible.module_utils.pgmigrate_monitor", "plugins/module_utils/pgmigrate_monitor.py"),
-                       ("pgmigrate_rehearsal_under_test", "plugins/modules/pgmigrate_rehearsal.py")):
-        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
+    return plugin("modules", "pgmigrate_rehearsal")
 
 
 def applied(*statuses: str) -> list[dict[str, Any]]:

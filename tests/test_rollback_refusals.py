@@ -152,19 +152,9 @@ def test_read_only_database(at_phase4: dict[str, Any], tmp_path: Path) -> None:
 
 def rollback_module() -> Any:
     """plugins/modules/pgmigrate_rollback.py, importable outside Ansible."""
-    import importlib
-    import importlib.util
-    import sys
+    from helpers import plugin
 
-    from helpers import REPO_ROOT
-
-    sys.path.insert(0, str(REPO_ROOT / "plugins" / "module_utils"))
-    sys.modules.setdefault("ansible.module_utils.pgmigrate", importlib.import_module("pgmigrate"))
-    spec = importlib.util.spec_from_file_location("pgmigrate_rollback",
-                                                  REPO_ROOT / "plugins" / "modules" / "pgmigrate_rollback.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return plugin("modules", "pgmigrate_rollback")
 
 
 GRAPH = {str(n): {"requires": [str(r) for r in range(1, n)]} for n in range(1, 7)}

@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, plugin
 
-sys.path.insert(0, str(REPO_ROOT / "plugins" / "module_utils"))
-from pgmigrate import file_directives  # noqa: E402
+file_directives = plugin("module_utils", "pgmigrate").file_directives
 
 SQL_ROOT = REPO_ROOT / "files" / "sql"
 CONFIG = REPO_ROOT / ".squawk.toml"

@@ -10,35 +10,23 @@ the machine is, only what the throttle decided.
 
 from __future__ import annotations
 
-import importlib
 import json
 import threading
 import time
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest
-from helpers import REPO_ROOT, connect, playbook_output, query, run_playbook
+from helpers import connect, playbook_output, plugin, query, run_playbook
 
-MODULE_UTILS = REPO_ROOT / "plugins" / "module_utils"
 DEADLINE_S = 30.0
 FAST_LOCK = {"lock_timeout_ms": 50, "lock_attempts": 60, "backoff_initial_ms": 50,
              "backoff_max_ms": 200, "statement_timeout_ms": 0}
 
 
-def load_throttle() -> types.ModuleType:
-    """pgmigrate_throttle, importable as Ansible would (module_utils)."""
-    import ansible.module_utils as amu
-
-    if str(MODULE_UTILS) not in amu.__path__:
-        amu.__path__.append(str(MODULE_UTILS))
-    return importlib.import_module("ansible.module_utils.pgmigrate_throttle")
-
-
-throttle_mod = load_throttle()
+throttle_mod = plugin("module_utils", "pgmigrate_throttle")
 
 
 def params(db: dict[str, Any]) -> dict[str, Any]:

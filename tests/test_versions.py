@@ -11,13 +11,10 @@ of the server's major, chosen without backup_pg_bin_dir / restore_pg_bin_dir.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import re
 import secrets
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +23,6 @@ from typing import Any
 
 import pytest
 from helpers import (
-    REPO_ROOT,
     clone_database,
     connect,
     db_snapshot,
@@ -34,6 +30,7 @@ from helpers import (
     make_cluster_tempdir,
     pgcluster,
     playbook_output,
+    plugin,
     query,
     run_playbook,
 )
@@ -45,10 +42,7 @@ from rollback_helpers import (
     out_dirs_in,
 )
 
-MODULE_UTILS = REPO_ROOT / "plugins" / "module_utils"
-if str(MODULE_UTILS) not in sys.path:
-    sys.path.insert(0, str(MODULE_UTILS))
-pgmigrate = importlib.import_module("pgmigrate")
+pgmigrate = plugin("module_utils", "pgmigrate")
 
 VERSIONS = [15, 16, 18]
 SCALE = 20
@@ -226,15 +220,8 @@ def test_who_may_cancel_an_autovacuum(versioned: Versioned) -> None:
 
 
 def _dump_utils() -> Any:
-    """plugins/module_utils/pgmigrate_dump.py as Ansible imports it (ansible.module_utils.X)."""
-    for name in ("pgmigrate", "pgmigrate_dump"):
-        full = f"ansible.module_utils.{name}"
-        if full not in sys.modules:
-            spec = importlib.util.spec_from_file_location(full, MODULE_UTILS / f"{name}.py")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[full] = module
-            spec.loader.exec_module(module)
-    return sys.modules["ansible.module_utils.pgmigrate_dump"]
+    """plugins/module_utils/pgmigrate_dump.py as Ansible imports it."""
+    return plugin("module_utils", "pgmigrate_dump")
 
 
 def test_pg_dump_and_pg_restore_of_each_major_are_found() -> None:

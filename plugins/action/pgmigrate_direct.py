@@ -7,10 +7,16 @@
 # argument spec, check mode, no_log masking and result, the way ansible.netcommon's direct
 # execution runs network modules (its "import_modules" option). The arguments and the result
 # go through the same JSON profile as a module process's, so the module sees plain values and
-# the play sees what it would have seen.
+# the play sees what it would have seen. The modules import our module_utils by their
+# collection names (ansible_collections.agency.pgmigrate.plugins.module_utils.*), which
+# ansible-core's collection loader resolves in the worker as it does for AnsiballZ.
 #
 # A module process is used as usual for an async task (the monitoring sampler), a connection
-# other than local (a bastion host), become, or with pgmigrate_direct_execution: false.
+# other than local (a bastion host), become, or with pgmigrate_direct_execution: false; and
+# for every task when this ansible-core is outside the range the runner was tested with
+# (_TESTED_ANSIBLE_CORE, docs/collection.md) or lacks an internal it relies on
+# (AnsibleModule._load_params and _record_module_result, the module JSON profiles): said once
+# per run, in a warning, never a failure.
 #
 # One file, several names: plugins/action/pgmigrate_<module>.py are symbolic links to this one
 # (an action plugin named like a module runs in its place).
@@ -18,47 +24,71 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.abc
 import importlib.util
+import inspect
 import io
 import json
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ansible import constants as C
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.common.json import Direction, get_module_decoder, get_module_encoder
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
-from ansible.vars.clean import remove_internal_keys
+from ansible.release import __version__ as _ANSIBLE_CORE
+from ansible.utils.display import Display
 
+try:
+    from ansible.module_utils.common.json import Direction, get_module_decoder, get_module_encoder
+    from ansible.vars.clean import remove_internal_keys
+except ImportError as _exc:  # an ansible-core before 2.19's module JSON profiles
+    _IMPORT_ERROR = f"{_exc.name or _exc}"
+else:
+    _IMPORT_ERROR = ""
+
+# The ansible-core releases the in-process runner was tested with (tests/test_ansible_versions.py
+# runs both ends); meta/runtime.yml's requires_ansible is the collection's wider range.
+_TESTED_ANSIBLE_CORE = ">=2.19.0,<2.20.0"
 _PROFILE = "legacy"  # what module_common gives a Python module without metadata
-_UTILS_PREFIX = "ansible.module_utils."
+_COLLECTION = "agency.pgmigrate"
+_UTILS_PACKAGE = "ansible_collections.agency.pgmigrate.plugins.module_utils."
 
 
-class _ModuleUtilsFinder(importlib.abc.MetaPathFinder):
-    """`from ansible.module_utils.pgmigrate import ...` in the worker: the configured
-    module_utils directories (ansible.cfg), which only AnsiballZ packaging knows otherwise."""
-
-    def __init__(self, directories: list[str]) -> None:
-        self.directories = [Path(d) for d in directories]
-
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        del path, target
-        if not fullname.startswith(_UTILS_PREFIX) or "." in fullname[len(_UTILS_PREFIX):]:
-            return None
-        for directory in self.directories:
-            candidate = directory / (fullname[len(_UTILS_PREFIX):] + ".py")
-            if candidate.is_file():
-                return importlib.util.spec_from_file_location(fullname, candidate)
-        return None
+def _in_range(version: str, spec: str) -> bool:
+    try:
+        from packaging.specifiers import SpecifierSet  # a dependency of ansible-core
+    except ImportError:
+        return False
+    return SpecifierSet(spec).contains(version)
 
 
-def _install_finder() -> None:
-    if not any(isinstance(f, _ModuleUtilsFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _ModuleUtilsFinder(list(C.DEFAULT_MODULE_UTILS_PATH or [])))
+def _why_not_in_process() -> str:
+    """'' when the runner can run our modules in process on this ansible-core, else why not."""
+    if not _in_range(_ANSIBLE_CORE, _TESTED_ANSIBLE_CORE):
+        return f"ansible-core {_ANSIBLE_CORE} is outside the range the in-process runner was tested with" \
+               f" ({_TESTED_ANSIBLE_CORE})"
+    if _IMPORT_ERROR:
+        return f"ansible-core {_ANSIBLE_CORE} lacks {_IMPORT_ERROR}"
+    for owner, name in ((AnsibleModule, "_load_params"), (AnsibleModule, "_record_module_result"),
+                        (ActionBase, "_parse_returned_data")):
+        if not callable(getattr(owner, name, None)):
+            return f"ansible-core {_ANSIBLE_CORE} lacks {owner.__name__}.{name}"
+    if "profile" not in inspect.signature(ActionBase._parse_returned_data).parameters:
+        return f"ansible-core {_ANSIBLE_CORE}'s ActionBase._parse_returned_data takes no JSON profile"
+    return ""
+
+
+_NOT_IN_PROCESS = _why_not_in_process()
+# Each task runs in a forked worker, so the flag only spares one worker a repeat; the message is
+# the same text every time, which Display prints once per run in the controller.
+_warned = False
+
+
+def _warn_fallback() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        Display().warning(f"{_COLLECTION}: {_NOT_IN_PROCESS}: its modules run as module processes"
+                          " (the same results, about 0.25 s more per task)")
 
 
 def _load(path: str, name: str) -> ModuleType:
@@ -71,8 +101,8 @@ def _load(path: str, name: str) -> ModuleType:
 
 
 class DirectModuleAction(ActionBase):
-    """Also the base of pgmigrate_notify's and pgmigrate_report's action plugins, which get it
-    with action_loader.get("pgmigrate_direct", class_only=True)."""
+    """Also the base of pgmigrate_notify's and pgmigrate_report's action plugins, which import
+    it from ansible_collections.agency.pgmigrate.plugins.action.pgmigrate_direct."""
 
     TRANSFERS_FILES = False
     _supports_check_mode = True
@@ -80,9 +110,8 @@ class DirectModuleAction(ActionBase):
 
     @staticmethod
     def _module_utils(name: str) -> ModuleType:
-        """One of our module_utils files (ansible.module_utils.<name>), imported here."""
-        _install_finder()
-        return importlib.import_module(_UTILS_PREFIX + name)
+        """One of our module_utils files (plugins/module_utils/<name>.py), imported here."""
+        return importlib.import_module(_UTILS_PACKAGE + name)
 
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result = super().run(tmp, task_vars)
@@ -97,7 +126,12 @@ class DirectModuleAction(ActionBase):
         enabled = task_vars.get("pgmigrate_direct_execution", True)
         if isinstance(enabled, str):  # an inventory's "false", or a template
             enabled = self._templar.template(enabled)
-        return boolean(enabled, strict=False)
+        if not boolean(enabled, strict=False):
+            return False
+        if _NOT_IN_PROCESS:
+            _warn_fallback()
+            return False
+        return True
 
     def _run_module(self, name: str, args: dict[str, Any], task_vars: dict[str, Any]) -> dict[str, Any]:
         """The module's result, from main() here or from a module process."""
@@ -114,7 +148,6 @@ class DirectModuleAction(ActionBase):
             name, collection_list=self._task.collections)
         if not context.resolved:
             return {"failed": True, "msg": f"module {name} not found"}
-        _install_finder()
         module = _load(context.plugin_resolved_path, short)
         self._update_module_args(short, args, task_vars)
         # Through the profile a module process would get its arguments in: plain values, no tags.

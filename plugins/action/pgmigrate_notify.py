@@ -13,7 +13,7 @@ from typing import Any
 
 from ansible.plugins.action import ActionBase
 from ansible.plugins.filter.core import to_nice_yaml
-from ansible.plugins.loader import action_loader
+from ansible_collections.agency.pgmigrate.plugins.action.pgmigrate_direct import DirectModuleAction
 
 _SLACK_COLOURS = {"info": "good", "warning": "warning", "critical": "danger"}
 
@@ -24,7 +24,7 @@ def _subject(text: str) -> str:
 
 
 # The base brings the import of our module_utils (pgmigrate_direct.py); messages are never async.
-class ActionModule(action_loader.get("pgmigrate_direct", class_only=True)):  # type: ignore[misc]
+class ActionModule(DirectModuleAction):
     _supports_async = False
 
     def _channel(self, module: str, module_args: dict[str, Any], task_vars: dict[str, Any]) -> str:

@@ -8,11 +8,17 @@ import os
 from typing import Any
 
 from ansible.plugins.action import ActionBase
-from ansible.plugins.loader import action_loader
-from ansible.template import trust_as_template
+
+try:
+    from ansible.template import trust_as_template
+except ImportError:  # ansible-core before 2.19 trusts every template it reads (no data tagging)
+    def trust_as_template(value: str) -> str:
+        return value
+
+from ansible_collections.agency.pgmigrate.plugins.action.pgmigrate_direct import DirectModuleAction
 
 
-class ActionModule(action_loader.get("pgmigrate_direct", class_only=True)):  # type: ignore[misc]
+class ActionModule(DirectModuleAction):
 
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         # ActionBase's run: the base class's own would run the module already.
@@ -21,7 +27,7 @@ class ActionModule(action_loader.get("pgmigrate_direct", class_only=True)):  # t
         task_vars = task_vars or {}
         module_args = dict(self._task.args)
         announcement = module_args.pop("announcement", None)
-        result.update(self._run_module("pgmigrate_report", module_args, task_vars))
+        result.update(self._run_module("agency.pgmigrate.pgmigrate_report", module_args, task_vars))
         if announcement and not result.get("failed") and not self._task.check_mode:
             result["announcement"] = self._announce(announcement, task_vars, result)
         return result

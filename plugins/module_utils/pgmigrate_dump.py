@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ansible.module_utils.pgmigrate import MigrationError, connect
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import MigrationError, connect
 
 # Schemas never dumped as user data.
 SYSTEM_SCHEMAS = "n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'"

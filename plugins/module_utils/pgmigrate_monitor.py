@@ -12,7 +12,12 @@ import os
 import time
 from typing import Any
 
-from ansible.module_utils.pgmigrate import MigrationError, connect, fetch_dicts, json_safe
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
+    MigrationError,
+    connect,
+    fetch_dicts,
+    json_safe,
+)
 
 # The strategy's thresholds (4.2). The role's variables override them.
 DEFAULT_THRESHOLDS: dict[str, float] = {

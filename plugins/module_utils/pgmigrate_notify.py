@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from ansible.module_utils.pgmigrate_monitor import utcnow
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import utcnow
 
 # pgmigrate_notify's options, shared by the module and its action plugin.
 ARGUMENT_SPEC: dict[str, dict[str, Any]] = {

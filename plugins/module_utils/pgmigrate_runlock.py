@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ansible.module_utils.pgmigrate import MigrationError, explain_connect_error
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import MigrationError, explain_connect_error
 
 # 'pgmigrat' in ASCII: one key for every pgmigrate run on a database. Advisory locks are per
 # database, so a fleet (one database per inventory host) has one lock per database.

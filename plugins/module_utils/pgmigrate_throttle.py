@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from ansible.module_utils.pgmigrate import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     LEDGER_SCHEMA,
     RETRYABLE,
     MigrationError,
@@ -29,7 +29,7 @@ from ansible.module_utils.pgmigrate import (
     connect,
     sqlstate,
 )
-from ansible.module_utils.pgmigrate_monitor import DEFAULT_PROBE_SQL
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import DEFAULT_PROBE_SQL
 
 try:
     import psycopg2

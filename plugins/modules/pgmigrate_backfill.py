@@ -180,7 +180,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     CONNECTION_ARGS,
     LEDGER_SCHEMA,
     LOCK_ARGS,
@@ -192,8 +192,14 @@ from ansible.module_utils.pgmigrate import (
     split_statements,
     with_lock_retry,
 )
-from ansible.module_utils.pgmigrate_throttle import THROTTLE_ARG, BatchCut, BatchSizer, Throttle, run_capped
-from ansible.module_utils.pgmigrate_throttle import options as throttle_options
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttle import (
+    THROTTLE_ARG,
+    BatchCut,
+    BatchSizer,
+    Throttle,
+    run_capped,
+)
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttle import options as throttle_options
 
 # What the batches write: the throttle counts the lock waiters on these.
 THROTTLED_TABLES = ["public.client_app_overrides", "migration_ledger.phase3_override_plan"]

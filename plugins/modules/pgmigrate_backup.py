@@ -169,14 +169,14 @@ import time
 import uuid
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     CONNECTION_ARGS,
     LOCK_ARGS,
     MigrationError,
     connect,
     describe_target,
 )
-from ansible.module_utils.pgmigrate_dump import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_dump import (
     Snapshot,
     archive_sha256,
     archive_size,

@@ -135,7 +135,7 @@ import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     CONNECTION_ARGS,
     LEDGER_SCHEMA,
     LOCK_ARGS,
@@ -144,7 +144,7 @@ from ansible.module_utils.pgmigrate import (
     fetch_dicts,
     json_safe,
 )
-from ansible.module_utils.pgmigrate_monitor import utcnow, write_report
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import utcnow, write_report
 
 TABLES = ["clients_enhanced", "marketplace_modules", "module_installations", "client_app_overrides",
           "client_deployments", "orchestration_workflows", "workflow_executions", "handover_packages",

@@ -261,7 +261,7 @@ import time
 import uuid
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     CONNECTION_ARGS,
     LOCK_ARGS,
     MigrationError,
@@ -269,7 +269,7 @@ from ansible.module_utils.pgmigrate import (
     quote_literal,
     refuse_transaction_pooler,
 )
-from ansible.module_utils.pgmigrate_dump import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_dump import (
     SYSTEM_SCHEMAS,
     Snapshot,
     compare_counts,

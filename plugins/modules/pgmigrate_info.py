@@ -115,7 +115,7 @@ ledger:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     CONNECTION_ARGS,
     LOCK_ARGS,
     MigrationError,
@@ -127,7 +127,7 @@ from ansible.module_utils.pgmigrate import (
     ledger_unfinished,
     refuse_transaction_pooler,
 )
-from ansible.module_utils.pgmigrate_dump import pg_program
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_dump import pg_program
 
 
 def inspect(conn) -> dict:

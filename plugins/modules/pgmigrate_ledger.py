@@ -168,7 +168,7 @@ ledger_exists:
 import json
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     CONNECTION_ARGS,
     LEDGER_SCHEMA,
     LOCK_ARGS,
@@ -183,7 +183,7 @@ from ansible.module_utils.pgmigrate import (
     ledger_unfinished,
     transaction,
 )
-from ansible.module_utils.pgmigrate_monitor import phase_monitoring, sample_with
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import phase_monitoring, sample_with
 
 
 def do_init(module, conn):

@@ -184,9 +184,14 @@ import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate import CONNECTION_ARGS, LOCK_ARGS
-from ansible.module_utils.pgmigrate_monitor import Sampler, sample_once, save_json, summary_line
-from ansible.module_utils.pgmigrate_notify import deliver, message
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import CONNECTION_ARGS, LOCK_ARGS
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
+    Sampler,
+    sample_once,
+    save_json,
+    summary_line,
+)
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_notify import deliver, message
 
 
 def do_sample(module: AnsibleModule) -> dict:

@@ -133,7 +133,7 @@ msg:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate_notify import ARGUMENT_SPEC, send
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_notify import ARGUMENT_SPEC, send
 
 
 def main() -> None:

@@ -185,7 +185,7 @@ import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     CONNECTION_ARGS,
     LEDGER_SCHEMA,
     LOCK_ARGS,
@@ -194,7 +194,12 @@ from ansible.module_utils.pgmigrate import (
     fetch_dicts,
     json_safe,
 )
-from ansible.module_utils.pgmigrate_monitor import md_cell, phase_lock_waits, utcnow, write_report
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
+    md_cell,
+    phase_lock_waits,
+    utcnow,
+    write_report,
+)
 
 SYSTEM = "nspname !~ '^pg_' AND nspname <> 'information_schema'"
 # What the full rollback keeps on purpose: the ledger (the record of the rehearsal itself) and

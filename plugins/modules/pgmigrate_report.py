@@ -131,7 +131,7 @@ import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     CONNECTION_ARGS,
     LEDGER_SCHEMA,
     LOCK_ARGS,
@@ -141,8 +141,8 @@ from ansible.module_utils.pgmigrate import (
     json_safe,
     ledger_state,
 )
-from ansible.module_utils.pgmigrate_monitor import utcnow, write_report
-from ansible.module_utils.pgmigrate_notify import read_log
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import utcnow, write_report
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_notify import read_log
 
 SECRET_KEYS = ("password", "token", "secret", "webhook_url", "passwd")
 

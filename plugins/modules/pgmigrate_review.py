@@ -119,7 +119,7 @@ import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     CONNECTION_ARGS,
     LEDGER_SCHEMA,
     LOCK_ARGS,
@@ -128,7 +128,12 @@ from ansible.module_utils.pgmigrate import (
     fetch_dicts,
     json_safe,
 )
-from ansible.module_utils.pgmigrate_monitor import md_cell, phase_lock_waits, utcnow, write_report
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
+    md_cell,
+    phase_lock_waits,
+    utcnow,
+    write_report,
+)
 
 NEW_TABLES = ["orchestration_workflows", "workflow_executions", "handover_packages", "integration_events"]
 NEW_COLUMNS = ["marketplace_module_id", "installation_id", "activation_status", "activation_metadata"]

@@ -193,7 +193,7 @@ import re
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     CONNECTION_ARGS,
     LEDGER_SCHEMA,
     LOCK_ARGS,
@@ -213,8 +213,8 @@ from ansible.module_utils.pgmigrate import (
     transaction,
     with_lock_retry,
 )
-from ansible.module_utils.pgmigrate_runlock import ensure_held
-from ansible.module_utils.pgmigrate_throttle import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_runlock import ensure_held
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttle import (
     THROTTLE_ARG,
     BatchCut,
     BatchSizer,
@@ -222,7 +222,7 @@ from ansible.module_utils.pgmigrate_throttle import (
     end_batches,
     run_capped,
 )
-from ansible.module_utils.pgmigrate_throttle import options as throttle_options
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttle import options as throttle_options
 
 # What the rollback's batches write: the throttle counts the lock waiters on these.
 THROTTLED_TABLES = ["public.client_app_overrides", "migration_ledger.phase3_override_plan"]

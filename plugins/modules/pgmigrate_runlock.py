@@ -102,8 +102,14 @@ msg:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate import CONNECTION_ARGS, LOCK_ARGS, MigrationError, connect, describe_target
-from ansible.module_utils.pgmigrate_runlock import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
+    CONNECTION_ARGS,
+    LOCK_ARGS,
+    MigrationError,
+    connect,
+    describe_target,
+)
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_runlock import (
     describe_holder,
     identity,
     ours,

@@ -101,7 +101,7 @@ import time
 import uuid
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     CONNECTION_ARGS,
     LOCK_ARGS,
     MigrationError,
@@ -111,7 +111,7 @@ from ansible.module_utils.pgmigrate import (
     split_statements,
     with_lock_retry,
 )
-from ansible.module_utils.pgmigrate_throttle import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttle import (
     THROTTLE_ARG,
     BatchCut,
     BatchSizer,
@@ -119,7 +119,7 @@ from ansible.module_utils.pgmigrate_throttle import (
     end_batches,
     run_capped,
 )
-from ansible.module_utils.pgmigrate_throttle import options as throttle_options
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttle import options as throttle_options
 
 # A batches file's first batch starts at the smallest uuid, each next one just after the last
 # key of the one before.

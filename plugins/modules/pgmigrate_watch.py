@@ -148,7 +148,7 @@ import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.pgmigrate import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     CONNECTION_ARGS,
     LEDGER_SCHEMA,
     LOCK_ARGS,
@@ -160,7 +160,7 @@ from ansible.module_utils.pgmigrate import (
     ledger_exists,
     ledger_state,
 )
-from ansible.module_utils.pgmigrate_monitor import (
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
     DEFAULT_PROBE_SQL,
     DEFAULT_THRESHOLDS,
     derive,
