@@ -88,6 +88,19 @@ def write_report(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def report_pair_paths(report_dir: str, stem: str) -> dict[str, str]:
+    """Where a report's JSON (machines) and Markdown (people) go: <report_dir>/<stem>.json, .md."""
+    return {"json": os.path.join(report_dir, stem + ".json"), "md": os.path.join(report_dir, stem + ".md")}
+
+
+def write_report_pair(paths: dict[str, str], data: Any, markdown: str) -> None:
+    """A report's JSON and Markdown (report_pair_paths), its directory created 0750, each file
+    replaced whole (write_report). OSError is the caller's to explain."""
+    os.makedirs(os.path.dirname(paths["json"]) or ".", mode=0o750, exist_ok=True)
+    write_report(paths["json"], json.dumps(data, indent=2, default=str) + "\n")
+    write_report(paths["md"], markdown)
+
+
 def percentile(values: list[float], pct: float) -> float:
     """Nearest-rank percentile (the one the phase 6 validator uses)."""
     ordered = sorted(values)

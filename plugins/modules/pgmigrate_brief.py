@@ -144,7 +144,11 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     fetch_dicts,
     json_safe,
 )
-from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import utcnow, write_report
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
+    report_pair_paths,
+    utcnow,
+    write_report_pair,
+)
 
 TABLES = ["clients_enhanced", "marketplace_modules", "module_installations", "client_app_overrides",
           "client_deployments", "orchestration_workflows", "workflow_executions", "handover_packages",
@@ -438,13 +442,10 @@ def main() -> None:
     rehearsal, rehearsal_path = latest_rehearsal(p["rehearsal_dir"] or p["report_dir"], p["host"])
     briefing = build(p, db, rehearsal, rehearsal_path)
     text = markdown(briefing)
-    paths = {"json": os.path.join(p["report_dir"], p["stem"] + ".json"),
-             "md": os.path.join(p["report_dir"], p["stem"] + ".md")}
+    paths = report_pair_paths(p["report_dir"], p["stem"])
     if not module.check_mode:
         try:
-            os.makedirs(p["report_dir"], mode=0o750, exist_ok=True)
-            write_report(paths["json"], json.dumps(briefing, indent=2, default=str) + "\n")
-            write_report(paths["md"], text)
+            write_report_pair(paths, briefing, text)
         except OSError as exc:
             module.fail_json(msg=f"cannot write the briefing in {p['report_dir']}: {exc.strerror or exc} "
                                  "(check migration_report_dir)")

@@ -131,8 +131,10 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
     md_cell,
     phase_lock_waits,
+    report_pair_paths,
     utcnow,
     write_report,
+    write_report_pair,
 )
 
 NEW_TABLES = ["orchestration_workflows", "workflow_executions", "handover_packages", "integration_events"]
@@ -449,13 +451,10 @@ def main() -> None:
                                                                                          ledger["watch"]),
         "approvals": ledger["approvals"], "post_roles": p["post_roles"], "schema": schema})
     text = markdown(review)
-    paths = {"json": os.path.join(p["report_dir"], p["stem"] + ".json"),
-             "md": os.path.join(p["report_dir"], p["stem"] + ".md")}
+    paths = report_pair_paths(p["report_dir"], p["stem"])
     if not module.check_mode:
         try:
-            os.makedirs(p["report_dir"], mode=0o750, exist_ok=True)
-            write_report(paths["json"], json.dumps(review, indent=2, default=str) + "\n")
-            write_report(paths["md"], text)
+            write_report_pair(paths, review, text)
             if p["schema_doc"]:
                 write_report(p["schema_doc"], schema_markdown(schema))
                 paths["schema"] = p["schema_doc"]
