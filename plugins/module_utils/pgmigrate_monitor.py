@@ -211,7 +211,7 @@ def statements_p95(before: dict[str, list] | None, after: dict[str, list]) -> fl
     if not weighted:
         return None
     weighted.sort()
-    total_calls = sum(c for _, c in weighted)
+    total_calls = sum(c for _weight, c in weighted)
     threshold, seen = 0.95 * total_calls, 0
     for mean, calls in weighted:
         seen += calls
@@ -224,7 +224,7 @@ def probe_p95(cur: Any, sql: str, runs: int, timeout_ms: int) -> dict[str, Any]:
     cur.execute("SET statement_timeout = %s", (f"{timeout_ms}ms",))
     timings: list[float] = []
     error = None
-    for _ in range(max(1, runs)):
+    for _run in range(max(1, runs)):
         started = time.perf_counter()
         try:
             cur.execute(sql)

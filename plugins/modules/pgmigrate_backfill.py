@@ -217,7 +217,7 @@ def run_plan(conn, plan_file: str, lock: dict, setup_files: list[str], since: st
             setup.append(render(handle.read(), {"events_since": since}))
     with open(plan_file, encoding="utf-8") as handle:
         plan_sql = handle.read()
-    for sqls in (setup, [plan_sql]):
+    for sqls in (tuple(setup), (plan_sql,)):
         if not sqls:
             continue
 
@@ -226,7 +226,7 @@ def run_plan(conn, plan_file: str, lock: dict, setup_files: list[str], since: st
                 cur.execute(sql)
             return 0
 
-        _, tries = with_lock_retry(conn, work, lock, transactional=True, sql="\n".join(sqls))
+        _result, tries = with_lock_retry(conn, work, lock, transactional=True, sql="\n".join(sqls))
         retries += tries
     return retries
 

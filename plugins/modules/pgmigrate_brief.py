@@ -235,7 +235,7 @@ def latest_rehearsal(directory: str, host: str) -> tuple[dict | None, str]:
             found.append((str(report.get("context", {}).get("started_at", "")), path, report))
     if not found:
         return None, ""
-    _, path, report = max(found)
+    _started, path, report = max(found)
     return report, path
 
 
@@ -298,7 +298,7 @@ def build(p: dict, db: dict, rehearsal: dict | None, rehearsal_path: str) -> dic
     return json_safe({
         "kind": "briefing", "at": utcnow(), "host": p["host"], "environment": p["environment"],
         "database": {k: db[k] for k in ("server_version", "database_size_bytes", "in_recovery", "tables",
-                                         "overrides", "ledger_exists")},
+                                        "overrides", "ledger_exists")},
         "applied": p["applied"], "recent_history": db["history"],
         "rehearsal": ({"report": rehearsal_path, "started_at": rehearsal["context"].get("started_at"),
                        "staging": rehearsal["context"].get("staging"), "verdict": rehearsal.get("verdict"),

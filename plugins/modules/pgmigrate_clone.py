@@ -696,7 +696,7 @@ def apply_settings(cur, name: str, settings: list[dict], roles: set[str]) -> tup
     skipped and named."""
     applied, skipped = [], []
     for item in settings:
-        key, _, value = item["setting"].partition("=")
+        key, _sep, value = item["setting"].partition("=")
         role = item["role"]
         label = f"{role}: {item['setting']}" if role else item["setting"]
         if role and role not in roles:

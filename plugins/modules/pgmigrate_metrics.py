@@ -246,8 +246,8 @@ def do_sampler(module: AnsibleModule) -> dict:
         # The done file carries the result: the after-phase sample that stopped the sampler
         # returns it (sampler_result).
         save_json(os.path.join(p["workdir"], f"sampler-{p['phase']}.done"),
-              {"samples": count, "alerts": alerts_all, "notifications": sent,
-               "seconds": round(time.monotonic() - started, 1)})
+                  {"samples": count, "alerts": alerts_all, "notifications": sent,
+                   "seconds": round(time.monotonic() - started, 1)})
 
 
 def main() -> None:

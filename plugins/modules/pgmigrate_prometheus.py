@@ -118,9 +118,10 @@ import os
 import re
 import urllib.error
 import urllib.parse
-import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
+from ansible.module_utils.urls import open_url
 
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -172,14 +173,13 @@ def push(url: str, job: str, instance: str, text: str, timeout_s: float) -> str:
     path = f"/metrics/job/{urllib.parse.quote(job, safe='')}"
     if instance:
         path += f"/instance/{urllib.parse.quote(instance, safe='')}"
-    request = urllib.request.Request(url.rstrip("/") + path, data=text.encode(), method="PUT",
-                                     headers={"Content-Type": "text/plain; version=0.0.4"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with open_url(url.rstrip("/") + path, data=text.encode(), method="PUT", http_agent="pgmigrate",
+                      headers={"Content-Type": "text/plain; version=0.0.4"}, timeout=timeout_s) as response:
             return f"ok ({response.status})"
     except urllib.error.HTTPError as exc:
         return f"failed: HTTP {exc.code} {exc.read()[:200].decode(errors='replace').strip()}"
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, UrlsConnectionError) as exc:
         return f"failed: {getattr(exc, 'reason', exc)}"
 
 
@@ -199,7 +199,7 @@ def query(url: str, promql: str, timeout_s: float) -> dict:
     reading: dict = {"query": promql, "value": None, "error": None}
     target = url.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": promql})
     try:
-        with urllib.request.urlopen(target, timeout=timeout_s) as response:
+        with open_url(target, http_agent="pgmigrate", timeout=timeout_s) as response:
             body = json.load(response)
     except urllib.error.HTTPError as exc:
         try:
@@ -207,7 +207,7 @@ def query(url: str, promql: str, timeout_s: float) -> dict:
         except ValueError:
             reading["error"] = f"Prometheus answered {exc.code}"
         return reading
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, UrlsConnectionError) as exc:
         reading["error"] = f"Prometheus unreachable or unreadable: {getattr(exc, 'reason', exc)}"
         return reading
     data = body.get("data") or {}

@@ -361,7 +361,6 @@ def ledger_records(module: AnsibleModule, run_id: str) -> tuple[list[dict], str 
         conn.close()
 
 
-
 def read_alerts(path: str | None, records: list[dict]) -> list[dict]:
     alerts, seen = [], set()
     for record in records:
@@ -456,8 +455,8 @@ def markdown(r: dict) -> str:
     verdict = "GO" if r["verdict"] == "go" else "NO-GO"
     out = [f"# Rehearsal on {c.get('host')}: {verdict}", ""]
     out += [f"**Verdict: {r['verdict']}**" + (f" - {r['reason']}" if r["reason"] else
-                                                " - every phase succeeded, validation passed, no monitoring "
-                                                "alert fired, the full rollback restored the clone exactly."), ""]
+                                              " - every phase succeeded, validation passed, no monitoring "
+                                              "alert fired, the full rollback restored the clone exactly."), ""]
     out += ["| | |", "|---|---|"]
     for label, key in (("source (read only)", "source"), ("staging", "staging"), ("environment", "environment"),
                        ("run id", "run_id"), ("operator", "operator"), ("started", "started_at")):

@@ -177,13 +177,13 @@ def read_schema(cur) -> dict:
                                                            NEW_TABLES + ["client_app_overrides"]))
     for t in tables:
         only = NEW_COLUMNS if t["table"] == "client_app_overrides" else None
-        t["columns"] = [c for c in fetch_dicts(cur, """
+        columns = fetch_dicts(cur, """
             SELECT a.attname AS column, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull AS not_null,
                    pg_get_expr(d.adbin, d.adrelid) AS default, col_description(a.attrelid, a.attnum) AS comment
               FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
              WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""",
-                                                  (f"public.{t['table']}",))
-                        if only is None or c["column"] in only]
+                              (f"public.{t['table']}",))
+        t["columns"] = [c for c in columns if only is None or c["column"] in only]
         t["constraints"] = fetch_dicts(cur, """
             SELECT conname AS name, contype AS type, pg_get_constraintdef(oid) AS definition, confdeltype
               FROM pg_constraint WHERE conrelid = %s::regclass ORDER BY contype, conname""", (f"public.{t['table']}",))
@@ -217,8 +217,8 @@ def run_reports(report_dir: str, host: str) -> dict:
         ctx = report.get("context") or {}
         if isinstance(report, dict) and report.get("playbook") in ("migrate", "rollback") and ctx.get("run_id"):
             found[ctx["run_id"]] = {"playbook": report["playbook"], "outcome": report.get("outcome"),
-                                   "reason": report.get("reason"), "report": path,
-                                   "notifications": len(report.get("notifications") or [])}
+                                    "reason": report.get("reason"), "report": path,
+                                    "notifications": len(report.get("notifications") or [])}
     return found
 
 
@@ -447,8 +447,8 @@ def main() -> None:
     review = json_safe({
         "kind": "review", "at": utcnow(), "host": p["host"], "environment": p["environment"],
         "completed_at": completed, "days_since": days, "titles": p["phase_titles"], "timeline": rows, "runs": runs,
-        "challenges": challenges(rows, runs, ledger["watch"]), "performance": performance(ledger["history"],
-                                                                                         ledger["watch"]),
+        "challenges": challenges(rows, runs, ledger["watch"]),
+        "performance": performance(ledger["history"], ledger["watch"]),
         "approvals": ledger["approvals"], "post_roles": p["post_roles"], "schema": schema})
     text = markdown(review)
     paths = report_pair_paths(p["report_dir"], p["stem"])

@@ -486,7 +486,7 @@ def run_group(conn, group: list[str], p: dict, files: dict, ids: dict, extra: di
         return out
 
     return with_lock_retry(conn, work, lock, transactional=True,
-                           sql="\n".join(sql for pairs in sqls.values() for _, sql in pairs))
+                           sql="\n".join(sql for pairs in sqls.values() for _name, sql in pairs))
 
 
 def summarise(details: dict) -> str:

@@ -214,7 +214,7 @@ def time_queries(conn, sql: str, runs: int, target_ms: float) -> list[dict]:
     for statement in split_statements(sql):
         timings = []
         rows = 0
-        for _ in range(runs):
+        for _run in range(runs):
             with conn.cursor() as cur:
                 cur.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + statement)
                 plan = cur.fetchone()[0][0]

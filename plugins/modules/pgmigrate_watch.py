@@ -309,7 +309,7 @@ def plot(path: str, title: str, unit: str, points: list[tuple[float, float]], li
     fig, ax = plt.subplots(figsize=(7, 3), dpi=90)
     try:
         if points:
-            ax.plot([x for x, _ in points], [y for _, y in points], marker="o", linewidth=1.5)
+            ax.plot([x for x, _y in points], [y for _x, y in points], marker="o", linewidth=1.5)
         if limit is not None:
             ax.axhline(limit, color="red", linestyle="--", linewidth=1, label=f"threshold {limit:g}")
             ax.legend(loc="upper left", fontsize=8)
@@ -362,7 +362,7 @@ def trend_report(p: dict, start: datetime.datetime, rows: list[dict], over: bool
         if p["plots"]:
             plot(os.path.join(base, name), f"{title} ({unit})", unit, points, limit)
             plots[key] = os.path.join(base, name)
-        values = [y for _, y in points]
+        values = [y for _x, y in points]
         out.append(f"| {title} ({unit}) | {values[-1]:g} | {min(values):g} | {max(values):g} | "
                    f"{'' if limit is None else f'{limit:g}'} | ![{key}](watch-{p['host']}/{name}) |")
     last = samples[-1] if samples else None
@@ -381,7 +381,7 @@ def trend_report(p: dict, start: datetime.datetime, rows: list[dict], over: bool
     write_report(md, "\n".join(out) + "\n")
     data = os.path.join(p["report_dir"], f"watch-{p['host']}.json")
     write_report(data, json.dumps(json_safe({"host": p["host"], "phase6_finished_at": start, "hours": p["hours"],
-                                      "over": over, "samples": rows}), indent=2, default=str) + "\n")
+                                             "over": over, "samples": rows}), indent=2, default=str) + "\n")
     return {"md": md, "json": data, "plots": plots}
 
 
