@@ -1,10 +1,13 @@
-"""The reference pages are generated from their one source (argument specs, modules'
-DOCUMENTATION): a spec changed without its page regenerated fails here."""
+"""The documentation: the reference pages are generated from their one source (argument specs,
+modules' DOCUMENTATION), so a spec changed without its page regenerated fails here; every
+relative link of README.md and docs/ reaches a file (and its heading); the README stays short."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 from helpers import REPO_ROOT
@@ -23,3 +26,62 @@ def test_every_role_variable_is_on_the_page() -> None:
         for spec in (yaml.safe_load(spec_file.read_text())["argument_specs"] or {}).values():
             for name in (spec or {}).get("options") or {}:
                 assert f"| `{name}` |" in page, f"{name} ({spec_file}) missing from docs/variables.md"
+
+
+# A relative link: [text](target) outside code; http(s) and mail links are not ours to check.
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.S | re.M)
+CODE_SPAN = re.compile(r"`[^`\n]*`")
+README_MAX_LINES = 200
+
+
+def pages() -> list[Path]:
+    return [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+
+
+def anchors(page: Path) -> set[str]:
+    """The heading anchors GitHub gives a page: lower case, punctuation dropped, spaces as
+    hyphens, a repeated heading numbered."""
+    seen: dict[str, int] = {}
+    out: set[str] = set()
+    for line in FENCE.sub("", page.read_text()).splitlines():
+        m = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if not m:
+            continue
+        text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", m.group(1))
+        slug = re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+def test_every_relative_link_resolves() -> None:
+    broken = []
+    for page in pages():
+        text = CODE_SPAN.sub("", FENCE.sub("", page.read_text()))
+        for target in LINK.findall(text):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            name = f"{page.relative_to(REPO_ROOT)}: {target}"
+            if not dest.exists():
+                broken.append(f"{name} (no such file)")
+            elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+                broken.append(f"{name} (no such heading in {dest.relative_to(REPO_ROOT)})")
+    assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+def test_the_links_are_checked() -> None:
+    """The link check reads what it should: the README's links into docs/ and a heading anchor."""
+    text = CODE_SPAN.sub("", FENCE.sub("", (REPO_ROOT / "README.md").read_text()))
+    targets = LINK.findall(text)
+    assert "docs/operations.md" in targets and any("#" in t for t in targets), targets
+    assert "lock-safety" in anchors(REPO_ROOT / "docs" / "design.md")
+
+
+def test_readme_stays_short() -> None:
+    lines = (REPO_ROOT / "README.md").read_text().count("\n")
+    assert lines < README_MAX_LINES, (
+        f"README.md has {lines} lines: keep it under {README_MAX_LINES}, put the rest in docs/")

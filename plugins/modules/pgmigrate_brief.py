@@ -155,7 +155,7 @@ TABLES = ["clients_enhanced", "marketplace_modules", "module_installations", "cl
           "integration_events"]
 
 # Size-based estimate where no rehearsal exists: a fixed cost per phase plus what scales,
-# calibrated on the sandbox (README's measured table: 100,000 clients, about 1.1 M overrides).
+# calibrated on the sandbox (docs/benchmarks.md's measured tables: 100,000 clients, about 1.1 M overrides).
 # (fixed seconds, seconds per MiB of the database, seconds per 1000 overrides)
 ESTIMATE = {
     "1": (2.0, 0.04, 0.0),    # pg_dump -Fc -Z1, pg_restore --list, backup tables
