@@ -164,7 +164,6 @@ kept:
 import datetime
 import json
 import os
-import subprocess
 import time
 import uuid
 
@@ -183,6 +182,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_dump im
     compare_counts,
     conninfo,
     count_rows,
+    dump_beside,
     first_lines,
     pg_program,
     private_workdir,
@@ -235,18 +235,10 @@ def dump(p: dict, path: str, env: dict, secrets: list[str], pg_dump: str) -> tup
         if not p["pg_bin_dir"]:
             pg_dump = pg_program("pg_dump", "", facts["server_version_num"] // 10000)
         require_dump_version(pg_dump, facts["server_version_num"], describe_target(p))
-        with open(os.path.join(os.path.dirname(env["PGPASSFILE"]), "pg_dump.err"), "w+") as err:
-            proc = subprocess.Popen(dump_argv(pg_dump, p, path, snap.id), env=env, stdout=subprocess.DEVNULL,
-                                    stderr=err)
-            try:
-                counts = snap.count_rows() if p["row_counts"] else {}
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-            code = proc.wait()
-            err.seek(0)
-            stderr = err.read()
+        counts, ended = dump_beside(dump_argv(pg_dump, p, path, snap.id), env,
+                                    os.path.join(os.path.dirname(env["PGPASSFILE"]), "pg_dump.err"),
+                                    snap.count_rows if p["row_counts"] else dict)
+    code, stderr = ended.code, ended.stderr
     if code != 0:
         hint = ""
         if "lock" in stderr.lower() and "timeout" in stderr.lower():

@@ -256,7 +256,6 @@ import hashlib
 import ipaddress
 import os
 import socket
-import subprocess
 import time
 import uuid
 
@@ -275,8 +274,10 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_dump im
     compare_counts,
     conninfo,
     count_rows,
+    dump_beside,
     first_lines,
     pg_program,
+    pipe_beside,
     private_workdir,
     quote_ident,
     require_dump_version,
@@ -575,33 +576,17 @@ def run_pipe(p: dict, plan: dict, src: dict, tmp_conninfo: str, env: dict, work:
               f"--lock-wait-timeout={p['lock_wait_timeout']}", f"--dbname={src_info}"]
     started = time.monotonic()
     with Snapshot(src, p["lock_wait_timeout"], "pgmigrate-clone-snapshot") as snap:
-        dump_err = open(os.path.join(work, "dump.err"), "w+")  # noqa: SIM115 - closed below
-        restore_err = open(os.path.join(work, "restore.err"), "w+")  # noqa: SIM115 - closed below
-        try:
-            sections = ["--section=pre-data", "--section=data"] if split else []
-            dump = subprocess.Popen([*common, "--blobs", *sections, f"--snapshot={snap.id}"], env=env,
-                                    stdout=subprocess.PIPE, stderr=dump_err)
-            restore = subprocess.Popen([plan["pg_restore"], *restore_flags, f"--dbname={tmp_conninfo}"], env=env,
-                                       stdin=dump.stdout, stdout=subprocess.DEVNULL, stderr=restore_err)
-            dump.stdout.close()
-            try:
-                counts = snap.count_rows()
-            except BaseException:
-                dump.kill()
-                restore.kill()
-                raise
-            restore_code, dump_code = restore.wait(), dump.wait()
-            restore_err.seek(0)
-            dump_err.seek(0)
-            if restore_code != 0:
-                raise MigrationError(f"pg_restore into the new staging database failed (exit {restore_code}): "
-                                     f"{scrub(first_lines(restore_err.read()), secrets)}")
-            if dump_code != 0:
-                raise MigrationError(f"pg_dump of clone_source {p['source_label']} failed (exit {dump_code}): "
-                                     f"{scrub(first_lines(dump_err.read()), secrets)}")
-        finally:
-            dump_err.close()
-            restore_err.close()
+        sections = ["--section=pre-data", "--section=data"] if split else []
+        counts, restored, dumped = pipe_beside(
+            [*common, "--blobs", *sections, f"--snapshot={snap.id}"],
+            [plan["pg_restore"], *restore_flags, f"--dbname={tmp_conninfo}"], env,
+            os.path.join(work, "dump.err"), os.path.join(work, "restore.err"), snap.count_rows)
+        if restored.code != 0:
+            raise MigrationError(f"pg_restore into the new staging database failed (exit {restored.code}): "
+                                 f"{scrub(first_lines(restored.stderr), secrets)}")
+        if dumped.code != 0:
+            raise MigrationError(f"pg_dump of clone_source {p['source_label']} failed (exit {dumped.code}): "
+                                 f"{scrub(first_lines(dumped.stderr), secrets)}")
         timings["copy_s"] = round(time.monotonic() - started, 2)
         if not split:
             return counts
@@ -621,25 +606,14 @@ def run_directory(p: dict, plan: dict, src: dict, tmp_conninfo: str, env: dict, 
     archive = os.path.join(work, "dump")
     started = time.monotonic()
     with Snapshot(src, p["lock_wait_timeout"], "pgmigrate-clone-snapshot") as snap:
-        err = open(os.path.join(work, "dump.err"), "w+")  # noqa: SIM115 - closed below
-        try:
-            dump = subprocess.Popen(
-                [plan["pg_dump"], "--format=directory", "--compress=0", "--blobs", "--no-password",
-                 f"--jobs={p['jobs']}", f"--lock-wait-timeout={p['lock_wait_timeout']}", f"--snapshot={snap.id}",
-                 f"--file={archive}",
-                 f"--dbname={conninfo(src, read_only=True, application_name='pgmigrate-clone-dump')}"],
-                env=env, stdout=subprocess.DEVNULL, stderr=err)
-            try:
-                counts = snap.count_rows()
-            except BaseException:
-                dump.kill()
-                raise
-            if dump.wait() != 0:
-                err.seek(0)
-                raise MigrationError(f"pg_dump of clone_source {p['source_label']} failed: "
-                                     f"{scrub(first_lines(err.read()), secrets)}")
-        finally:
-            err.close()
+        counts, dumped = dump_beside(
+            [plan["pg_dump"], "--format=directory", "--compress=0", "--blobs", "--no-password",
+             f"--jobs={p['jobs']}", f"--lock-wait-timeout={p['lock_wait_timeout']}", f"--snapshot={snap.id}",
+             f"--file={archive}", f"--dbname={conninfo(src, read_only=True, application_name='pgmigrate-clone-dump')}"],
+            env, os.path.join(work, "dump.err"), snap.count_rows)
+    if dumped.code != 0:
+        raise MigrationError(f"pg_dump of clone_source {p['source_label']} failed: "
+                             f"{scrub(first_lines(dumped.stderr), secrets)}")
     timings["dump_s"] = round(time.monotonic() - started, 2)
     started = time.monotonic()
     run_tool([plan["pg_restore"], *restore_flags, f"--jobs={p['jobs']}", f"--dbname={tmp_conninfo}", archive], env,
