@@ -5,9 +5,10 @@ start.
 pgbench with --rate schedules transactions on a Poisson clock whatever the database does, so a
 stall shows as the latency of every transaction scheduled during it (a closed loop, where each
 connection waits for its last transaction, would send nothing meanwhile and hide it). With -l,
-its per-transaction log gives, per transaction: the script, the completion time, the
-transaction's own time and its schedule lag; scheduled start = completion - time - lag, latency
-from the scheduled start = time + lag.
+its per-transaction log gives, per transaction: the script, the completion time, its time and
+its schedule lag. Under --rate, pgbench counts that time from the scheduled start already
+(processXactStats: latency = now - txn_scheduled; the lag is the part of it spent waiting to
+start): latency from the scheduled start = time, scheduled start = completion - time.
 
 Two streams: the old application (read, flip, install, new override), from start() to stop(), and
 reads of the dashboard views, started as soon as phase 5 has made them (polled outside the
@@ -131,8 +132,9 @@ class Stream:
                     continue
                 if parts[2] == "skipped":
                     continue
+                # Under --rate, time runs from the scheduled start: the lag is inside it.
                 elapsed = int(parts[2])
-                out.append((end - (elapsed + lag) / 1e6, (elapsed + lag) / 1000.0, op, None))
+                out.append((end - elapsed / 1e6, elapsed / 1000.0, op, None))
         return out
 
 

@@ -24,23 +24,24 @@ WITH batch AS MATERIALIZED (
            p.old_module_id, p.old_installation_id, p.old_status
       FROM migration_ledger.phase3_override_plan AS p
      WHERE p.planned_ctid >= :'lo'::tid AND p.planned_ctid < :'hi'::tid
-), in_place AS MATERIALIZED (
-    SELECT b.override_id, cao.ctid AS at, cao.marketplace_module_id, cao.installation_id,
-           cao.activation_status
-      FROM batch AS b
-      JOIN client_app_overrides AS cao ON cao.ctid = b.planned_ctid AND cao.id = b.override_id
 ), found AS MATERIALIZED (
-    -- the plan's overrides still holding the values the plan recorded, where they are now
+    -- the plan's overrides still holding the values the plan recorded, where they are now:
+    -- per override, the row where it was planned if it is still there, else by its id (LIMIT
+    -- 1 stops the Append at the first branch that finds it). One lookup per override, whatever
+    -- the plan the planner picks: a join of the batch against a union of both lookups was
+    -- planned as a nested loop re-reading the union per override (540 overrides: 291,600
+    -- comparisons, half a second).
     SELECT b.*, w.at
       FROM batch AS b
-      JOIN (SELECT override_id, at, marketplace_module_id, installation_id, activation_status
-              FROM in_place
-            UNION ALL
-            SELECT cao.id, cao.ctid, cao.marketplace_module_id, cao.installation_id, cao.activation_status
+     CROSS JOIN LATERAL (
+            SELECT cao.ctid AS at, cao.marketplace_module_id, cao.installation_id, cao.activation_status
               FROM client_app_overrides AS cao
-             WHERE cao.id IN (SELECT override_id FROM batch
-                               WHERE override_id NOT IN (SELECT override_id FROM in_place))) AS w
-        ON w.override_id = b.override_id
+             WHERE cao.ctid = b.planned_ctid AND cao.id = b.override_id
+            UNION ALL
+            SELECT cao.ctid, cao.marketplace_module_id, cao.installation_id, cao.activation_status
+              FROM client_app_overrides AS cao
+             WHERE cao.id = b.override_id
+             LIMIT 1) AS w
      WHERE w.marketplace_module_id IS NOT DISTINCT FROM b.old_module_id
        AND w.installation_id IS NOT DISTINCT FROM b.old_installation_id
        AND w.activation_status IS NOT DISTINCT FROM b.old_status

@@ -13,6 +13,7 @@ DROP FUNCTION IF EXISTS migration_ledger.transition_sync_override();
 DROP FUNCTION IF EXISTS migration_ledger.transition_sync_installation();
 DROP FUNCTION IF EXISTS migration_ledger.transition_sync_listing();
 DROP FUNCTION IF EXISTS migration_ledger.transition_relink(uuid, text[]);
+-- made by earlier versions of 007 (the open check is inline now)
 DROP FUNCTION IF EXISTS migration_ledger.transition_open();
 DROP FUNCTION IF EXISTS migration_ledger.phase3_linkage(uuid, text, boolean);
 DROP FUNCTION IF EXISTS migration_ledger.phase3_installed_event(uuid, uuid, uuid, timestamptz, text);
