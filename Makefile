@@ -10,12 +10,13 @@ SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule
 # Clients generated in the demo sandbox.
 SCALE ?= 200
 
-.PHONY: help venv postgres pg-versions ansible-versions prometheus demo sandbox-stop lint pytest molecule test clean
+.PHONY: help venv postgres pg-versions ansible-versions prometheus demo sandbox-stop lint sanity pytest molecule test clean
 
 help:
 	@echo "make demo    set up, start the sandbox, run the whole migration, print its summary"
-	@echo "make test    linters, pytest and every Molecule scenario ($(SCENARIOS))"
+	@echo "make test    linters, ansible-test sanity, pytest and every Molecule scenario ($(SCENARIOS))"
 	@echo "make lint    yamllint, ansible-lint (production profile, offline), ruff"
+	@echo "make sanity  ansible-test sanity on the built collection (tools/sanity.py)"
 	@echo "make sandbox-stop   stop the sandbox cluster"
 
 # The virtualenv, rebuilt when requirements.txt changes.
@@ -57,13 +58,18 @@ lint: venv
 	ansible-lint
 	ruff check .
 
+# ansible-test sanity (validate-modules, pylint, pep8, import...) on the collection as it is
+# shipped: built, installed into a temporary collections path (docs/collection-checks.md).
+sanity: venv
+	$(BIN)/python tools/sanity.py
+
 pytest: venv postgres pg-versions ansible-versions prometheus
 	pytest -q -n 2 --dist loadfile tests
 
 molecule: venv postgres
 	@set -e; for s in $(SCENARIOS); do echo "== molecule test -s $$s"; molecule test -s $$s; done
 
-test: lint pytest molecule
+test: lint sanity pytest molecule
 
 # Benchmarks (never part of `make test`). The clone's figure (issue 4): playbooks/clone.yml
 # against pg_dump | pg_restore by hand, ratio printed. A prerequisite-only rule, so the bench

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -256,3 +257,106 @@ def test_snapshot_is_read_only(fresh_db: dict[str, Any]) -> None:
         assert len(snap.id) > 0
         with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
             snap.cur.execute("CREATE TABLE nope (i int)")
+
+
+# --- pg_dump in the background (dump_beside, pipe_beside: the backup's and the clone's) ---------
+
+def dump_params(db: dict[str, Any]) -> dict[str, Any]:
+    return {"db_host": db["host"], "db_port": db["port"], "db_name": db["dbname"], "db_user": db["user"],
+            "db_password": db["password"], "db_sslmode": "disable", "connect_timeout": 10}
+
+
+def processes_with(text: str) -> list[int]:
+    """The processes whose command line holds text."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_failed_count_stops_the_background_pg_dump(fresh_db: dict[str, Any], tmp_path: Path) -> None:
+    """dump_beside: when the work beside pg_dump fails, pg_dump (here waiting for a table lock)
+    is killed and reaped before the error goes on; nothing of it outlives the snapshot."""
+    params = dump_params(fresh_db)
+    marker = f"pytest-dump-{uuid.uuid4().hex[:8]}"
+    env = dump_utils.tool_env(dump_utils.write_passfile(str(tmp_path), [params]))
+    holder = connect(fresh_db)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLE clients_enhanced IN ACCESS EXCLUSIVE MODE")
+        with dump_utils.Snapshot(params, "5s", "pytest-snapshot") as snap:
+            pg_dump = dump_utils.pg_program("pg_dump", "", snap.facts()["server_version_num"] // 10000)
+            argv = [pg_dump, "--format=custom", "--no-password", "--lock-wait-timeout=300s",
+                    f"--snapshot={snap.id}", f"--file={tmp_path / 'db.dump'}",
+                    f"--dbname={dump_utils.conninfo(params, application_name=marker)}"]
+
+            def fail_once_pg_dump_waits() -> None:
+                deadline = time.monotonic() + 120
+                while not query(fresh_db, "SELECT 1 FROM pg_stat_activity WHERE application_name = %s "
+                                          "AND wait_event_type = 'Lock'", (marker,)):
+                    assert processes_with(marker), "pg_dump ended before it waited for the lock"
+                    assert time.monotonic() < deadline, "pg_dump never waited for the locked table"
+                    time.sleep(0.1)
+                raise RuntimeError("counting failed")
+
+            with pytest.raises(RuntimeError, match="counting failed"):
+                dump_utils.dump_beside(argv, env, str(tmp_path / "pg_dump.err"), fail_once_pg_dump_waits)
+            assert processes_with(marker) == [], "pg_dump still runs after the work beside it failed"
+    finally:
+        holder.rollback()
+        holder.close()
+    assert (tmp_path / "pg_dump.err").is_file()
+
+
+def test_pg_dump_streams_into_pg_restore_from_the_snapshot(fresh_db: dict[str, Any], tmp_path: Path) -> None:
+    """pipe_beside: pg_dump | pg_restore copies exactly what the snapshot counts, no password in
+    any command line; a pg_restore that fails gives its exit code and its stderr."""
+    params = dump_params(fresh_db)
+    copy = f"{fresh_db['dbname']}_copy"
+    env = dump_utils.tool_env(dump_utils.write_passfile(str(tmp_path), [params]))
+    admin = connect(fresh_db)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{copy}"')
+        with dump_utils.Snapshot(params, "5s", "pytest-snapshot") as snap:
+            pg_dump = dump_utils.pg_program("pg_dump", "", snap.facts()["server_version_num"] // 10000)
+            pg_restore = dump_utils.pg_program("pg_restore", "", snap.facts()["server_version_num"] // 10000)
+            dump_argv = [pg_dump, "--format=custom", "--no-password", f"--snapshot={snap.id}",
+                         f"--dbname={dump_utils.conninfo(params, read_only=True)}"]
+
+            def count_with_no_password_in_argv() -> dict[str, int]:
+                assert processes_with(params["db_password"]) == []
+                return snap.count_rows()
+
+            counts, restored, dumped = dump_utils.pipe_beside(
+                dump_argv, [pg_restore, "--no-password", "--exit-on-error",
+                            f"--dbname={dump_utils.conninfo(params, dbname=copy)}"],
+                env, str(tmp_path / "dump.err"), str(tmp_path / "restore.err"), count_with_no_password_in_argv)
+            assert (restored.code, dumped.code) == (0, 0), (restored.stderr, dumped.stderr)
+            assert restored.stderr_path == str(tmp_path / "restore.err")
+
+            counts_failed, refused, cut = dump_utils.pipe_beside(
+                dump_argv, [pg_restore, "--no-password", "--exit-on-error",
+                            f"--dbname={dump_utils.conninfo(params, dbname=copy + '_missing')}"],
+                env, str(tmp_path / "dump2.err"), str(tmp_path / "restore2.err"), snap.count_rows)
+        check = connect({**fresh_db, "dbname": copy})
+        try:
+            with check.cursor() as cur:
+                copied = dump_utils.count_rows(cur)
+        finally:
+            check.close()
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')
+        admin.close()
+    assert copied == counts and counts["public.client_app_overrides"] > 0
+    assert counts_failed == counts
+    assert refused.code != 0 and f"{copy}_missing" in refused.stderr
+    # pg_dump's end is reported too (a broken pipe, or success when the whole dump fit in the
+    # pipe's buffer before pg_restore gave up): the clone names pg_restore's failure first.
+    assert cut.stderr_path == str(tmp_path / "dump2.err")

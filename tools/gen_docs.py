@@ -2,7 +2,8 @@
 """Generate the reference pages from their one source of truth.
 
     docs/variables.md   every role's variables, from roles/*/meta/argument_specs.yml
-    docs/modules.md     every module's options, from plugins/modules/*.py DOCUMENTATION
+    docs/modules.md     every module's options and return values, from plugins/modules/*.py
+                        DOCUMENTATION and RETURN, and the shared options of plugins/doc_fragments/
 
     tools/gen_docs.py           rewrite both
     tools/gen_docs.py --check   exit 1, naming the stale file, when either differs
@@ -37,8 +38,9 @@ def _cell(value: Any) -> str:
 
 
 def _markup(text: str) -> str:
-    """Ansible's documentation markup, C(code) and I(option), as Markdown code."""
-    return re.sub(r"\b[CIO]\(([^()]*)\)", r"`\1`", text)
+    """Ansible's documentation markup, C(code), I(option) and M(module), as Markdown code."""
+    text = re.sub(r"\bM\(agency\.pgmigrate\.([^()]*)\)", r"`\1`", text)
+    return re.sub(r"\b[CIOM]\(([^()]*)\)", r"`\1`", text)
 
 
 def _description(option: dict[str, Any]) -> str:
@@ -91,28 +93,88 @@ def variables_page() -> str:
     return "\n".join(out) + "\n"
 
 
-def module_documentation(path: Path) -> dict[str, Any]:
+def _assigned(path: Path, name: str) -> Any:
+    """The literal string assigned to `name` at the top of a Python file, parsed as YAML."""
     for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "DOCUMENTATION" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == name for t in node.targets):
             return yaml.safe_load(ast.literal_eval(node.value)) or {}
-    raise SystemExit(f"{path}: no DOCUMENTATION")
+        if isinstance(node, ast.ClassDef):  # a doc fragment: class ModuleDocFragment
+            for item in node.body:
+                if isinstance(item, ast.Assign) and any(getattr(t, "id", "") == name for t in item.targets):
+                    return yaml.safe_load(ast.literal_eval(item.value)) or {}
+    return None
+
+
+def module_documentation(path: Path) -> dict[str, Any]:
+    doc = _assigned(path, "DOCUMENTATION")
+    if doc is None:
+        raise SystemExit(f"{path}: no DOCUMENTATION")
+    return doc
+
+
+def fragments(doc: dict[str, Any]) -> list[str]:
+    """The short names (connection, lock, throttle) of the collection's doc fragments a module
+    extends; agency.pgmigrate.NAME is plugins/doc_fragments/NAME.py's DOCUMENTATION."""
+    names = doc.get("extends_documentation_fragment") or []
+    names = [names] if isinstance(names, str) else names
+    short = []
+    for name in names:
+        if not name.startswith("agency.pgmigrate.") or name.count(".") != 2:
+            raise SystemExit(f"{doc.get('module')}: fragment {name} is not one of plugins/doc_fragments/")
+        short.append(name.rsplit(".", 1)[1])
+    return short
+
+
+def fragment_documentation(name: str) -> dict[str, Any]:
+    path = ROOT / "plugins" / "doc_fragments" / f"{name}.py"
+    doc = _assigned(path, "DOCUMENTATION") if path.exists() else None
+    if doc is None:
+        raise SystemExit(f"{path}: no such doc fragment")
+    return doc
+
+
+def _returns_table(returns: dict[str, Any]) -> list[str]:
+    lines = ["| key | type | returned | description |", "|---|---|---|---|"]
+    for name in sorted(returns):
+        ret = returns[name] or {}
+        kind = ret.get("type", "")
+        if kind == "list" and ret.get("elements"):
+            kind = f"list of {ret['elements']}"
+        lines.append(f"| `{name}` | {_cell(kind)} | {_cell(ret.get('returned', ''))} | {_description(ret)} |")
+    return lines
 
 
 def modules_page() -> str:
-    out = [HEADER.format(source="plugins/modules/*.py DOCUMENTATION"), "# Module reference", ""]
+    out = [HEADER.format(source="plugins/modules/*.py DOCUMENTATION and plugins/doc_fragments/*.py"),
+           "# Module reference", ""]
     out.append(
-        "The project's modules, all run on the controller against the database over libpq. "
-        "Every database module also takes the connection and lock options that the playbooks "
-        "pass through `module_defaults` (`__migration_connection` in `roles/migration/vars/main.yml`)."
-    )
-    for path in sorted(ROOT.glob("plugins/modules/pgmigrate_*.py")):
-        doc = module_documentation(path)
+        "The project's modules (the collection `agency.pgmigrate`), all run on the controller against "
+        "the database over libpq. The database modules also take the shared options below, documented "
+        "once in `plugins/doc_fragments/`; the playbooks pass the connection and lock options through "
+        "`module_defaults` (`__migration_connection` in `roles/migration/vars/main.yml`) and the "
+        "throttle from the `migration_throttle_*` variables.")
+    modules = [(path, module_documentation(path)) for path in sorted(ROOT.glob("plugins/modules/pgmigrate_*.py"))]
+    used = sorted({name for _, doc in modules for name in fragments(doc)})
+    out += ["", "## Shared options"]
+    for name in used:
+        frag = fragment_documentation(name)
+        takers = [doc.get("module", path.stem) for path, doc in modules if name in fragments(doc)]
+        out += ["", f"### {name}", "", f"`agency.pgmigrate.{name}`, taken by {', '.join(takers)}.", ""]
+        out += _options_table(frag.get("options") or {}, "option")
+    for path, doc in modules:
         out += ["", f"## {doc.get('module', path.stem)}", "", _cell(doc.get("short_description", ""))]
-        for paragraph in doc.get("description", []) or []:
+        paragraphs = doc.get("description") or []
+        for paragraph in [paragraphs] if isinstance(paragraphs, str) else paragraphs:
             out += ["", _markup(" ".join(str(paragraph).split()))]
         options = doc.get("options") or {}
         if options:
             out += [""] + _options_table(options, "option")
+        shared = fragments(doc)
+        if shared:
+            out += ["", "Also the shared options: " + ", ".join(f"[{n}](#{n})" for n in shared) + "."]
+        returns = _assigned(path, "RETURN")
+        if returns:
+            out += ["", "Returns:", ""] + _returns_table(returns)
     return "\n".join(out) + "\n"
 
 

@@ -141,7 +141,7 @@ def transaction_pooler(conn: Any, params: dict[str, Any]) -> str | None:
             return None
         probes = []
         try:
-            for _ in range(POOLER_PROBES):
+            for _probe in range(POOLER_PROBES):
                 probe = connect(params, "pgmigrate-pooler-probe")
                 probes.append(probe)
                 try:

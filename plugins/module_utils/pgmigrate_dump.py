@@ -1,8 +1,9 @@
 # Shared mechanics of pg_dump and pg_restore for the backup and the clone (pgmigrate_backup,
 # pgmigrate_clone): finding the programs, passwords in a private password file (never argv, never
 # the module's arguments on a command line), an exported snapshot held open while pg_dump reads
-# it (so row counts and dump agree exactly), archive checksums, and error messages with the
-# secrets taken out.
+# it (so row counts and dump agree exactly), pg_dump in the background (alone, or streaming into
+# pg_restore) while the module counts in that snapshot, archive checksums, and error messages
+# with the secrets taken out.
 from __future__ import annotations
 
 import hashlib
@@ -11,10 +12,10 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import MigrationError, connect
 
@@ -265,6 +266,76 @@ def restore_list_entries(pg_restore: str, archive: str, env: dict[str, str], sec
     if proc.returncode != 0:
         raise MigrationError(f"pg_restore --list cannot read {archive}: {scrub(first_lines(proc.stderr), secrets)}")
     return sum(1 for line in proc.stdout.splitlines() if line.strip() and not line.startswith(";"))
+
+
+# --- programs in the background -------------------------------------------------------------
+# module.run_command runs one program to its end. pg_dump must run while the module counts rows in
+# the snapshot it reads, and the clone streams it into pg_restore: both need processes of their
+# own. Their stderr goes to files (a pipe nobody reads while they run could fill and stall them),
+# read once they ended; the passwords are in the environment's PGPASSFILE, never in argv.
+
+T = TypeVar("T")
+
+
+class Ended(NamedTuple):
+    """How a program started in the background ended: exit code, its stderr (the file's text)
+    and the file it wrote that to."""
+    code: int
+    stderr: str
+    stderr_path: str
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill a program and reap it (so nothing of it outlives the snapshot it reads)."""
+    proc.kill()
+    proc.wait()
+
+
+def dump_beside(argv: list[str], env: dict[str, str], stderr_path: str, work: Callable[[], T]) -> tuple[T, Ended]:
+    """Start pg_dump (argv: --snapshot and --file included) in the background, stdout discarded,
+    stderr into stderr_path; run work() meanwhile (the row counts of the same snapshot); then wait
+    for pg_dump. When work() raises, pg_dump is killed and reaped and the exception goes on.
+    Returns (work()'s result, how pg_dump ended); the caller judges the exit code."""
+    with open(stderr_path, "w+") as err:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            result = work()
+        except BaseException:
+            _stop(proc)
+            raise
+        code = proc.wait()
+        err.seek(0)
+        return result, Ended(code, err.read(), stderr_path)
+
+
+def pipe_beside(dump_argv: list[str], restore_argv: list[str], env: dict[str, str], dump_stderr_path: str,
+                restore_stderr_path: str, work: Callable[[], T]) -> tuple[T, Ended, Ended]:
+    """pg_dump (dump_argv, writing to stdout) streamed into pg_restore (restore_argv, reading
+    stdin), both in the background, each with its stderr in its file; work() runs meanwhile, then
+    both are waited for. When work() (or starting pg_restore) raises, both are killed and reaped
+    and the exception goes on. Returns (work()'s result, how pg_restore ended, how pg_dump ended)."""
+    with open(dump_stderr_path, "w+") as dump_err, open(restore_stderr_path, "w+") as restore_err:
+        dump = subprocess.Popen(dump_argv, env=env, stdout=subprocess.PIPE, stderr=dump_err)
+        try:
+            restore = subprocess.Popen(restore_argv, env=env, stdin=dump.stdout, stdout=subprocess.DEVNULL,
+                                       stderr=restore_err)
+        except BaseException:
+            dump.stdout.close()
+            _stop(dump)
+            raise
+        # pg_restore holds the pipe's read end now: pg_dump sees a broken pipe if it stops.
+        dump.stdout.close()
+        try:
+            result = work()
+        except BaseException:
+            _stop(dump)
+            _stop(restore)
+            raise
+        restore_code, dump_code = restore.wait(), dump.wait()
+        restore_err.seek(0)
+        dump_err.seek(0)
+        return (result, Ended(restore_code, restore_err.read(), restore_stderr_path),
+                Ended(dump_code, dump_err.read(), dump_stderr_path))
 
 
 # --- the snapshot ---------------------------------------------------------------------------

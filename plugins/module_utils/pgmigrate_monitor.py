@@ -88,6 +88,19 @@ def write_report(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def report_pair_paths(report_dir: str, stem: str) -> dict[str, str]:
+    """Where a report's JSON (machines) and Markdown (people) go: <report_dir>/<stem>.json, .md."""
+    return {"json": os.path.join(report_dir, stem + ".json"), "md": os.path.join(report_dir, stem + ".md")}
+
+
+def write_report_pair(paths: dict[str, str], data: Any, markdown: str) -> None:
+    """A report's JSON and Markdown (report_pair_paths), its directory created 0750, each file
+    replaced whole (write_report). OSError is the caller's to explain."""
+    os.makedirs(os.path.dirname(paths["json"]) or ".", mode=0o750, exist_ok=True)
+    write_report(paths["json"], json.dumps(data, indent=2, default=str) + "\n")
+    write_report(paths["md"], markdown)
+
+
 def percentile(values: list[float], pct: float) -> float:
     """Nearest-rank percentile (the one the phase 6 validator uses)."""
     ordered = sorted(values)
@@ -198,7 +211,7 @@ def statements_p95(before: dict[str, list] | None, after: dict[str, list]) -> fl
     if not weighted:
         return None
     weighted.sort()
-    total_calls = sum(c for _, c in weighted)
+    total_calls = sum(c for _weight, c in weighted)
     threshold, seen = 0.95 * total_calls, 0
     for mean, calls in weighted:
         seen += calls
@@ -211,7 +224,7 @@ def probe_p95(cur: Any, sql: str, runs: int, timeout_ms: int) -> dict[str, Any]:
     cur.execute("SET statement_timeout = %s", (f"{timeout_ms}ms",))
     timings: list[float] = []
     error = None
-    for _ in range(max(1, runs)):
+    for _run in range(max(1, runs)):
         started = time.perf_counter()
         try:
             cur.execute(sql)

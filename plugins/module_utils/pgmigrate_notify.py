@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
-import urllib.request
 from typing import Any
 
+from ansible.module_utils.urls import open_url
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import utcnow
 
 # pgmigrate_notify's options, shared by the module and its action plugin.
@@ -88,11 +88,10 @@ def post_webhook(url: str, payload: dict[str, Any], timeout_s: float) -> str:
     if not url:
         return "skipped"
     data = json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=data, method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "User-Agent": "pgmigrate-notify"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - operator's URL
+        # Ansible's open_url: the proxy and CA settings every Ansible HTTP client honours.
+        with open_url(url, data=data, method="POST", headers={"Content-Type": "application/json"},
+                      http_agent="pgmigrate-notify", timeout=timeout_s) as response:
             status = response.status
         return "ok" if 200 <= status < 300 else f"failed: HTTP {status}"
     except urllib.error.HTTPError as exc:

@@ -197,7 +197,7 @@ class Throttle:
             # No recorded baseline (monitoring off, or no phase 1 record): the probe now, at the
             # start of the batches, is the best there is.
             with conn.cursor() as cur:
-                timings = sorted(self._probe(cur) for _ in range(5))
+                timings = sorted(self._probe(cur) for _probe in range(5))
             self.baseline = {"source": "measured at the start of the batches (no baseline recorded)",
                              "probe_ms": round(timings[2], 3), "active_sessions": 0, "lock_waiters": 0}
         self.limits = derive_limits(self.opts, self.baseline)

@@ -14,41 +14,82 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: pgmigrate_backfill
 short_description: Plan phase 3's linkage and apply it in short batches
+version_added: 1.0.0
+author: Agency platform team (@agency)
 description:
-  - C(plan) runs the plan SQL file (under lock_timeout, retried with backoff), then splits the
-    plan into chunks of about I(chunk_rows) rows (ranges of heap pages), reports how names
-    shared by several modules were resolved, and returns the start of the integration-event
-    window (the server's now() minus I(event_window_days)), fixed once for the run.
-  - C(bounds) (read-only) does the same without running the plan file.
   - C(plan) first fixes the event window and runs I(setup_files) (the linkage rule and the
     transition's sync) in one short transaction of their own, so the sync is in place before
-    the plan's snapshot is taken and nothing the application does waits for the plan.
+    the plan's snapshot is taken and nothing the application does waits for the plan. It then
+    runs the plan SQL file (under lock_timeout, retried with backoff), splits the plan into
+    chunks of about I(chunk_rows) rows (ranges of heap pages), reports how names shared by several
+    modules were resolved, and returns the start of the integration-event window (the server's
+    now() minus I(event_window_days)), fixed once for the run.
+  - C(bounds) (read-only) does the same without running the plan file.
   - C(run) applies one chunk (pages I(lo) to I(hi), I(hi) excluded) with the batch SQL file,
     batch by batch, adapting the batch to take about I(target_batch_ms). A batch never waits for
     a row lock (SKIP LOCKED); the pages of rows it skipped are linked again in later passes.
+    Between batches the I(throttle) slows the batches down or pauses them while the application
+    suffers.
 options:
-  action: {type: str, required: true, choices: [plan, bounds, run]}
-  plan_table: {type: str, default: migration_ledger.phase3_override_plan}
-  plan_file: {type: path}
-  setup_files: {type: list, elements: path, default: [], description: run before the plan, one transaction}
-  batch_file: {type: path}
-  chunk_rows: {type: int, default: 100000}
-  event_window_days: {type: int, default: 7}
-  lo: {type: int, description: first heap page of the chunk}
-  hi: {type: int, description: heap page after the chunk}
-  rows: {type: int, description: plan rows in the chunk (sizes the first batch)}
-  batch_size: {type: int, default: 1000, description: rows in the first batch}
-  min_batch_size: {type: int, default: 100}
-  max_batch_size: {type: int, default: 20000}
-  target_batch_ms: {type: int, default: 25}
-  workers: {type: int, default: 2, description: sessions linking a chunk side by side}
-  throttle:
-    type: dict
-    default: {}
+  action:
+    description: Plan the linkage, read the plan's chunks, or run one chunk.
+    type: str
+    required: true
+    choices: [plan, bounds, run]
+  plan_table:
+    description: The table the plan file fills, one row per override to link.
+    type: str
+    default: migration_ledger.phase3_override_plan
+  plan_file:
+    description: C(plan) - the plan SQL file (C(files/sql/phase3/deploy/010_plan.sql)).
+    type: path
+  setup_files:
+    description: C(plan) - SQL files run before the plan, in one transaction of their own.
+    type: list
+    elements: path
+    default: []
+  batch_file:
+    description: C(run) - the batch SQL file (C(files/sql/phase3/deploy/020_link_batch.sql)).
+    type: path
+  chunk_rows:
+    description: Plan rows per chunk.
+    type: int
+    default: 100000
+  event_window_days:
+    description: Days of integration events phase 3 inserts, counted back from the server's now().
+    type: int
+    default: 7
+  lo:
+    description: C(run) - the first heap page of the chunk.
+    type: int
+  hi:
+    description: C(run) - the heap page after the chunk.
+    type: int
+  rows:
+    description: C(run) - plan rows in the chunk (sizes the first batch).
+    type: int
+  batch_size:
+    description: Rows in the first batch.
+    type: int
+    default: 1000
+  min_batch_size:
+    description: The smallest batch a slow batch is cut down to.
+    type: int
+    default: 100
+  max_batch_size:
+    description: The largest batch a fast batch grows to.
+    type: int
+    default: 20000
+  target_batch_ms:
     description:
-      - C(run) - how the batches yield to the application (module_utils/pgmigrate_throttle.py,
-        THROTTLE_DEFAULTS; the migration_throttle_* variables). Each batch also runs under a
-        statement_timeout of I(target_batch_ms), so it holds its row locks no longer.
+      - How long a batch should take, in milliseconds. Each batch also runs under a
+        statement_timeout of it, so it holds its row locks no longer.
+    type: int
+    default: 25
+  workers:
+    description: C(run) - sessions linking a chunk side by side.
+    type: int
+    default: 2
   reuse_rolled_back_window:
     type: bool
     default: false
@@ -56,6 +97,81 @@ options:
       - C(plan), C(bounds) - return as C(events_since) the window of a phase-3 run rolled back
         within this migration (after phase 1's latest apply), recorded by the rollback, when
         there is one; a rerun then inserts the same events as that run. Also in check mode.
+extends_documentation_fragment:
+  - agency.pgmigrate.connection
+  - agency.pgmigrate.lock
+  - agency.pgmigrate.throttle
+"""
+
+EXAMPLES = r"""
+- name: Plan the linkage and split it into chunks
+  agency.pgmigrate.pgmigrate_backfill:
+    action: plan
+    plan_file: files/sql/phase3/deploy/010_plan.sql
+    setup_files:
+      - files/sql/phase3/deploy/005_linkage_rule.sql
+      - files/sql/phase3/deploy/007_transition_sync.sql
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+  register: plan
+
+- name: Link each chunk in short batches
+  agency.pgmigrate.pgmigrate_backfill:
+    action: run
+    batch_file: files/sql/phase3/deploy/020_link_batch.sql
+    lo: "{{ item.lo }}"
+    hi: "{{ item.hi }}"
+    rows: "{{ item.rows }}"
+    target_batch_ms: 25
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+  loop: "{{ plan.chunks }}"
+"""
+
+RETURN = r"""
+chunks:
+  description: >-
+    C(plan), C(bounds) - the chunks, each with C(number), C(lo), C(hi), C(rows) and C(rows_through).
+  returned: action is plan or bounds
+  type: list
+  elements: dict
+  sample: [{number: 1, lo: 0, hi: 1834, rows: 100012, rows_through: 100012}]
+total:
+  description: C(plan), C(bounds) - the plan's rows.
+  returned: action is plan or bounds
+  type: int
+stats:
+  description: >-
+    C(plan), C(bounds) - how the plan resolved names (planned, ambiguous, chosen by installation or
+    oldest listing, linked).
+  returned: action is plan or bounds
+  type: dict
+events_since:
+  description: The start of the integration-event window, fixed once for the run.
+  returned: action is plan or bounds
+  type: str
+lock_retries:
+  description: Statements retried after a lock timeout or deadlock.
+  returned: success
+  type: int
+rows:
+  description: C(run) - overrides linked.
+  returned: action is run
+  type: int
+batches:
+  description: C(run) - batches committed.
+  returned: action is run
+  type: int
+batches_cut:
+  description: C(run) - batches cut at I(target_batch_ms), rolled back and retried smaller.
+  returned: action is run
+  type: int
+throttle:
+  description: C(run) - how long the throttle slowed down and paused the batches, and why.
+  returned: action is run
+  type: dict
 """
 
 import re
@@ -101,7 +217,7 @@ def run_plan(conn, plan_file: str, lock: dict, setup_files: list[str], since: st
             setup.append(render(handle.read(), {"events_since": since}))
     with open(plan_file, encoding="utf-8") as handle:
         plan_sql = handle.read()
-    for sqls in (setup, [plan_sql]):
+    for sqls in (tuple(setup), (plan_sql,)):
         if not sqls:
             continue
 
@@ -110,7 +226,7 @@ def run_plan(conn, plan_file: str, lock: dict, setup_files: list[str], since: st
                 cur.execute(sql)
             return 0
 
-        _, tries = with_lock_retry(conn, work, lock, transactional=True, sql="\n".join(sqls))
+        _result, tries = with_lock_retry(conn, work, lock, transactional=True, sql="\n".join(sqls))
         retries += tries
     return retries
 

@@ -12,36 +12,158 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: pgmigrate_backup
 short_description: Verified pg_dump backups with exact row counts, and their retention
+version_added: 1.0.0
+author: Agency platform team (@agency)
 description:
+  - C(dump) runs pg_dump (custom format, or directory format with parallel jobs) from a snapshot
+    the module exports and holds open, so the per-table row counts of the manifest are exact and
+    taken in the very snapshot the archive holds; then pg_restore C(--list), size and sha256, on
+    request a full test restore into a scratch database (its row counts compared with the
+    manifest's), and the manifest (JSON) beside the archive.
+  - C(prune) removes old archives (and their manifests) beyond the retention, never the protected
+    ones (the archive the ledger's phase 1 record names, which a restore reads).
   - The password reaches pg_dump and pg_restore only through a private password file (mode 0600,
     in a directory only the owner can enter, removed afterwards); it is never in argv or output.
   - Archives, directories and manifests are created readable by their owner only (umask 077).
-  - Check mode dumps nothing and reports the archive it would write.
+  - Check mode dumps and removes nothing and reports what it would do.
 options:
-  action: {type: str, default: dump, choices: [dump, prune]}
-  path: {type: path, description: "dump: the archive to write (a file, or a directory for format=directory)"}
-  format: {type: str, default: custom, choices: [custom, directory]}
-  jobs: {type: int, default: 1, description: "parallel pg_dump/pg_restore jobs (directory format)"}
-  compress: {type: str, default: "", description: "pg_dump --compress; empty: pg_dump's default"}
-  lock_wait_timeout: {type: str, default: 30s}
-  pg_bin_dir: {type: str, default: ""}
-  row_counts: {type: bool, default: true}
-  verify_restore: {type: bool, default: false}
-  verify_server: {type: dict, description: "db_host, db_port, db_user, db_password, db_sslmode of the
-    server holding the scratch database (default: the source's server)"}
-  maintenance_db: {type: str, default: postgres}
-  manifest_extra: {type: dict, default: {}}
-  dir: {type: path, description: "prune: the directory of archives"}
-  prefix: {type: str, description: "prune: archives are <prefix>*.dump files and <prefix>*.dir directories"}
-  keep_count: {type: int, default: 0}
-  keep_days: {type: float, default: 0}
-  protect: {type: list, elements: path, default: []}
+  action:
+    description: Dump a backup, or prune old ones.
+    type: str
+    default: dump
+    choices: [dump, prune]
+  path:
+    type: path
+    description: C(dump) - the archive to write (a file, or a directory for C(format=directory)).
+  format:
+    description: C(dump) - pg_dump's format.
+    type: str
+    default: custom
+    choices: [custom, directory]
+  jobs:
+    type: int
+    default: 1
+    description: C(dump) - parallel pg_dump and pg_restore jobs (directory format).
+  compress:
+    type: str
+    default: ""
+    description: C(dump) - pg_dump C(--compress); empty - pg_dump's default.
+  lock_wait_timeout:
+    description: C(dump) - pg_dump's C(--lock-wait-timeout) (a PostgreSQL interval).
+    type: str
+    default: 30s
+  pg_bin_dir:
+    description: >-
+      The directory of pg_dump and pg_restore; empty - those of the server's major version found on
+      the controller.
+    type: str
+    default: ""
+  row_counts:
+    description: C(dump) - count every table's rows exactly, in the dump's snapshot, into the manifest.
+    type: bool
+    default: true
+  verify_restore:
+    description: >-
+      C(dump) - restore the archive into a scratch database and compare its row counts with the
+      manifest's (needs I(row_counts)).
+    type: bool
+    default: false
+  verify_server:
+    type: dict
+    description:
+      - C(dump) - C(db_host), C(db_port), C(db_user), C(db_password), C(db_sslmode) of the server
+        holding the scratch database (default - the source's server). Its C(db_password) is kept
+        out of logs and results.
+  maintenance_db:
+    description: The database connected to on the verify server to create and drop the scratch database.
+    type: str
+    default: postgres
+  manifest_extra:
+    description: C(dump) - fields added to the manifest (host, environment).
+    type: dict
+    default: {}
+  dir:
+    type: path
+    description: C(prune) - the directory of archives.
+  prefix:
+    type: str
+    description: C(prune) - archives are C(<prefix>*.dump) files and C(<prefix>*.dir) directories.
+  keep_count:
+    description: C(prune) - keep the newest this many archives; C(0) - no count rule.
+    type: int
+    default: 0
+  keep_days:
+    description: >-
+      C(prune) - keep archives younger than this many days; C(0) - no age rule. With both rules off
+      nothing is removed.
+    type: float
+    default: 0
+  protect:
+    description: C(prune) - archives never removed, whatever the rules.
+    type: list
+    elements: path
+    default: []
+extends_documentation_fragment:
+  - agency.pgmigrate.connection
+  - agency.pgmigrate.lock
+"""
+
+EXAMPLES = r"""
+- name: Dump a verified backup before the migration
+  agency.pgmigrate.pgmigrate_backup:
+    action: dump
+    path: backups/db1/backup_pre_migration_app_20260101_120000.dump
+    verify_restore: true
+    manifest_extra: {host: db1, environment: staging}
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+  register: backup_result
+
+- name: Keep the newest three backups and the one phase 1 recorded
+  agency.pgmigrate.pgmigrate_backup:
+    action: prune
+    dir: backups/db1
+    prefix: backup_pre_migration_app_
+    keep_count: 3
+    protect: ["{{ backup_result.path }}"]
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+"""
+
+RETURN = r"""
+path:
+  description: C(dump) - the archive written (or that would be written, in check mode).
+  returned: action is dump
+  type: str
+sha256:
+  description: C(dump) - the archive's sha256 (of its files, for the directory format).
+  returned: action is dump and not in check mode
+  type: str
+size_bytes:
+  description: C(dump) - the archive's size.
+  returned: action is dump and not in check mode
+  type: int
+backup:
+  description: C(dump) - the manifest (source, row counts, pg_dump version, verification, timings).
+  returned: action is dump and not in check mode
+  type: dict
+removed:
+  description: C(prune) - the archives removed (that would be removed, in check mode).
+  returned: action is prune
+  type: list
+  elements: str
+kept:
+  description: C(prune) - the archives kept.
+  returned: action is prune
+  type: list
+  elements: str
 """
 
 import datetime
 import json
 import os
-import subprocess
 import time
 import uuid
 
@@ -60,6 +182,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_dump im
     compare_counts,
     conninfo,
     count_rows,
+    dump_beside,
     first_lines,
     pg_program,
     private_workdir,
@@ -112,18 +235,10 @@ def dump(p: dict, path: str, env: dict, secrets: list[str], pg_dump: str) -> tup
         if not p["pg_bin_dir"]:
             pg_dump = pg_program("pg_dump", "", facts["server_version_num"] // 10000)
         require_dump_version(pg_dump, facts["server_version_num"], describe_target(p))
-        with open(os.path.join(os.path.dirname(env["PGPASSFILE"]), "pg_dump.err"), "w+") as err:
-            proc = subprocess.Popen(dump_argv(pg_dump, p, path, snap.id), env=env, stdout=subprocess.DEVNULL,
-                                    stderr=err)
-            try:
-                counts = snap.count_rows() if p["row_counts"] else {}
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-            code = proc.wait()
-            err.seek(0)
-            stderr = err.read()
+        counts, ended = dump_beside(dump_argv(pg_dump, p, path, snap.id), env,
+                                    os.path.join(os.path.dirname(env["PGPASSFILE"]), "pg_dump.err"),
+                                    snap.count_rows if p["row_counts"] else dict)
+    code, stderr = ended.code, ended.stderr
     if code != 0:
         hint = ""
         if "lock" in stderr.lower() and "timeout" in stderr.lower():

@@ -10,27 +10,123 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: pgmigrate_brief
 short_description: Write the pre-migration briefing (strategy 2.2) from the database, the ledger and the rehearsals
+version_added: 1.0.0
+author: Agency platform team (@agency)
 description:
+  - The briefing sent 24 hours before - what will run on this database, for how long, when (the
+    window I(window_start)), what stops it (the go/no-go checkpoints and abort criteria), how to
+    undo it (the rollback commands), who has not signed yet, and what the strategy's delete rules
+    will do to the application's data. Written as I(report_dir)/I(stem).json and I(stem).md.
   - Reads the database in one read-only transaction (sizes, row estimates, the ledger and the
     sign-off sheet when they exist, how many overrides phase 3 would link to an installation) and
-    the rehearsal reports under I(rehearsal_dir); changes nothing in the database.
+    the rehearsal reports under I(rehearsal_dir); changes nothing in the database, not even the
+    ledger.
   - Durations come from the latest rehearsal whose source is this host (its C(context.source)
     starts with I(host)); without one, from a size-based estimate, marked as such.
+  - Never reports a change (a briefing is a document); in check mode nothing is written.
 options:
-  report_dir: {type: path, required: true}
-  stem: {type: str, required: true}
-  host: {type: str, required: true, description: The inventory host (a rehearsal names its source by it).}
-  environment: {type: str, default: local}
-  rehearsal_dir: {type: path, description: Where rehearsal reports are (default report_dir).}
-  window_start: {type: str, default: "", description: "The window's start, ISO 8601 (UTC when no offset)."}
-  phase_titles: {type: dict, required: true}
-  applied: {type: list, elements: str, default: []}
-  checkpoints: {type: dict, default: {}, description: "Thresholds, abort criteria and switches, for the text."}
-  signoff_roles: {type: list, elements: str, default: []}
-  signoff_required: {type: list, elements: str, default: []}
-  valid_hours: {type: float, default: 168}
-  rollback_commands: {type: list, elements: dict, default: []}
-  channels: {type: dict, default: {}, description: "Which notification channels are set (names, never secrets)."}
+  report_dir:
+    description: Where the briefing goes (created 0750; files 0640).
+    type: path
+    required: true
+  stem:
+    description: The files' name without extension (no directories).
+    type: str
+    required: true
+  host:
+    type: str
+    required: true
+    description: The inventory host (a rehearsal names its source by it).
+  environment:
+    description: The environment, shown in the briefing.
+    type: str
+    default: local
+  rehearsal_dir:
+    type: path
+    description: Where rehearsal reports are (default I(report_dir)).
+  window_start:
+    type: str
+    default: ""
+    description: >-
+      The window's start, ISO 8601 (UTC when no offset); empty - not scheduled. A bad value is
+      refused before anything is read.
+  phase_titles:
+    description: Phase number to title; the phases the briefing covers.
+    type: dict
+    required: true
+  applied:
+    description: The phases applied already (shown as such).
+    type: list
+    elements: str
+    default: []
+  checkpoints:
+    type: dict
+    default: {}
+    description: "Thresholds, abort criteria and switches, for the text."
+  signoff_roles:
+    description: The roles of the sign-off sheet.
+    type: list
+    elements: str
+    default: []
+  signoff_required:
+    description: The roles whose go is required.
+    type: list
+    elements: str
+    default: []
+  valid_hours:
+    description: How long a go stays valid, in hours.
+    type: float
+    default: 168
+  rollback_commands:
+    description: The rollback commands to print, each C({when, command}).
+    type: list
+    elements: dict
+    default: []
+  channels:
+    type: dict
+    default: {}
+    description: "Which notification channels are set (names, never secrets)."
+extends_documentation_fragment:
+  - agency.pgmigrate.connection
+  - agency.pgmigrate.lock
+"""
+
+EXAMPLES = r"""
+- name: Write the briefing for tomorrow's window
+  agency.pgmigrate.pgmigrate_brief:
+    report_dir: reports
+    stem: briefing-db1
+    host: db1
+    environment: production
+    window_start: "2026-01-02T22:00:00Z"
+    phase_titles: {"1": Preparation, "2": Schema, "3": Data migration}
+    signoff_roles: [dba, product_owner]
+    signoff_required: [dba]
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+  register: briefing
+"""
+
+RETURN = r"""
+briefing:
+  description: >-
+    The briefing as data (phases with durations and their source, window, checkpoints, sign-offs,
+    delete rules).
+  returned: success
+  type: dict
+markdown:
+  description: The briefing as Markdown.
+  returned: success
+  type: str
+summary:
+  description: The briefing in one line.
+  returned: success
+  type: str
+paths:
+  description: The files (C(json), C(md)), written unless in check mode.
+  returned: success
+  type: dict
 """
 
 import datetime
@@ -48,7 +144,11 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     fetch_dicts,
     json_safe,
 )
-from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import utcnow, write_report
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
+    report_pair_paths,
+    utcnow,
+    write_report_pair,
+)
 
 TABLES = ["clients_enhanced", "marketplace_modules", "module_installations", "client_app_overrides",
           "client_deployments", "orchestration_workflows", "workflow_executions", "handover_packages",
@@ -135,7 +235,7 @@ def latest_rehearsal(directory: str, host: str) -> tuple[dict | None, str]:
             found.append((str(report.get("context", {}).get("started_at", "")), path, report))
     if not found:
         return None, ""
-    _, path, report = max(found)
+    _started, path, report = max(found)
     return report, path
 
 
@@ -198,7 +298,7 @@ def build(p: dict, db: dict, rehearsal: dict | None, rehearsal_path: str) -> dic
     return json_safe({
         "kind": "briefing", "at": utcnow(), "host": p["host"], "environment": p["environment"],
         "database": {k: db[k] for k in ("server_version", "database_size_bytes", "in_recovery", "tables",
-                                         "overrides", "ledger_exists")},
+                                        "overrides", "ledger_exists")},
         "applied": p["applied"], "recent_history": db["history"],
         "rehearsal": ({"report": rehearsal_path, "started_at": rehearsal["context"].get("started_at"),
                        "staging": rehearsal["context"].get("staging"), "verdict": rehearsal.get("verdict"),
@@ -342,13 +442,10 @@ def main() -> None:
     rehearsal, rehearsal_path = latest_rehearsal(p["rehearsal_dir"] or p["report_dir"], p["host"])
     briefing = build(p, db, rehearsal, rehearsal_path)
     text = markdown(briefing)
-    paths = {"json": os.path.join(p["report_dir"], p["stem"] + ".json"),
-             "md": os.path.join(p["report_dir"], p["stem"] + ".md")}
+    paths = report_pair_paths(p["report_dir"], p["stem"])
     if not module.check_mode:
         try:
-            os.makedirs(p["report_dir"], mode=0o750, exist_ok=True)
-            write_report(paths["json"], json.dumps(briefing, indent=2, default=str) + "\n")
-            write_report(paths["md"], text)
+            write_report_pair(paths, briefing, text)
         except OSError as exc:
             module.fail_json(msg=f"cannot write the briefing in {p['report_dir']}: {exc.strerror or exc} "
                                  "(check migration_report_dir)")

@@ -17,8 +17,19 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: pgmigrate_clone
 short_description: Clone a source database into the staging database (pg_dump, pg_restore)
+version_added: 1.0.0
+author: Agency platform team (@agency)
 description:
-  - The db_* options are the staging (target) database; I(source) is the database to copy.
+  - The db_* options are the staging (target) database; I(source) is the database to copy. The
+    source is only read - every session on it, the module's and pg_dump's, is READ ONLY.
+  - C(check) runs the read-only refusals before anything changes - the target is not the source
+    (same server and database), not a I(protected) database; both servers reachable; pg_dump new
+    enough; the staging login may create and replace databases; the roles and extensions the dump
+    needs exist on the staging server; masking rules name real text columns.
+  - C(run) does the check, then creates a new database on the staging server, restores the dump
+    taken from one exported snapshot of the source, compares the clone's row counts with the
+    source's, masks personal data on request, runs ANALYZE, and swaps the new database in under
+    the staging database's name. A failure before the swap leaves the staging database as it was.
   - C(method=pipe) streams pre-data and data from pg_dump into pg_restore (nothing on disk), then
     restores post-data (indexes, constraints, triggers, policies) from a small archive with
     I(jobs) parallel jobs. C(method=directory) dumps the directory format with I(jobs) jobs into a
@@ -29,35 +40,222 @@ description:
     digits); NULL stays NULL. Deterministic: equal values stay equal in every clone made with the
     same salt."
 options:
-  action: {type: str, default: run, choices: [check, run]}
-  source: {type: dict, required: true, description: "db_host, db_port, db_name, db_user, db_password, db_sslmode"}
-  source_label: {type: str, default: source}
-  target_label: {type: str, default: staging}
-  target_environment: {type: str, default: staging}
-  protected: {type: list, elements: dict, default: [], description: "databases (host, port, name) never replaced"}
-  maintenance_db: {type: str, default: postgres}
-  method: {type: str, default: pipe, choices: [pipe, directory]}
-  jobs: {type: int, default: 2, description: "parallel jobs; with method=pipe and 1 job, one single stream"}
-  lock_wait_timeout: {type: str, default: 30s}
-  pg_bin_dir: {type: str, default: ""}
-  workdir: {type: path}
-  no_owner: {type: bool, default: false}
-  no_privileges: {type: bool, default: false}
-  create_missing_roles: {type: bool, default: false}
-  match_locale: {type: bool, default: true}
-  verify_counts: {type: bool, default: true}
-  analyze: {type: bool, default: true}
-  mask: {type: bool, default: false}
-  mask_rules: {type: list, elements: dict, default: []}
-  mask_detect_emails: {type: bool, default: true}
-  mask_salt: {type: str, default: "", no_log: true}
+  action:
+    description: Only run the refusals (C(check)), or clone (C(run)).
+    type: str
+    default: run
+    choices: [check, run]
+  source:
+    type: dict
+    required: true
+    description: The database to copy.
+    suboptions:
+      db_host:
+        description: The source server's host.
+        type: str
+      db_port:
+        description: The source server's port.
+        type: int
+        default: 5432
+      db_name:
+        description: The source database.
+        type: str
+      db_user:
+        description: The login reading the source.
+        type: str
+      db_password:
+        description: Its password (C(no_log)); it reaches pg_dump only through a private password file.
+        type: str
+      db_sslmode:
+        description: The libpq C(sslmode) of the source connections.
+        type: str
+        default: prefer
+  source_label:
+    description: How messages name the source (its inventory host).
+    type: str
+    default: source
+  target_label:
+    description: How messages name the target (its inventory host).
+    type: str
+    default: staging
+  target_environment:
+    description: The target's environment; C(production) is refused.
+    type: str
+    default: staging
+  protected:
+    type: list
+    elements: dict
+    default: []
+    description: >-
+      Databases (C(host), C(port), C(name), optional C(label)) never replaced - the production
+      hosts.
+  maintenance_db:
+    description: The database the module connects to on the staging server to create, swap and drop databases.
+    type: str
+    default: postgres
+  method:
+    description: How the dump reaches pg_restore.
+    type: str
+    default: pipe
+    choices: [pipe, directory]
+  jobs:
+    type: int
+    default: 2
+    description: Parallel pg_dump and pg_restore jobs; with C(method=pipe) and 1 job, one single stream.
+  lock_wait_timeout:
+    description: pg_dump's C(--lock-wait-timeout) on the source (a PostgreSQL interval).
+    type: str
+    default: 30s
+  pg_bin_dir:
+    description: >-
+      The directory of pg_dump and pg_restore; empty - those of the source's major version found on
+      the controller.
+    type: str
+    default: ""
+  workdir:
+    description: Where the private temporary directory goes (default the system's temporary directory).
+    type: path
+  no_owner:
+    description: Restore without ownership (pg_restore C(--no-owner)); the staging login owns everything.
+    type: bool
+    default: false
+  no_privileges:
+    description: Restore without grants (pg_restore C(--no-privileges)).
+    type: bool
+    default: false
+  create_missing_roles:
+    description: >-
+      Create the roles the dump needs that the staging server lacks (NOLOGIN, staging server only)
+      instead of refusing.
+    type: bool
+    default: false
+  match_locale:
+    description: Create the clone with the source's collation and ctype as well as its encoding.
+    type: bool
+    default: true
+  verify_counts:
+    description: >-
+      Compare the clone's exact row counts with the source's (taken in the dump's snapshot); a
+      difference fails the clone.
+    type: bool
+    default: true
+  analyze:
+    description: Run ANALYZE in the clone before the swap.
+    type: bool
+    default: true
+  mask:
+    description: Mask personal data in the clone before the swap.
+    type: bool
+    default: false
+  mask_rules:
+    description: >-
+      Columns to mask, each C({table, column, rule}) with C(rule) one of C(name), C(email), C(hash).
+    type: list
+    elements: dict
+    default: []
+  mask_detect_emails:
+    description: Also mask, as e-mail addresses, every text column whose name holds C(email).
+    type: bool
+    default: true
+  mask_salt:
+    description: The salt of the masking hashes (C(no_log)); keep it secret, or masked values can be guessed.
+    type: str
+    default: ""
+extends_documentation_fragment:
+  - agency.pgmigrate.connection
+  - agency.pgmigrate.lock
+"""
+
+EXAMPLES = r"""
+- name: Clone production into staging, masked
+  agency.pgmigrate.pgmigrate_clone:
+    source:
+      db_host: prod-db.example.internal
+      db_name: app
+      db_user: readonly
+      db_password: "{{ vault_prod_readonly_password }}"
+    source_label: prod
+    protected:
+      - {host: prod-db.example.internal, port: 5432, name: app, label: prod}
+    mask: true
+    mask_rules:
+      - {table: clients_enhanced, column: name, rule: name}
+    mask_salt: "{{ vault_mask_salt }}"
+    jobs: 4
+    db_host: staging-db.example.internal
+    db_name: app
+    db_user: migrator
+"""
+
+RETURN = r"""
+source:
+  description: What the source is (server version, size, encoding, roles, extensions, settings).
+  returned: always
+  type: dict
+method:
+  description: The method used.
+  returned: always
+  type: str
+jobs:
+  description: The parallel jobs used.
+  returned: always
+  type: int
+missing_roles:
+  description: Roles the dump needs that the staging server lacks.
+  returned: always
+  type: list
+  elements: str
+mask_columns:
+  description: Table to (column to rule) of what is masked.
+  returned: always
+  type: dict
+notes:
+  description: What the check noticed (for example a staging database on the source's own server).
+  returned: always
+  type: list
+  elements: str
+target_exists:
+  description: Whether the staging database existed before.
+  returned: always
+  type: bool
+target_server_version:
+  description: The staging server's version.
+  returned: always
+  type: str
+row_counts:
+  description: C(run) - exact rows per table in the source's snapshot.
+  returned: action is run
+  type: dict
+clone_row_counts:
+  description: C(run) - rows per table in the clone.
+  returned: action is run
+  type: dict
+rows:
+  description: C(run) - rows copied.
+  returned: action is run
+  type: int
+tables:
+  description: C(run) - tables copied.
+  returned: action is run
+  type: int
+masked:
+  description: C(run) - rows masked per table.
+  returned: action is run
+  type: dict
+timings:
+  description: C(run) - seconds per step (dump, restore, counts, mask, analyze, swap, total).
+  returned: action is run
+  type: dict
+replaced_existing:
+  description: C(run) - whether an existing staging database was replaced.
+  returned: action is run
+  type: bool
 """
 
 import hashlib
 import ipaddress
 import os
 import socket
-import subprocess
 import time
 import uuid
 
@@ -76,8 +274,10 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_dump im
     compare_counts,
     conninfo,
     count_rows,
+    dump_beside,
     first_lines,
     pg_program,
+    pipe_beside,
     private_workdir,
     quote_ident,
     require_dump_version,
@@ -376,33 +576,17 @@ def run_pipe(p: dict, plan: dict, src: dict, tmp_conninfo: str, env: dict, work:
               f"--lock-wait-timeout={p['lock_wait_timeout']}", f"--dbname={src_info}"]
     started = time.monotonic()
     with Snapshot(src, p["lock_wait_timeout"], "pgmigrate-clone-snapshot") as snap:
-        dump_err = open(os.path.join(work, "dump.err"), "w+")  # noqa: SIM115 - closed below
-        restore_err = open(os.path.join(work, "restore.err"), "w+")  # noqa: SIM115 - closed below
-        try:
-            sections = ["--section=pre-data", "--section=data"] if split else []
-            dump = subprocess.Popen([*common, "--blobs", *sections, f"--snapshot={snap.id}"], env=env,
-                                    stdout=subprocess.PIPE, stderr=dump_err)
-            restore = subprocess.Popen([plan["pg_restore"], *restore_flags, f"--dbname={tmp_conninfo}"], env=env,
-                                       stdin=dump.stdout, stdout=subprocess.DEVNULL, stderr=restore_err)
-            dump.stdout.close()
-            try:
-                counts = snap.count_rows()
-            except BaseException:
-                dump.kill()
-                restore.kill()
-                raise
-            restore_code, dump_code = restore.wait(), dump.wait()
-            restore_err.seek(0)
-            dump_err.seek(0)
-            if restore_code != 0:
-                raise MigrationError(f"pg_restore into the new staging database failed (exit {restore_code}): "
-                                     f"{scrub(first_lines(restore_err.read()), secrets)}")
-            if dump_code != 0:
-                raise MigrationError(f"pg_dump of clone_source {p['source_label']} failed (exit {dump_code}): "
-                                     f"{scrub(first_lines(dump_err.read()), secrets)}")
-        finally:
-            dump_err.close()
-            restore_err.close()
+        sections = ["--section=pre-data", "--section=data"] if split else []
+        counts, restored, dumped = pipe_beside(
+            [*common, "--blobs", *sections, f"--snapshot={snap.id}"],
+            [plan["pg_restore"], *restore_flags, f"--dbname={tmp_conninfo}"], env,
+            os.path.join(work, "dump.err"), os.path.join(work, "restore.err"), snap.count_rows)
+        if restored.code != 0:
+            raise MigrationError(f"pg_restore into the new staging database failed (exit {restored.code}): "
+                                 f"{scrub(first_lines(restored.stderr), secrets)}")
+        if dumped.code != 0:
+            raise MigrationError(f"pg_dump of clone_source {p['source_label']} failed (exit {dumped.code}): "
+                                 f"{scrub(first_lines(dumped.stderr), secrets)}")
         timings["copy_s"] = round(time.monotonic() - started, 2)
         if not split:
             return counts
@@ -422,25 +606,14 @@ def run_directory(p: dict, plan: dict, src: dict, tmp_conninfo: str, env: dict, 
     archive = os.path.join(work, "dump")
     started = time.monotonic()
     with Snapshot(src, p["lock_wait_timeout"], "pgmigrate-clone-snapshot") as snap:
-        err = open(os.path.join(work, "dump.err"), "w+")  # noqa: SIM115 - closed below
-        try:
-            dump = subprocess.Popen(
-                [plan["pg_dump"], "--format=directory", "--compress=0", "--blobs", "--no-password",
-                 f"--jobs={p['jobs']}", f"--lock-wait-timeout={p['lock_wait_timeout']}", f"--snapshot={snap.id}",
-                 f"--file={archive}",
-                 f"--dbname={conninfo(src, read_only=True, application_name='pgmigrate-clone-dump')}"],
-                env=env, stdout=subprocess.DEVNULL, stderr=err)
-            try:
-                counts = snap.count_rows()
-            except BaseException:
-                dump.kill()
-                raise
-            if dump.wait() != 0:
-                err.seek(0)
-                raise MigrationError(f"pg_dump of clone_source {p['source_label']} failed: "
-                                     f"{scrub(first_lines(err.read()), secrets)}")
-        finally:
-            err.close()
+        counts, dumped = dump_beside(
+            [plan["pg_dump"], "--format=directory", "--compress=0", "--blobs", "--no-password",
+             f"--jobs={p['jobs']}", f"--lock-wait-timeout={p['lock_wait_timeout']}", f"--snapshot={snap.id}",
+             f"--file={archive}", f"--dbname={conninfo(src, read_only=True, application_name='pgmigrate-clone-dump')}"],
+            env, os.path.join(work, "dump.err"), snap.count_rows)
+    if dumped.code != 0:
+        raise MigrationError(f"pg_dump of clone_source {p['source_label']} failed: "
+                             f"{scrub(first_lines(dumped.stderr), secrets)}")
     timings["dump_s"] = round(time.monotonic() - started, 2)
     started = time.monotonic()
     run_tool([plan["pg_restore"], *restore_flags, f"--jobs={p['jobs']}", f"--dbname={tmp_conninfo}", archive], env,
@@ -497,7 +670,7 @@ def apply_settings(cur, name: str, settings: list[dict], roles: set[str]) -> tup
     skipped and named."""
     applied, skipped = [], []
     for item in settings:
-        key, _, value = item["setting"].partition("=")
+        key, _sep, value = item["setting"].partition("=")
         role = item["role"]
         label = f"{role}: {item['setting']}" if role else item["setting"]
         if role and role not in roles:

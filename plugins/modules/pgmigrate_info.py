@@ -7,16 +7,28 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: pgmigrate_info
 short_description: Check that the target database is reachable and writable
+version_added: 1.0.0
+author: Agency platform team (@agency)
 description:
+  - Reaches the database and says what it is before anything changes - reachable, credentials
+    right, writable (not a standby, not C(default_transaction_read_only)), which server version.
   - Never changes anything. Fails with a message naming the fix when the database cannot be
     reached, the credentials are wrong, or it is read-only and I(require_writable) is true.
 options:
-  require_writable: {type: bool, default: true}
-  min_server_version: {type: int, default: 130000}
+  require_writable:
+    description: >-
+      Fail when the database is read-only (a standby in recovery, or
+      C(default_transaction_read_only) on).
+    type: bool
+    default: true
+  min_server_version:
+    description: The oldest server accepted, as C(server_version_num) (C(130000) is PostgreSQL 13).
+    type: int
+    default: 130000
   ledger:
     type: bool
     default: false
-    description: Also return C(ledger) - what pgmigrate_ledger C(action=status) returns.
+    description: Also return C(ledger) - what M(agency.pgmigrate.pgmigrate_ledger) C(action=status) returns.
   programs:
     type: list
     elements: str
@@ -24,14 +36,82 @@ options:
     description:
       - "Also return C(programs): the path of each named PostgreSQL client program (pg_dump,
         pg_restore) of the server's major version on the controller, from I(pg_bin_dir) when
-        given (pgmigrate_dump.pg_program)."
-  pg_bin_dir: {type: str, default: ""}
+        given."
+  pg_bin_dir:
+    description: A directory to take the client programs of I(programs) from; empty - search the usual places.
+    type: str
+    default: ""
   refuse_pooler:
     type: bool
     default: true
     description: >-
-      Refuse a connection through a transaction- or statement-mode pooler
-      (pgmigrate.transaction_pooler); a session-mode pool is accepted.
+      Refuse a connection through a transaction- or statement-mode pooler (PgBouncer); a
+      session-mode pool is accepted.
+extends_documentation_fragment:
+  - agency.pgmigrate.connection
+  - agency.pgmigrate.lock
+"""
+
+EXAMPLES = r"""
+- name: Check the target before anything changes
+  agency.pgmigrate.pgmigrate_info:
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+    db_password: "{{ vault_migration_db_password }}"
+    ledger: true
+    programs: [pg_dump, pg_restore]
+  register: target
+"""
+
+RETURN = r"""
+server_version_num:
+  description: The server's C(server_version_num).
+  returned: success
+  type: int
+  sample: 160002
+server_version:
+  description: The server's version string.
+  returned: success
+  type: str
+  sample: "16.2"
+in_recovery:
+  description: Whether the server is a standby in recovery.
+  returned: success
+  type: bool
+read_only:
+  description: Whether the database refuses writes (in recovery, or read-only by default).
+  returned: success
+  type: bool
+current_user:
+  description: The login connected.
+  returned: success
+  type: str
+is_superuser:
+  description: Whether that login is a superuser.
+  returned: success
+  type: bool
+schema:
+  description: The login's current schema.
+  returned: success
+  type: str
+can_create_schema:
+  description: Whether the login may create schemas in the database.
+  returned: success
+  type: bool
+database_size_bytes:
+  description: The database's size.
+  returned: success
+  type: int
+programs:
+  description: The path of each program of I(programs).
+  returned: when I(programs) is not empty
+  type: dict
+  sample: {pg_dump: /usr/lib/postgresql/16/bin/pg_dump}
+ledger:
+  description: The ledger's status (C(state), C(applied), C(unfinished), C(ledger_exists)).
+  returned: when I(ledger) is true
+  type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule

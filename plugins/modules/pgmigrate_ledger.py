@@ -5,46 +5,164 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: pgmigrate_ledger
 short_description: Read and write the migration ledger (migration_ledger.history)
+version_added: 1.0.0
+author: Agency platform team (@agency)
 description:
   - C(init) creates the ledger schema when it is missing.
   - C(gate) decides whether a phase runs - already applied (skip, or refuse on drift), missing
     prerequisites (refuse) - and never writes; every phase of a run (I(phases)) at once, before
     anything changes; returns C(gates) by phase. A phase may rely on the phases listed before it.
   - C(begin) records a running phase; C(finish) records its outcome. With I(sample) (the options
-    of pgmigrate_metrics' C(sample)), C(finish) first takes the after-phase sample (stopping the
-    phase's background sampler), returned as C(monitor) like pgmigrate_metrics returns it, and
-    with I(monitoring) records C(details.monitoring) - one module call for both.
+    of M(agency.pgmigrate.pgmigrate_metrics)' C(sample)), C(finish) first takes the after-phase
+    sample (stopping the phase's background sampler), returned as C(monitor) like
+    M(agency.pgmigrate.pgmigrate_metrics) returns it, and with I(monitoring) records
+    C(details.monitoring) - one module call for both.
   - C(status) returns the last finished record of every phase, and the phases whose latest
     run did not finish (C(unfinished)).
 options:
-  action: {type: str, required: true, choices: [init, status, gate, begin, finish]}
-  phase: {type: str}
-  phases: {type: list, elements: dict, default: []}
-  direction: {type: str, default: apply, choices: [apply, rollback]}
-  files: {type: list, elements: path, default: []}
-  sql_root: {type: path}
-  checksum_params: {type: dict, default: {}}
-  ledger_sql: {type: path}
-  run_id: {type: str}
-  record_id: {type: int}
-  operator: {type: str}
-  approved_by: {type: str}
-  environment: {type: str}
-  status: {type: str, choices: [succeeded, failed]}
-  rows_affected: {type: int}
-  details: {type: dict, default: {}}
-  error: {type: str}
-  sample: {type: dict, description: "pgmigrate_metrics' sample options; finish samples first."}
+  action:
+    description: What to do with the ledger.
+    type: str
+    required: true
+    choices: [init, status, gate, begin, finish]
+  phase:
+    description: The phase recorded (C(begin), C(finish)).
+    type: str
+  phases:
+    description:
+      - C(gate) - every phase of the run, in order, each a dict of C(phase), C(requires) (the phases
+        it needs applied), C(files) (its SQL files, for the drift check) and C(checksum_params).
+    type: list
+    elements: dict
+    default: []
+  direction:
+    description: Whether the phase is applied or rolled back.
+    type: str
+    default: apply
+    choices: [apply, rollback]
+  files:
+    description: C(begin) - the phase's SQL files, whose checksums the record keeps.
+    type: list
+    elements: path
+    default: []
+  sql_root:
+    description: The directory the SQL file paths are recorded relative to (C(files/sql)).
+    type: path
+  checksum_params:
+    description: Parameters that change what the files do, folded into the recorded checksum.
+    type: dict
+    default: {}
+  ledger_sql:
+    description: C(init) - the ledger's DDL (C(files/sql/ledger/ledger.sql)).
+    type: path
+  run_id:
+    description: The run's id, recorded with the phase (C(begin)).
+    type: str
+  record_id:
+    description: C(finish) - the record C(begin) returned.
+    type: int
+  operator:
+    description: Who runs the phase (C(begin)).
+    type: str
+  approved_by:
+    description: Who approved the run (C(begin)).
+    type: str
+  environment:
+    description: The environment (C(begin)), for example C(staging) or C(production).
+    type: str
+  status:
+    description: C(finish) - the phase's outcome.
+    type: str
+    choices: [succeeded, failed]
+  rows_affected:
+    description: C(finish) - rows the phase changed.
+    type: int
+  details:
+    description: C(finish) - details kept with the record (lock retries, batches, notes).
+    type: dict
+    default: {}
+  error:
+    description: C(finish) - the error of a failed phase.
+    type: str
+  sample:
+    description: M(agency.pgmigrate.pgmigrate_metrics)' sample options; C(finish) samples first.
+    type: dict
   monitoring:
     type: dict
-    description: "C({before, baseline, before_alerts}); finish records details.monitoring with the sample."
-  db_host: {type: str, required: true}
-  db_port: {type: int, default: 5432}
-  db_name: {type: str, required: true}
-  db_user: {type: str, required: true}
-  db_password: {type: str}
-  db_sslmode: {type: str, default: prefer}
-  connect_timeout: {type: int, default: 10}
+    description: >-
+      C({before, baseline, before_alerts}); C(finish) records C(details.monitoring) with the sample.
+extends_documentation_fragment:
+  - agency.pgmigrate.connection
+  - agency.pgmigrate.lock
+"""
+
+EXAMPLES = r"""
+- name: Decide which phases of the run may run, before anything changes
+  agency.pgmigrate.pgmigrate_ledger:
+    action: gate
+    sql_root: files/sql
+    phases:
+      - {phase: "1", requires: [], files: []}
+      - {phase: "2", requires: ["1"], files: [files/sql/phase2/deploy/020_tables.sql]}
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+  register: gates
+
+- name: Record phase 2 as running
+  agency.pgmigrate.pgmigrate_ledger:
+    action: begin
+    phase: "2"
+    run_id: "{{ run_id }}"
+    operator: alice
+    environment: staging
+    sql_root: files/sql
+    files: [files/sql/phase2/deploy/020_tables.sql]
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+  register: record
+"""
+
+RETURN = r"""
+gates:
+  description: C(gate) - by phase, whether it runs (C(run)), why (C(reason)), its checksum and files.
+  returned: action is gate
+  type: dict
+applied:
+  description: The phases the ledger says are applied.
+  returned: action is gate or status
+  type: list
+  elements: str
+  sample: ["1", "2"]
+record_id:
+  description: The record C(begin) wrote (null in check mode).
+  returned: action is begin
+  type: int
+interrupted_before:
+  description: Earlier C(running) records of the phase marked C(interrupted).
+  returned: action is begin
+  type: int
+duration_s:
+  description: How long the phase ran.
+  returned: action is finish
+  type: float
+monitor:
+  description: The after-phase sample, as M(agency.pgmigrate.pgmigrate_metrics) returns it.
+  returned: action is finish and I(sample) is given
+  type: dict
+state:
+  description: The last finished record of every phase.
+  returned: action is status
+  type: dict
+unfinished:
+  description: The phases whose latest run did not finish.
+  returned: action is status
+  type: dict
+ledger_exists:
+  description: Whether the ledger schema exists.
+  returned: action is status
+  type: bool
 """
 
 import json

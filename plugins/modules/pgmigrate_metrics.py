@@ -9,33 +9,175 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: pgmigrate_metrics
 short_description: Sample the database's health, raise the strategy's alerts
+version_added: 1.0.0
+author: Agency platform team (@agency)
 description:
   - C(sample) takes one sample, compares it with the previous one of this run (rates) and with the
     pre-migration baseline (degradation), and returns the alerts. It never fails on a metric.
-  - C(sampler) loops until I(workdir)/sampler-<phase>.stop exists or I(deadline_s) passes; run it
-    with C(async) and C(poll 0), stop it by creating the stop file, collect it with async_status.
+  - C(sampler) loops until I(workdir)/sampler-<phase>.stop exists or I(deadline_s) passes, sampling
+    every I(interval_s) and sending a status every I(notify_interval_s); run it with C(async) and
+    C(poll 0), stop it by creating the stop file (or a C(sample) with I(stop_sampler)), collect
+    it with async_status.
+  - Every sample is appended to I(workdir)/samples.jsonl and every alert to I(workdir)/alerts.jsonl,
+    which the run's report reads. Read-only for the database.
 options:
-  action: {type: str, required: true, choices: [sample, sampler]}
-  workdir: {type: path, required: true}
-  phase: {type: str, default: ""}
-  kind: {type: str, default: sample}
-  baseline: {type: dict}
-  thresholds: {type: dict, default: {}}
-  abort: {type: dict, default: {}}
-  probe_sql: {type: str}
-  probe_runs: {type: int, default: 10}
-  probe_timeout_ms: {type: int, default: 5000}
-  interval_s: {type: float, default: 10}
-  notify_interval_s: {type: float, default: 1800}
-  deadline_s: {type: float, default: 21600}
-  notify_log: {type: path}
-  webhook_url: {type: str}
-  webhook_timeout_s: {type: float, default: 5}
-  context: {type: dict, default: {}}
-  stop_sampler: {type: bool, default: false}
+  action:
+    description: One sample now, or the background sampler.
+    type: str
+    required: true
+    choices: [sample, sampler]
+  workdir:
+    description: The run's monitoring directory (samples, alerts, the sampler's stop and done files).
+    type: path
+    required: true
+  phase:
+    description: The phase the sample belongs to.
+    type: str
+    default: ""
+  kind:
+    description: C(sample) - what the sample is (C(baseline), C(before), C(after)), recorded with it.
+    type: str
+    default: sample
+  baseline:
+    description: The pre-migration baseline sample, for the degradation alerts and abort criteria.
+    type: dict
+  thresholds:
+    description:
+      - Alert thresholds over the defaults - C(p95_ms) (2000), C(error_rate_pct) (1),
+        C(event_lag_s) (300), C(pool_utilisation_pct) (85), C(error_rate_min_xacts) (1000).
+    type: dict
+    default: {}
+  abort:
+    description: >-
+      Abort criteria over the defaults - C(degradation_pct) (50) against the baseline, above
+      C(min_delta_ms) (20).
+    type: dict
+    default: {}
+  probe_sql:
+    description: >-
+      The read-only probe query whose p95 is the performance measured; default - a fixed query on
+      the application's tables.
+    type: str
+  probe_runs:
+    description: How many times the probe runs per sample (at least 1).
+    type: int
+    default: 10
+  probe_timeout_ms:
+    description: The probe's statement_timeout, in milliseconds.
+    type: int
+    default: 5000
+  interval_s:
+    description: C(sampler) - seconds between two samples.
+    type: float
+    default: 10
+  notify_interval_s:
+    description: C(sampler) - seconds between two status notifications.
+    type: float
+    default: 1800
+  deadline_s:
+    description: C(sampler) - the longest the sampler runs, in seconds.
+    type: float
+    default: 21600
+  notify_log:
+    description: C(sampler) - the run's notification log (see M(agency.pgmigrate.pgmigrate_notify)).
+    type: path
+  webhook_url:
+    description: C(sampler) - the JSON webhook of its notifications (C(no_log)).
+    type: str
+  webhook_timeout_s:
+    description: C(sampler) - seconds a webhook delivery may take.
+    type: float
+    default: 5
+  context:
+    description: C(sampler) - the run's context sent with its notifications.
+    type: dict
+    default: {}
+  stop_sampler:
+    description: >-
+      C(sample) - first stop the phase's background sampler and return what it saw
+      (C(sampler_result)).
+    type: bool
+    default: false
   sampler_job_file:
     type: path
     description: The sampler's async job file (its start task's results_file), removed once final.
+extends_documentation_fragment:
+  - agency.pgmigrate.connection
+  - agency.pgmigrate.lock
+"""
+
+EXAMPLES = r"""
+- name: Sample before phase 3
+  agency.pgmigrate.pgmigrate_metrics:
+    action: sample
+    workdir: reports/monitor-run1
+    phase: "3"
+    kind: before
+    baseline: "{{ monitoring_baseline.sample }}"
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+  register: monitoring_before
+
+- name: Sample in the background while phase 3 runs
+  agency.pgmigrate.pgmigrate_metrics:
+    action: sampler
+    workdir: reports/monitor-run1
+    phase: "3"
+    interval_s: 10
+    notify_log: reports/notifications.jsonl
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+  async: 21600
+  poll: 0
+  register: monitoring_sampler
+"""
+
+RETURN = r"""
+sample:
+  description: C(sample) - the sample (probe latency, connections, rates, lag), as recorded.
+  returned: action is sample
+  type: dict
+alerts:
+  description: The alerts raised, each with C(metric), C(severity), C(message) and C(abort).
+  returned: always
+  type: list
+  elements: dict
+abort:
+  description: C(sample) - the alerts that meet the abort criteria.
+  returned: action is sample
+  type: list
+  elements: dict
+summary:
+  description: C(sample) - the sample in one line.
+  returned: action is sample
+  type: str
+sampler_stopped:
+  description: C(sample) - whether the background sampler was stopped (null when not asked).
+  returned: action is sample
+  type: bool
+sampler_result:
+  description: C(sample) - what the stopped sampler returned.
+  returned: action is sample
+  type: dict
+sampler_job_removed:
+  description: C(sample) - whether I(sampler_job_file) was removed.
+  returned: action is sample
+  type: bool
+samples:
+  description: C(sampler) - samples taken.
+  returned: action is sampler
+  type: int
+notifications:
+  description: C(sampler) - the notifications sent.
+  returned: action is sampler
+  type: list
+  elements: dict
+seconds:
+  description: C(sampler) - how long it ran.
+  returned: action is sampler
+  type: float
 """
 
 import os
@@ -104,8 +246,8 @@ def do_sampler(module: AnsibleModule) -> dict:
         # The done file carries the result: the after-phase sample that stopped the sampler
         # returns it (sampler_result).
         save_json(os.path.join(p["workdir"], f"sampler-{p['phase']}.done"),
-              {"samples": count, "alerts": alerts_all, "notifications": sent,
-               "seconds": round(time.monotonic() - started, 1)})
+                  {"samples": count, "alerts": alerts_all, "notifications": sent,
+                   "seconds": round(time.monotonic() - started, 1)})
 
 
 def main() -> None:

@@ -6,16 +6,44 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: pgmigrate_preflight
 short_description: Check prerequisites and conflicts before the migration changes anything
+version_added: 1.0.0
+author: Agency platform team (@agency)
 description:
-  - Never changes anything (the shape probe runs in a transaction that is rolled back).
+  - Phase 1's read-only checks - prerequisite tables and columns, the login's privileges, objects
+    phase 2 would create that already exist with another shape, the strategy's integrity counts
+    and the orphan report.
+  - Never changes anything (the shape probe runs phase 2's DDL in a scratch schema, in a
+    transaction that is rolled back).
   - Fails naming every missing table, missing or mistyped column, and conflicting object.
 options:
-  prerequisites: {type: dict, required: true, description: "table name -> (column name -> type, or null for any)"}
-  shape_files: {type: list, elements: path, default: []}
-  new_tables: {type: list, elements: str, default: []}
-  extended_table: {type: str, default: client_app_overrides}
-  check_conflicts: {type: bool, default: true}
-  report: {type: bool, default: true, description: integrity counts and the orphan report}
+  prerequisites:
+    type: dict
+    required: true
+    description: Table name to (column name to type, or null for any type) - what the migration needs to find.
+  shape_files:
+    description: Phase 2's DDL files, run in the scratch schema to learn the shapes it creates.
+    type: list
+    elements: path
+    default: []
+  new_tables:
+    description: The tables phase 2 creates; one existing with another shape is a conflict.
+    type: list
+    elements: str
+    default: []
+  extended_table:
+    description: >-
+      The application's table phase 2 adds columns to; an existing column of another type is a
+      conflict.
+    type: str
+    default: client_app_overrides
+  check_conflicts:
+    description: Run the shape probe and look for conflicting objects (false once phase 2 is applied).
+    type: bool
+    default: true
+  report:
+    type: bool
+    default: true
+    description: Also return the integrity counts and the orphan report, from one snapshot.
   require_create:
     type: bool
     default: true
@@ -24,6 +52,47 @@ options:
     type: bool
     default: true
     description: The login needs CREATE on the database (the ledger's schema and the shape probe's).
+extends_documentation_fragment:
+  - agency.pgmigrate.connection
+  - agency.pgmigrate.lock
+"""
+
+EXAMPLES = r"""
+- name: Check the prerequisites and what phase 2 would find in its way
+  agency.pgmigrate.pgmigrate_preflight:
+    prerequisites:
+      clients_enhanced: {id: uuid, name: text, created_at: null}
+      marketplace_modules: {id: uuid, name: text}
+      client_app_overrides: {id: uuid, client_id: uuid, app_name: text, enabled: boolean}
+    shape_files:
+      - files/sql/phase2/deploy/010_columns.sql
+      - files/sql/phase2/deploy/020_tables.sql
+    new_tables: [orchestration_workflows, workflow_executions, handover_packages, integration_events]
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+  register: preflight
+"""
+
+RETURN = r"""
+schema:
+  description: The schema checked (the login's current schema).
+  returned: success
+  type: str
+  sample: public
+adopted_tables:
+  description: Tables phase 2 creates that exist already with its shape (adopted, not a conflict).
+  returned: success
+  type: list
+  elements: str
+row_counts:
+  description: Rows of each prerequisite table.
+  returned: when I(report) is true
+  type: dict
+orphans:
+  description: The strategy's integrity counts (rows referring to rows that do not exist).
+  returned: when I(report) is true
+  type: dict
 """
 
 from pathlib import Path

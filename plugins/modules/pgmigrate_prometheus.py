@@ -10,24 +10,106 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: pgmigrate_prometheus
 short_description: Publish the migration's figures to Prometheus (Pushgateway, textfile) and read PromQL
+version_added: 1.0.0
+author: Agency platform team (@agency)
 description:
   - C(publish) renders I(metrics) (name to number, or to a list of C({labels, value})) as gauges
-    named C(pgmigrate_<name>), labelled with I(labels), and sends them to I(pushgateway_url) and
-    I(textfile_dir) when set. A failing push is reported in C(failed), never fatal.
-  - C(query) runs each PromQL expression of I(queries) against I(prometheus_url); each reading is
-    C({value, error, query}) and C(value) is null when the query failed or returned nothing.
+    named C(pgmigrate_<name>), labelled with I(labels), in Prometheus' text exposition format, and
+    sends them to I(pushgateway_url) (PUT, one group per job and instance) and writes them to
+    I(textfile_dir) (atomically, for node_exporter's textfile collector) when set. A failing push
+    is reported in C(failed), never fatal.
+  - C(query) runs each PromQL instant query of I(queries) against I(prometheus_url); each reading is
+    C({value, error, query}) and C(value) is null when the query failed or returned nothing - never
+    a healthy figure.
+  - Changes no database; never reports a change.
 options:
-  action: {type: str, required: true, choices: [publish, query]}
-  metrics: {type: dict, default: {}}
-  labels: {type: dict, default: {}}
-  job: {type: str, default: pgmigrate}
-  instance: {type: str, default: ""}
-  pushgateway_url: {type: str, default: ""}
-  textfile_dir: {type: path}
-  textfile_name: {type: str, default: ""}
-  prometheus_url: {type: str, default: ""}
-  queries: {type: dict, default: {}}
-  timeout_s: {type: float, default: 5}
+  action:
+    description: Publish figures, or read PromQL.
+    type: str
+    required: true
+    choices: [publish, query]
+  metrics:
+    description: C(publish) - metric name to a number, or to a list of C({labels, value}).
+    type: dict
+    default: {}
+  labels:
+    description: C(publish) - labels of every gauge (host, database, environment).
+    type: dict
+    default: {}
+  job:
+    description: C(publish) - the Pushgateway job.
+    type: str
+    default: pgmigrate
+  instance:
+    description: C(publish) - the Pushgateway instance; empty - none.
+    type: str
+    default: ""
+  pushgateway_url:
+    description: C(publish) - the Pushgateway's base URL; empty - no push.
+    type: str
+    default: ""
+  textfile_dir:
+    description: C(publish) - node_exporter's textfile directory; unset - no file.
+    type: path
+  textfile_name:
+    description: C(publish) - the file's name; empty - C(<job>_<instance>.prom).
+    type: str
+    default: ""
+  prometheus_url:
+    description: C(query) - the Prometheus server's base URL.
+    type: str
+    default: ""
+  queries:
+    description: C(query) - reading name to PromQL expression.
+    type: dict
+    default: {}
+  timeout_s:
+    description: Seconds each HTTP request may take.
+    type: float
+    default: 5
+"""
+
+EXAMPLES = r"""
+- name: Publish the phase's figures to the Pushgateway
+  agency.pgmigrate.pgmigrate_prometheus:
+    action: publish
+    metrics:
+      phase_duration_seconds: 3.2
+      rows_linked: 1000000
+    labels: {host: db1, database: app, environment: staging}
+    pushgateway_url: http://pushgateway.example.internal:9091
+
+- name: Read the application's p95 and error rate
+  agency.pgmigrate.pgmigrate_prometheus:
+    action: query
+    prometheus_url: http://prometheus.example.internal:9090
+    queries:
+      p95_ms: histogram_quantile(0.95, sum(rate(http_request_duration_seconds_bucket[5m])) by (le)) * 1000
+  register: app_signals
+"""
+
+RETURN = r"""
+samples:
+  description: C(publish) - gauges rendered.
+  returned: action is publish
+  type: int
+exposition:
+  description: C(publish) - the text exposition sent.
+  returned: action is publish
+  type: str
+sent:
+  description: C(publish) - destination (C(pushgateway), C(textfile)) to outcome.
+  returned: action is publish
+  type: dict
+failed:
+  description: C(publish) - destination to why it failed.
+  returned: action is publish
+  type: dict
+readings:
+  description: C(query) - reading name to C({value, error, query}).
+  returned: action is query
+  type: dict
+  sample: {p95_ms: {value: 41.5, error: null, query: "..."}}
 """
 
 import json
@@ -36,9 +118,10 @@ import os
 import re
 import urllib.error
 import urllib.parse
-import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
+from ansible.module_utils.urls import open_url
 
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -90,14 +173,13 @@ def push(url: str, job: str, instance: str, text: str, timeout_s: float) -> str:
     path = f"/metrics/job/{urllib.parse.quote(job, safe='')}"
     if instance:
         path += f"/instance/{urllib.parse.quote(instance, safe='')}"
-    request = urllib.request.Request(url.rstrip("/") + path, data=text.encode(), method="PUT",
-                                     headers={"Content-Type": "text/plain; version=0.0.4"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with open_url(url.rstrip("/") + path, data=text.encode(), method="PUT", http_agent="pgmigrate",
+                      headers={"Content-Type": "text/plain; version=0.0.4"}, timeout=timeout_s) as response:
             return f"ok ({response.status})"
     except urllib.error.HTTPError as exc:
         return f"failed: HTTP {exc.code} {exc.read()[:200].decode(errors='replace').strip()}"
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, UrlsConnectionError) as exc:
         return f"failed: {getattr(exc, 'reason', exc)}"
 
 
@@ -117,7 +199,7 @@ def query(url: str, promql: str, timeout_s: float) -> dict:
     reading: dict = {"query": promql, "value": None, "error": None}
     target = url.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": promql})
     try:
-        with urllib.request.urlopen(target, timeout=timeout_s) as response:
+        with open_url(target, http_agent="pgmigrate", timeout=timeout_s) as response:
             body = json.load(response)
     except urllib.error.HTTPError as exc:
         try:
@@ -125,7 +207,7 @@ def query(url: str, promql: str, timeout_s: float) -> dict:
         except ValueError:
             reading["error"] = f"Prometheus answered {exc.code}"
         return reading
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, UrlsConnectionError) as exc:
         reading["error"] = f"Prometheus unreachable or unreadable: {getattr(exc, 'reason', exc)}"
         return reading
     data = body.get("data") or {}

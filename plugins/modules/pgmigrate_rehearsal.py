@@ -15,24 +15,170 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: pgmigrate_rehearsal
 short_description: Fingerprints for the rollback's fidelity, and the rehearsal's report and verdict
+version_added: 1.0.0
+author: Agency platform team (@agency)
+description:
+  - C(fingerprint) reads the database's catalog (schemas, relations, columns, indexes, constraints,
+    views, policies, grants, functions, triggers, sequences, extensions, settings, the cluster's
+    roles) and its data (per table - row count and an order-independent hash of every row), saves
+    it as JSON at I(path), and compares it with the earlier fingerprint I(compare_to) when given
+    (the rollback's fidelity). Read-only for the database.
+  - C(report) judges the rehearsal (playbooks/rehearse.yml) - this run's ledger records (every phase
+    applied, every phase rolled back), the lock waits and alerts they recorded, the validator's
+    results, the fidelity and the clone. Go only if every phase succeeded, validation passed, no
+    monitoring alert fired, the full rollback succeeded and its fidelity holds; otherwise no-go
+    with the first reason. Written as I(report_dir)/I(stem).json and I(stem).md.
+  - Never reports a change.
 options:
-  action: {type: str, required: true, choices: [fingerprint, report]}
-  path: {type: path, description: "fingerprint: where to save it"}
-  compare_to: {type: path, description: "fingerprint: an earlier fingerprint to compare with"}
-  ignore: {type: list, elements: str, description: "key prefixes left out of the comparison"}
-  report_dir: {type: path}
-  stem: {type: str}
-  run_id: {type: str, default: ""}
-  context: {type: dict, default: {}}
-  clone: {type: dict, default: {}}
-  failure: {type: dict, default: {}}
-  stop: {type: dict, default: {}}
-  rollback: {type: dict, default: {}}
-  fidelity: {type: dict, default: {}}
-  alerts_file: {type: path}
-  phase_titles: {type: dict, default: {}}
-  phases: {type: list, elements: str, default: ["1", "2", "3", "4", "5", "6"]}
-  run_report: {type: str, default: ""}
+  action:
+    description: Take a fingerprint, or write the rehearsal's report.
+    type: str
+    required: true
+    choices: [fingerprint, report]
+  path:
+    type: path
+    description: C(fingerprint) - where to save it.
+  compare_to:
+    type: path
+    description: C(fingerprint) - an earlier fingerprint to compare with.
+  ignore:
+    type: list
+    elements: str
+    description: >-
+      C(fingerprint) - key prefixes left out of the comparison; unset - the ledger's schema and
+      phase 1's backup tables.
+  report_dir:
+    description: C(report) - where the report goes.
+    type: path
+  stem:
+    description: C(report) - the report's file name without extension.
+    type: str
+  run_id:
+    description: C(report) - the rehearsal run, whose ledger records are judged.
+    type: str
+    default: ""
+  context:
+    description: C(report) - the run's context (source, staging, started_at, already_applied).
+    type: dict
+    default: {}
+  clone:
+    description: C(report) - the clone's result (M(agency.pgmigrate.pgmigrate_clone)).
+    type: dict
+    default: {}
+  failure:
+    description: C(report) - what failed the run (C(phase), C(msg)), if anything.
+    type: dict
+    default: {}
+  stop:
+    description: C(report) - the monitoring's stop decision, if it stopped the run.
+    type: dict
+    default: {}
+  rollback:
+    description: C(report) - the full rollback's result.
+    type: dict
+    default: {}
+  fidelity:
+    description: C(report) - the fingerprint comparison after the rollback (C(holds), C(differences)).
+    type: dict
+    default: {}
+  alerts_file:
+    description: C(report) - the run's monitoring alerts (alerts.jsonl).
+    type: path
+  phase_titles:
+    description: C(report) - phase number to title.
+    type: dict
+    default: {}
+  phases:
+    description: C(report) - the phases the rehearsal must apply.
+    type: list
+    elements: str
+    default: ["1", "2", "3", "4", "5", "6"]
+  run_report:
+    description: C(report) - the run's own report, linked from the rehearsal's.
+    type: str
+    default: ""
+extends_documentation_fragment:
+  - agency.pgmigrate.connection
+  - agency.pgmigrate.lock
+"""
+
+EXAMPLES = r"""
+- name: Fingerprint the clone before the migration
+  agency.pgmigrate.pgmigrate_rehearsal:
+    action: fingerprint
+    path: reports/rehearsal/before.json
+    db_host: staging-db.example.internal
+    db_name: app
+    db_user: migrator
+
+- name: After the full rollback, compare with it
+  agency.pgmigrate.pgmigrate_rehearsal:
+    action: fingerprint
+    path: reports/rehearsal/after-rollback.json
+    compare_to: reports/rehearsal/before.json
+    db_host: staging-db.example.internal
+    db_name: app
+    db_user: migrator
+  register: fidelity
+"""
+
+RETURN = r"""
+path:
+  description: C(fingerprint) - the fingerprint saved.
+  returned: action is fingerprint
+  type: str
+tables:
+  description: C(fingerprint) - tables fingerprinted.
+  returned: action is fingerprint
+  type: int
+objects:
+  description: C(fingerprint) - catalog objects and tables fingerprinted.
+  returned: action is fingerprint
+  type: int
+holds:
+  description: C(fingerprint) - whether nothing differs from I(compare_to).
+  returned: action is fingerprint and I(compare_to) is given
+  type: bool
+differences:
+  description: C(fingerprint) - the first 50 differences, one line each.
+  returned: action is fingerprint and I(compare_to) is given
+  type: list
+  elements: str
+difference_count:
+  description: C(fingerprint) - how many differences.
+  returned: action is fingerprint and I(compare_to) is given
+  type: int
+verdict:
+  description: C(report) - C(go) or C(no-go).
+  returned: action is report
+  type: str
+reason:
+  description: C(report) - the first reason for a no-go.
+  returned: action is report
+  type: str
+reasons:
+  description: C(report) - every reason for a no-go.
+  returned: action is report
+  type: list
+  elements: str
+paths:
+  description: C(report) - the report files (C(json), C(md)).
+  returned: action is report
+  type: dict
+phases:
+  description: C(report) - the phases judged, with status and duration.
+  returned: action is report
+  type: list
+  elements: dict
+validation:
+  description: C(report) - the validator's results.
+  returned: action is report
+  type: dict
+alerts:
+  description: C(report) - the monitoring alerts of the run.
+  returned: action is report
+  type: list
+  elements: dict
 """
 
 import json
@@ -215,7 +361,6 @@ def ledger_records(module: AnsibleModule, run_id: str) -> tuple[list[dict], str 
         conn.close()
 
 
-
 def read_alerts(path: str | None, records: list[dict]) -> list[dict]:
     alerts, seen = [], set()
     for record in records:
@@ -310,8 +455,8 @@ def markdown(r: dict) -> str:
     verdict = "GO" if r["verdict"] == "go" else "NO-GO"
     out = [f"# Rehearsal on {c.get('host')}: {verdict}", ""]
     out += [f"**Verdict: {r['verdict']}**" + (f" - {r['reason']}" if r["reason"] else
-                                                " - every phase succeeded, validation passed, no monitoring "
-                                                "alert fired, the full rollback restored the clone exactly."), ""]
+                                              " - every phase succeeded, validation passed, no monitoring "
+                                              "alert fired, the full rollback restored the clone exactly."), ""]
     out += ["| | |", "|---|---|"]
     for label, key in (("source (read only)", "source"), ("staging", "staging"), ("environment", "environment"),
                        ("run id", "run_id"), ("operator", "operator"), ("started", "started_at")):

@@ -8,27 +8,123 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: pgmigrate_report
 short_description: Write the run's JSON and Markdown reports
+version_added: 1.0.0
+author: Agency platform team (@agency)
+description:
+  - Writes I(report_dir)/I(stem).json and I(stem).md for every run of migrate, rollback and
+    rehearse - the phases (from the ledger, by run id), durations, rows, the validator's results,
+    the metric samples and alerts (from the monitoring files in I(workdir)), approvals and
+    notifications. Any key naming a password, token, secret or webhook URL is masked, at any depth.
+  - Never fails because the database is gone - the ledger part then says why it is missing.
+  - Never reports a change (a report is the run's record, like a log); in check mode nothing is written.
 options:
-  report_dir: {type: path, required: true}
-  stem: {type: str, required: true}
-  playbook: {type: str, required: true}
-  outcome: {type: str, required: true, choices: [succeeded, failed, stopped, nothing to do]}
-  reason: {type: str, default: ""}
-  context: {type: dict, default: {}}
-  workdir: {type: path}
-  notify_log: {type: path}
-  approvals: {type: list, elements: dict, default: []}
-  approved_by: {type: str, default: ""}
-  baseline: {type: dict}
-  phase_titles: {type: dict, default: {}}
-  extra: {type: dict, default: {}}
-  read_ledger: {type: bool, default: true}
+  report_dir:
+    description: Where the reports go (created 0750; files 0640).
+    type: path
+    required: true
+  stem:
+    description: The reports' file name without extension (no directories).
+    type: str
+    required: true
+  playbook:
+    description: The playbook that ran.
+    type: str
+    required: true
+  outcome:
+    description: How the run ended.
+    type: str
+    required: true
+    choices: [succeeded, failed, stopped, nothing to do]
+  reason:
+    description: Why it failed or stopped.
+    type: str
+    default: ""
+  context:
+    description: >-
+      The run's context (run id, operator, host, environment, phases); its C(run_id) selects the
+      ledger records.
+    type: dict
+    default: {}
+  workdir:
+    description: The run's monitoring directory (samples.jsonl, alerts.jsonl); unset - no samples.
+    type: path
+  notify_log:
+    description: The run's notification log, listed in the report.
+    type: path
+  approvals:
+    description: The approvals the run went on.
+    type: list
+    elements: dict
+    default: []
+  approved_by:
+    description: Who approved the run.
+    type: str
+    default: ""
+  baseline:
+    description: The pre-migration baseline sample.
+    type: dict
+  phase_titles:
+    description: Phase number to title.
+    type: dict
+    default: {}
+  extra:
+    description: More sections for the JSON report.
+    type: dict
+    default: {}
+  read_ledger:
+    description: Read the run's ledger records (false when the database is known to be gone).
+    type: bool
+    default: true
   announcement:
     type: dict
     description:
       - "C({src, dest}): a template (the role's templates/) rendered with the task's variables and
         C(report_written), this module's result, and written to C(dest) (0640). Done by the action
-        plugin (plugins/action/pgmigrate_report.py), in process; the module alone ignores it."
+        plugin, in process; the module alone ignores it."
+extends_documentation_fragment:
+  - agency.pgmigrate.connection
+  - agency.pgmigrate.lock
+"""
+
+EXAMPLES = r"""
+- name: Write the run's report
+  agency.pgmigrate.pgmigrate_report:
+    report_dir: reports
+    stem: "migrate-db1-{{ run_id }}"
+    playbook: migrate
+    outcome: succeeded
+    context: {run_id: "{{ run_id }}", host: db1, environment: staging}
+    workdir: "reports/monitor-{{ run_id }}"
+    notify_log: reports/notifications.jsonl
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+"""
+
+RETURN = r"""
+paths:
+  description: The report files (C(json), C(md)).
+  returned: always
+  type: dict
+  sample: {json: reports/migrate-db1-20260101T120000.json, md: reports/migrate-db1-20260101T120000.md}
+ledger_state:
+  description: The ledger's last finished record of every phase.
+  returned: when not in check mode
+  type: dict
+phases:
+  description: The run's ledger records.
+  returned: when not in check mode
+  type: list
+  elements: dict
+alerts:
+  description: The run's monitoring alerts.
+  returned: when not in check mode
+  type: list
+  elements: dict
+validation:
+  description: The validator's results (C(passed), C(failed), C(checks)).
+  returned: when not in check mode
+  type: dict
 """
 
 import json

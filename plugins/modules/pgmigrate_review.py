@@ -16,17 +16,101 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: pgmigrate_review
 short_description: Write the post-migration review (strategy 7.1) and the schema documentation (4.1)
+version_added: 1.0.0
+author: Agency platform team (@agency)
 description:
+  - The review - the execution timeline from the ledger (every phase run, forward or back, with its
+    reruns, lock waits, failures, interruptions, stops and rollbacks), the challenges met, the
+    performance before and after (the pre-migration baseline, the sample after phase 6, the
+    48-hour watch's trends), the strategy's agenda filled in, and the sections the team completes.
+    Written as I(report_dir)/I(stem).md and I(stem).json.
+  - With I(schema_doc), also the documentation of the tables phase 2 created and the columns it
+    added, generated from the catalog; deterministic, so it can be checked against a migrated
+    database.
   - Reads the ledger (history, created objects, approvals, the watch's samples), the run reports
-    under I(report_dir) and the catalog, in one read-only transaction; changes nothing.
+    under I(report_dir) and the catalog, in one read-only transaction; changes nothing in the
+    database. Never reports a change; in check mode nothing is written.
 options:
-  report_dir: {type: path, required: true}
-  stem: {type: str, required: true}
-  host: {type: str, required: true}
-  environment: {type: str, default: local}
-  phase_titles: {type: dict, required: true}
-  post_roles: {type: list, elements: str, default: []}
-  schema_doc: {type: path, description: "Also write the schema documentation alone to this file."}
+  report_dir:
+    description: Where the run reports are, and the review goes.
+    type: path
+    required: true
+  stem:
+    description: The review files' name without extension.
+    type: str
+    required: true
+  host:
+    description: The inventory host (its run reports are read).
+    type: str
+    required: true
+  environment:
+    description: The environment, shown in the review.
+    type: str
+    default: local
+  phase_titles:
+    description: Phase number to title.
+    type: dict
+    required: true
+  post_roles:
+    description: The roles of the post-migration sign-off, listed in the review.
+    type: list
+    elements: str
+    default: []
+  schema_doc:
+    type: path
+    description: Also write the schema documentation alone to this file.
+extends_documentation_fragment:
+  - agency.pgmigrate.connection
+  - agency.pgmigrate.lock
+"""
+
+EXAMPLES = r"""
+- name: Write the post-migration review and the schema documentation
+  agency.pgmigrate.pgmigrate_review:
+    report_dir: reports
+    stem: review-db1
+    host: db1
+    environment: production
+    phase_titles: {"1": Preparation, "2": Schema, "3": Data migration}
+    post_roles: [dba, product_owner]
+    schema_doc: docs/schema.md
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+"""
+
+RETURN = r"""
+paths:
+  description: The files (C(json), C(md), and C(schema) with I(schema_doc)), written unless in check mode.
+  returned: success
+  type: dict
+markdown:
+  description: The review as Markdown.
+  returned: success
+  type: str
+challenges:
+  description: The challenges met, one line each.
+  returned: success
+  type: list
+  elements: str
+timeline:
+  description: Every ledger record, in order.
+  returned: success
+  type: list
+  elements: dict
+runs:
+  description: The runs, from the run reports.
+  returned: success
+  type: list
+  elements: dict
+performance:
+  description: The figures before the migration, after phase 6, and the watch's trends.
+  returned: success
+  type: dict
+summary:
+  description: The review in one line.
+  returned: success
+  type: str
 """
 
 import datetime
@@ -47,8 +131,10 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
     md_cell,
     phase_lock_waits,
+    report_pair_paths,
     utcnow,
     write_report,
+    write_report_pair,
 )
 
 NEW_TABLES = ["orchestration_workflows", "workflow_executions", "handover_packages", "integration_events"]
@@ -91,13 +177,13 @@ def read_schema(cur) -> dict:
                                                            NEW_TABLES + ["client_app_overrides"]))
     for t in tables:
         only = NEW_COLUMNS if t["table"] == "client_app_overrides" else None
-        t["columns"] = [c for c in fetch_dicts(cur, """
+        columns = fetch_dicts(cur, """
             SELECT a.attname AS column, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull AS not_null,
                    pg_get_expr(d.adbin, d.adrelid) AS default, col_description(a.attrelid, a.attnum) AS comment
               FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
              WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""",
-                                                  (f"public.{t['table']}",))
-                        if only is None or c["column"] in only]
+                              (f"public.{t['table']}",))
+        t["columns"] = [c for c in columns if only is None or c["column"] in only]
         t["constraints"] = fetch_dicts(cur, """
             SELECT conname AS name, contype AS type, pg_get_constraintdef(oid) AS definition, confdeltype
               FROM pg_constraint WHERE conrelid = %s::regclass ORDER BY contype, conname""", (f"public.{t['table']}",))
@@ -131,8 +217,8 @@ def run_reports(report_dir: str, host: str) -> dict:
         ctx = report.get("context") or {}
         if isinstance(report, dict) and report.get("playbook") in ("migrate", "rollback") and ctx.get("run_id"):
             found[ctx["run_id"]] = {"playbook": report["playbook"], "outcome": report.get("outcome"),
-                                   "reason": report.get("reason"), "report": path,
-                                   "notifications": len(report.get("notifications") or [])}
+                                    "reason": report.get("reason"), "report": path,
+                                    "notifications": len(report.get("notifications") or [])}
     return found
 
 
@@ -361,17 +447,14 @@ def main() -> None:
     review = json_safe({
         "kind": "review", "at": utcnow(), "host": p["host"], "environment": p["environment"],
         "completed_at": completed, "days_since": days, "titles": p["phase_titles"], "timeline": rows, "runs": runs,
-        "challenges": challenges(rows, runs, ledger["watch"]), "performance": performance(ledger["history"],
-                                                                                         ledger["watch"]),
+        "challenges": challenges(rows, runs, ledger["watch"]),
+        "performance": performance(ledger["history"], ledger["watch"]),
         "approvals": ledger["approvals"], "post_roles": p["post_roles"], "schema": schema})
     text = markdown(review)
-    paths = {"json": os.path.join(p["report_dir"], p["stem"] + ".json"),
-             "md": os.path.join(p["report_dir"], p["stem"] + ".md")}
+    paths = report_pair_paths(p["report_dir"], p["stem"])
     if not module.check_mode:
         try:
-            os.makedirs(p["report_dir"], mode=0o750, exist_ok=True)
-            write_report(paths["json"], json.dumps(review, indent=2, default=str) + "\n")
-            write_report(paths["md"], text)
+            write_report_pair(paths, review, text)
             if p["schema_doc"]:
                 write_report(p["schema_doc"], schema_markdown(schema))
                 paths["schema"] = p["schema_doc"]

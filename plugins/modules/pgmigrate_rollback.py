@@ -16,33 +16,174 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: pgmigrate_rollback
 short_description: Plan and run the rollback of migration phases, recorded in the ledger
+version_added: 1.0.0
+author: Agency platform team (@agency)
 description:
-  - "C(plan) never changes anything. C(selection) is C([all]), C([data]) (phase 3's data only,
+  - "C(plan) never changes anything. I(selection) is C([all]), C([data]) (phase 3's data only,
     allowed while later phases stay applied) or a list of phases. A phase counts as present when
-    the ledger says it is applied, or its latest run did not finish (killed or failed half-way)."
-  - "C(run) records every phase it rolls back as running, then runs and finishes them; a failure
-    marks them failed with the error. Server notices C(pgmigrate: key=value) raised by the SQL
-    become details of the ledger record (kept objects, deleted rows)."
+    the ledger says it is applied, or its latest run did not finish (killed or failed half-way).
+    It refuses a phase that applied later phases depend on (naming them), a database without a
+    ledger, and objects of the application that depend on what the rollback would drop."
+  - "C(run) runs each phase's C(files/sql/phaseN/revert/*.sql) lock-safely. Phases run together in
+    one transaction (SQL and ledger records - all or nothing), except where a phase has batches
+    (C(revert/batches/*.sql)): those run first, each batch in its own short transaction, with the
+    I(throttle) between them. C(run) records every phase it rolls back as running, then runs and
+    finishes them; a failure marks them failed with the error. Server notices
+    C(pgmigrate: key=value) raised by the SQL become details of the ledger record (kept objects,
+    deleted rows)."
 options:
-  action: {type: str, required: true, choices: [plan, run]}
-  selection: {type: list, elements: str, default: []}
-  graph: {type: dict, default: {}, description: "phase -> {requires: [...]} (the phase graph)"}
-  sql_root: {type: path, required: true}
-  phases: {type: list, elements: str, default: [], description: "phases to run, in order"}
-  scope: {type: str, default: phases, choices: [all, phases, data]}
-  reason: {type: str, default: ""}
-  run_id: {type: str}
-  operator: {type: str}
-  approved_by: {type: str}
-  environment: {type: str}
-  batch_size: {type: int, default: 2000}
-  min_batch_size: {type: int, default: 200}
-  max_batch_size: {type: int, default: 50000}
-  target_batch_ms: {type: int, default: 200, description: "a batch is cut (rolled back, retried smaller) at this"}
-  throttle:
+  action:
+    description: Plan the rollback (read-only) or run it.
+    type: str
+    required: true
+    choices: [plan, run]
+  selection:
+    description: C(plan) - what to roll back - C([all]), C([data]) or phase numbers.
+    type: list
+    elements: str
+    default: []
+  graph:
     type: dict
     default: {}
-    description: how the batches yield to the application (module_utils/pgmigrate_throttle.py, migration_throttle_*)
+    description: C(plan) - phase to C({requires - [...]}), the phase graph.
+  sql_root:
+    description: The SQL directory (C(files/sql)) holding C(phaseN/revert/).
+    type: path
+    required: true
+  phases:
+    type: list
+    elements: str
+    default: []
+    description: C(run) - the phases to roll back, in order (the plan's C(targets)).
+  scope:
+    description: C(run) - the plan's C(scope), recorded with each phase.
+    type: str
+    default: phases
+    choices: [all, phases, data]
+  reason:
+    description: C(run) - why, recorded with each phase.
+    type: str
+    default: ""
+  run_id:
+    description: C(run) - the run's id, recorded.
+    type: str
+  operator:
+    description: C(run) - who rolls back, recorded.
+    type: str
+  approved_by:
+    description: C(run) - who approved the rollback, recorded.
+    type: str
+  environment:
+    description: C(run) - the environment, recorded.
+    type: str
+  batch_size:
+    description: Rows of the first batch of a batches file.
+    type: int
+    default: 2000
+  min_batch_size:
+    description: The smallest batch a slow batch is cut down to.
+    type: int
+    default: 200
+  max_batch_size:
+    description: The largest batch a fast batch grows to.
+    type: int
+    default: 50000
+  target_batch_ms:
+    type: int
+    default: 200
+    description: A batch is cut (rolled back, retried smaller) at this many milliseconds.
+extends_documentation_fragment:
+  - agency.pgmigrate.connection
+  - agency.pgmigrate.lock
+  - agency.pgmigrate.throttle
+"""
+
+EXAMPLES = r"""
+- name: Plan the rollback of phase 3's data
+  agency.pgmigrate.pgmigrate_rollback:
+    action: plan
+    selection: [data]
+    graph:
+      "1": {requires: []}
+      "2": {requires: ["1"]}
+      "3": {requires: ["2"]}
+    sql_root: files/sql
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+  register: rollback_plan
+
+- name: Run it
+  agency.pgmigrate.pgmigrate_rollback:
+    action: run
+    phases: "{{ rollback_plan.targets }}"
+    scope: "{{ rollback_plan.scope }}"
+    reason: p95 over the abort threshold
+    sql_root: files/sql
+    run_id: "{{ run_id }}"
+    operator: alice
+    environment: staging
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+  when: rollback_plan.targets | length > 0
+"""
+
+RETURN = r"""
+applied:
+  description: C(plan) - the phases the ledger says are applied.
+  returned: action is plan
+  type: list
+  elements: str
+present:
+  description: C(plan) - the phases present (applied, or whose latest run did not finish).
+  returned: action is plan
+  type: list
+  elements: str
+unfinished:
+  description: C(plan) - the phases whose latest run did not finish, with that run's record.
+  returned: action is plan
+  type: dict
+scope:
+  description: C(plan) - C(all), C(data) or C(phases).
+  returned: action is plan
+  type: str
+targets:
+  description: C(plan) - the phases to roll back, latest first.
+  returned: action is plan
+  type: list
+  elements: str
+not_applied:
+  description: C(plan) - selected phases that are not present (nothing to do for them).
+  returned: action is plan
+  type: list
+  elements: str
+files:
+  description: C(plan) - the SQL files each target runs, relative to I(sql_root).
+  returned: action is plan
+  type: dict
+phases:
+  description: C(run) - the phases rolled back.
+  returned: action is run
+  type: list
+  elements: str
+record_ids:
+  description: C(run) - the ledger record of each phase.
+  returned: action is run and something was rolled back
+  type: dict
+outcome:
+  description: C(run) - by phase, what its SQL reported (kept objects, deleted rows).
+  returned: action is run and something was rolled back
+  type: dict
+lock_retries:
+  description: C(run) - statements retried after a lock timeout or deadlock.
+  returned: action is run and something was rolled back
+  type: int
+notes:
+  description: C(run) - what the rollback kept and why, one line each.
+  returned: action is run and something was rolled back
+  type: list
+  elements: str
 """
 
 import glob
@@ -345,7 +486,7 @@ def run_group(conn, group: list[str], p: dict, files: dict, ids: dict, extra: di
         return out
 
     return with_lock_retry(conn, work, lock, transactional=True,
-                           sql="\n".join(sql for pairs in sqls.values() for _, sql in pairs))
+                           sql="\n".join(sql for pairs in sqls.values() for _name, sql in pairs))
 
 
 def summarise(details: dict) -> str:

@@ -7,18 +7,34 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: pgmigrate_runlock
 short_description: Hold the database's run lock for a playbook run, release it, or show its holder
+version_added: 1.0.0
+author: Agency platform team (@agency)
 description:
-  - C(acquire) starts a small holder process that keeps a session-level advisory lock on the
-    database until C(release), the end of the ansible-playbook process, or the end of its
-    session. Refused, changing nothing, when another run holds it; the message names that run
-    (playbook, operator, run id, since when, controller). Already held by I(run_id) - fine.
+  - One run at a time per database. C(acquire) starts a small holder process that keeps a
+    session-level advisory lock on the database until C(release), the end of the ansible-playbook
+    process, or the end of its session. Refused, changing nothing, when another run holds it; the
+    message names that run (playbook, operator, run id, since when, controller). Already held by
+    I(run_id) - fine.
   - C(status) only reads who holds it. In check mode C(acquire) only reads too.
-  - Never reports a change (a lock is no change to the database).
+  - Never waits for the lock and never reports a change (a lock is no change to the database).
 options:
-  action: {type: str, required: true, choices: [acquire, release, status]}
-  playbook: {type: str, default: migrate}
-  operator: {type: str, default: ""}
-  run_id: {type: str, default: ""}
+  action:
+    description: C(acquire) the lock, C(release) it, or show its holder (C(status)).
+    type: str
+    required: true
+    choices: [acquire, release, status]
+  playbook:
+    description: The playbook of this run, shown to a run that is refused.
+    type: str
+    default: migrate
+  operator:
+    description: Who runs it, shown to a run that is refused.
+    type: str
+    default: ""
+  run_id:
+    description: This run's id; a lock already held by it is no refusal.
+    type: str
+    default: ""
   missing_ok:
     type: bool
     default: false
@@ -27,7 +43,62 @@ options:
     type: int
     default: 0
     description: The holder process C(acquire) returned (for C(release); for C(acquire), one already held).
-  holder_start: {type: str, default: "", description: Its start time (pid reuse), as returned.}
+  holder_start:
+    type: str
+    default: ""
+    description: The holder process's start time as C(acquire) returned it (guards against pid reuse).
+extends_documentation_fragment:
+  - agency.pgmigrate.connection
+  - agency.pgmigrate.lock
+"""
+
+EXAMPLES = r"""
+- name: Take the run lock for this playbook run
+  agency.pgmigrate.pgmigrate_runlock:
+    action: acquire
+    playbook: migrate
+    operator: "{{ lookup('ansible.builtin.env', 'USER') }}"
+    run_id: "{{ run_id }}"
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+  register: runlock
+
+- name: Release it at the end of the run
+  agency.pgmigrate.pgmigrate_runlock:
+    action: release
+    holder_pid: "{{ runlock.holder_pid }}"
+    holder_start: "{{ runlock.holder_start }}"
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+"""
+
+RETURN = r"""
+taken:
+  description: Whether this run holds the lock now.
+  returned: action is acquire
+  type: bool
+holder:
+  description: Who holds the lock (playbook, operator, run id, since, controller, backend pid), or null.
+  returned: action is acquire or status
+  type: dict
+holder_pid:
+  description: The holder process, to pass to C(release).
+  returned: action is acquire and the lock is taken
+  type: int
+holder_start:
+  description: The holder process's start time, to pass to C(release).
+  returned: action is acquire and the lock is taken
+  type: str
+released:
+  description: Whether a holder process was stopped.
+  returned: action is release
+  type: bool
+msg:
+  description: What the module found or did.
+  returned: action is acquire or status
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule

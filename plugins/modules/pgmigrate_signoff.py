@@ -7,23 +7,134 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: pgmigrate_signoff
 short_description: Record and check the migration's approvals (migration_ledger.approvals)
+version_added: 1.0.0
+author: Agency platform team (@agency)
 description:
+  - The sign-off sheet (strategy section 8) as data in C(migration_ledger.approvals).
   - C(record) appends a decision; creates the approvals table when missing (the ledger schema
-    must exist, created by pgmigrate_ledger init).
+    must exist, created by M(agency.pgmigrate.pgmigrate_ledger) C(action=init)).
   - C(check) never writes and never fails; it returns C(ok), what is missing and who said no-go.
   - C(list) returns the latest decision of every role, both stages.
 options:
-  action: {type: str, required: true, choices: [record, check, list]}
-  stage: {type: str, default: pre, choices: [pre, post]}
-  role: {type: str}
-  name: {type: str}
-  decision: {type: str, default: go, choices: [go, no-go]}
-  note: {type: str}
-  environment: {type: str}
-  recorded_by: {type: str}
-  required: {type: list, elements: str, default: []}
-  valid_hours: {type: float, default: 168}
-  approvals_sql: {type: path}
+  action:
+    description: Record a decision, check the sheet, or list it.
+    type: str
+    required: true
+    choices: [record, check, list]
+  stage:
+    description: >-
+      C(record) - before the migration (C(pre)) or after it (C(post)); C(check) reads the C(pre)
+      decisions.
+    type: str
+    default: pre
+    choices: [pre, post]
+  role:
+    description: C(record) - the role deciding (for example C(dba), C(product_owner)).
+    type: str
+  name:
+    description: C(record) - the person deciding.
+    type: str
+  decision:
+    description: C(record) - the decision.
+    type: str
+    default: go
+    choices: [go, no-go]
+  note:
+    description: C(record) - a note kept with the decision.
+    type: str
+  environment:
+    description: C(record) - the environment the decision is for.
+    type: str
+  recorded_by:
+    description: C(record) - who entered the decision.
+    type: str
+  required:
+    description: C(check) - the roles whose latest decision must be a recent C(go).
+    type: list
+    elements: str
+    default: []
+  valid_hours:
+    description: C(check) - how long a go stays valid, in hours.
+    type: float
+    default: 168
+  approvals_sql:
+    description: C(record) - the approvals table's DDL (C(files/sql/ledger/approvals.sql)).
+    type: path
+extends_documentation_fragment:
+  - agency.pgmigrate.connection
+  - agency.pgmigrate.lock
+"""
+
+EXAMPLES = r"""
+- name: Record the DBA's go
+  agency.pgmigrate.pgmigrate_signoff:
+    action: record
+    role: dba
+    name: Alice Example
+    decision: go
+    environment: production
+    recorded_by: alice
+    approvals_sql: files/sql/ledger/approvals.sql
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+
+- name: Check every required role said go within a week
+  agency.pgmigrate.pgmigrate_signoff:
+    action: check
+    required: [dba, product_owner]
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+  register: signoff
+"""
+
+RETURN = r"""
+ok:
+  description: C(check) - whether every required role's latest decision is a recent go.
+  returned: action is check
+  type: bool
+missing:
+  description: C(check) - required roles without a decision.
+  returned: action is check
+  type: list
+  elements: str
+no_go:
+  description: C(check) - the latest decisions that are no-go.
+  returned: action is check
+  type: list
+  elements: dict
+stale:
+  description: C(check) - required roles whose go is older than I(valid_hours), with who and when.
+  returned: action is check
+  type: list
+  elements: str
+reason:
+  description: C(check) - why the sheet is not ok; empty when it is.
+  returned: action is check
+  type: str
+approved_by:
+  description: "C(check) - C(role: name) of every approval, joined."
+  returned: action is check
+  type: str
+approvals:
+  description: C(check) - the approvals that count.
+  returned: action is check
+  type: list
+  elements: dict
+sheet:
+  description: The latest decision of every role.
+  returned: action is check or list
+  type: list
+  elements: dict
+id:
+  description: C(record) - the id of the decision recorded.
+  returned: action is record
+  type: int
+recorded_at:
+  description: C(record) - when it was recorded.
+  returned: action is record
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule

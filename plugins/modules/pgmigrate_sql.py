@@ -16,24 +16,84 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: pgmigrate_sql
 short_description: Run SQL files under a short lock_timeout with retries and backoff
+version_added: 1.0.0
+author: Agency platform team (@agency)
 description:
-  - "Runs each file as one transaction, or statement by statement in autocommit when its header
-    says C(-- pgmigrate: no-transaction). psql-style variables (:'name', :\"name\", :name) are
-    filled from I(params). Check mode runs nothing and reports what would run."
+  - "Runs each file as one transaction under C(SET LOCAL lock_timeout); a lock timeout or a
+    deadlock rolls it back and it is retried with backoff (the I(lock_timeout_ms) options)."
+  - "A file whose header says C(-- pgmigrate: no-transaction) runs statement by statement in
+    autocommit (C(CREATE INDEX CONCURRENTLY), C(VALIDATE CONSTRAINT)), each retried on its own;
+    an index left invalid by an interrupted concurrent build is dropped and built again."
+  - "A file whose header says C(-- pgmigrate: batches) runs its statements but the last once,
+    then the last again and again, one short transaction per batch, sized to take well under
+    I(target_batch_ms), with the I(throttle) between batches, until a batch takes no row."
+  - "psql-style variables (:'name', :\"name\", :name) are filled from I(params). Check mode runs
+    nothing and reports what would run."
 options:
-  files: {type: list, elements: path, required: true}
-  params: {type: dict, default: {}}
-  batch_size: {type: int, default: 1000, description: first batch of a batches file}
-  min_batch_size: {type: int, default: 100}
-  max_batch_size: {type: int, default: 50000}
+  files:
+    description: The SQL files to run, in order.
+    type: list
+    elements: path
+    required: true
+  params:
+    description: Values of the psql-style variables the files use.
+    type: dict
+    default: {}
+  batch_size:
+    description: Rows of the first batch of a batches file.
+    type: int
+    default: 1000
+  min_batch_size:
+    description: The smallest batch a batches file is cut down to.
+    type: int
+    default: 100
+  max_batch_size:
+    description: The largest batch a batches file grows to.
+    type: int
+    default: 50000
   target_batch_ms:
     type: int
     default: 200
-    description: a batch is sized to take well under this, and cut (rolled back, retried smaller) at it
-  throttle:
-    type: dict
-    default: {}
-    description: how a batches file yields to the application (module_utils/pgmigrate_throttle.py)
+    description: >-
+      A batch is sized to take well under this many milliseconds, and cut (rolled back, retried
+      smaller) at it.
+extends_documentation_fragment:
+  - agency.pgmigrate.connection
+  - agency.pgmigrate.lock
+  - agency.pgmigrate.throttle
+"""
+
+EXAMPLES = r"""
+- name: Apply phase 2's schema files lock-safely
+  agency.pgmigrate.pgmigrate_sql:
+    files:
+      - files/sql/phase2/deploy/010_columns.sql
+      - files/sql/phase2/deploy/030_indexes.sql
+    params:
+      schema: public
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+    lock_timeout_ms: 50
+    lock_attempts: 60
+"""
+
+RETURN = r"""
+steps:
+  description: >-
+    One entry per file (or statement) run, with its rows and lock retries; what would run in check
+    mode.
+  returned: always
+  type: list
+  elements: dict
+rows:
+  description: Rows the files changed, in total.
+  returned: always
+  type: int
+lock_retries:
+  description: How many times a statement was retried after a lock timeout or deadlock.
+  returned: success
+  type: int
 """
 
 import re

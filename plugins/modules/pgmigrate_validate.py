@@ -8,27 +8,100 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: pgmigrate_validate
 short_description: Validate the migrated database and time the cross-system queries
+version_added: 1.0.0
+author: Agency platform team (@agency)
 description:
+  - Phase 6's validator - the integrity checks of I(checks_file), tenant isolation as real
+    authenticated sessions (row-level security), and the strategy's cross-system queries of
+    I(queries_file) timed for their p95 (server-side, under EXPLAIN ANALYZE).
+  - Read-only - everything runs in transactions that are rolled back.
   - Returns every check with passed, observed and expected, and the names of the failed ones.
     It never fails by itself; the caller decides (phase 6 fails the run on any failed check).
 options:
-  checks_file: {type: path, required: true}
-  queries_file: {type: path, required: true}
-  params: {type: dict, default: {}}
-  query_runs: {type: int, default: 20}
-  p95_target_ms: {type: float, default: 2000}
-  claim_path: {type: list, elements: str, default: [app_metadata, client_id]}
-  tenant_role: {type: str, default: authenticated}
+  checks_file:
+    description: The integrity checks (C(files/sql/phase6/verify/checks.sql)).
+    type: path
+    required: true
+  queries_file:
+    description: The cross-system queries to time (C(files/sql/phase6/verify/cross_system_queries.sql)).
+    type: path
+    required: true
+  params:
+    description: Values of the psql-style variables the files use.
+    type: dict
+    default: {}
+  query_runs:
+    description: How many times each cross-system query is timed.
+    type: int
+    default: 20
+  p95_target_ms:
+    description: The p95 a cross-system query must stay under, in milliseconds.
+    type: float
+    default: 2000
+  claim_path:
+    description: >-
+      Where the client id sits in the JWT claims of an authenticated session (the tenant isolation
+      checks).
+    type: list
+    elements: str
+    default: [app_metadata, client_id]
+  tenant_role:
+    description: The role the tenant isolation checks run as.
+    type: str
+    default: authenticated
   report_file:
     type: path
-    description: Where to write the result as JSON (directory 0750, file 0640), with report_meta.
-  report_meta: {type: dict, default: {}}
+    description: Where to write the result as JSON (directory 0750, file 0640), with I(report_meta).
+  report_meta:
+    description: Fields added to the JSON of I(report_file) (run id, host).
+    type: dict
+    default: {}
   events_since_from_ledger:
     type: bool
     default: false
     description:
-      - Set params.events_since to the event window phase 3's latest successful apply used (its
-        ledger record; -infinity without one), read here rather than by a task of its own.
+      - Set C(params.events_since) to the event window phase 3's latest successful apply used (its
+        ledger record; C(-infinity) without one), read here rather than by a task of its own.
+extends_documentation_fragment:
+  - agency.pgmigrate.connection
+  - agency.pgmigrate.lock
+"""
+
+EXAMPLES = r"""
+- name: Validate the migrated database
+  agency.pgmigrate.pgmigrate_validate:
+    checks_file: files/sql/phase6/verify/checks.sql
+    queries_file: files/sql/phase6/verify/cross_system_queries.sql
+    events_since_from_ledger: true
+    report_file: reports/validation.json
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+  register: validation
+
+- name: Fail the run on a failed check
+  ansible.builtin.assert:
+    that: validation.passed
+    fail_msg: "failed checks: {{ validation.failed_checks | join(', ') }}"
+"""
+
+RETURN = r"""
+passed:
+  description: Whether every check passed.
+  returned: success
+  type: bool
+failed_checks:
+  description: The names of the failed checks.
+  returned: success
+  type: list
+  elements: str
+checks:
+  description: >-
+    Every check with C(check) (its name), C(passed), C(observed) and C(expected); a timed query also
+    with its p50, p95 and max.
+  returned: success
+  type: list
+  elements: dict
 """
 
 import json
@@ -141,7 +214,7 @@ def time_queries(conn, sql: str, runs: int, target_ms: float) -> list[dict]:
     for statement in split_statements(sql):
         timings = []
         rows = 0
-        for _ in range(runs):
+        for _run in range(runs):
             with conn.cursor() as cur:
                 cur.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + statement)
                 plan = cur.fetchone()[0][0]

@@ -14,24 +14,133 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: pgmigrate_watch
 short_description: One sample of the 48-hour post-migration watch (strategy 4.2), its alerts and the trend report
+version_added: 1.0.0
+author: Agency platform team (@agency)
 description:
+  - Each run takes one sample of the strategy's metrics (integration event processing rate, lag
+    and failures, workflow execution success rate, handover package delivery rate, error rates,
+    resource trends of the migrated tables), the database's own health sample, and the
+    application's HTTP checks and Prometheus figures when given. Alerts on the 4.2 thresholds; an
+    alert that repeats I(escalate_after) samples in a row, or a critical one, is marked for
+    escalation.
   - Refuses a database whose phase 6 is not applied. Creates migration_ledger.watch_samples when
     missing, records the sample, and rewrites I(report_dir)/watch-<host>.md with a PNG per
-    metric in I(report_dir)/watch-<host>/. In check mode it samples and records nothing.
+    metric in I(report_dir)/watch-<host>/. Once I(hours) have passed since phase 6 it records the
+    end once and samples no more. In check mode it samples and records nothing.
 options:
-  report_dir: {type: path, required: true}
-  host: {type: str, required: true}
-  run_id: {type: str, required: true}
-  hours: {type: float, default: 48}
-  escalate_after: {type: int, default: 2, description: "Samples in a row an alert must repeat to escalate."}
-  thresholds: {type: dict, default: {}}
-  abort: {type: dict, default: {}}
-  probe_sql: {type: str}
-  probe_runs: {type: int, default: 10}
-  watch_sql: {type: path, required: true, description: The watch table's DDL (files/sql/ledger/watch.sql).}
-  app_checks: {type: list, elements: dict, default: [], description: "Results of the application's HTTP checks."}
-  prometheus: {type: dict, default: {}, description: "The application's figures read from Prometheus."}
-  plots: {type: bool, default: true}
+  report_dir:
+    description: Where the trend report goes.
+    type: path
+    required: true
+  host:
+    description: The inventory host, in the report's name.
+    type: str
+    required: true
+  run_id:
+    description: The run's id, recorded with the sample.
+    type: str
+    required: true
+  hours:
+    description: How long the watch lasts after phase 6 finished, in hours.
+    type: float
+    default: 48
+  escalate_after:
+    type: int
+    default: 2
+    description: Samples in a row an alert must repeat to escalate (at least 1).
+  thresholds:
+    description: Alert thresholds over the defaults (see M(agency.pgmigrate.pgmigrate_metrics)).
+    type: dict
+    default: {}
+  abort:
+    description: Degradation criteria over the defaults (see M(agency.pgmigrate.pgmigrate_metrics)).
+    type: dict
+    default: {}
+  probe_sql:
+    description: The read-only probe query; default - the monitoring's fixed probe.
+    type: str
+  probe_runs:
+    description: How many times the probe runs per sample (at least 1).
+    type: int
+    default: 10
+  watch_sql:
+    type: path
+    required: true
+    description: The watch table's DDL (C(files/sql/ledger/watch.sql)).
+  app_checks:
+    type: list
+    elements: dict
+    default: []
+    description: Results of the application's HTTP checks, recorded and alerted on.
+  prometheus:
+    type: dict
+    default: {}
+    description: >-
+      The application's figures read from Prometheus (M(agency.pgmigrate.pgmigrate_prometheus)
+      C(query)).
+  plots:
+    description: Draw a PNG per metric (needs matplotlib on the controller).
+    type: bool
+    default: true
+extends_documentation_fragment:
+  - agency.pgmigrate.connection
+  - agency.pgmigrate.lock
+"""
+
+EXAMPLES = r"""
+- name: Take one sample of the watch (run it hourly, from cron or AWX)
+  agency.pgmigrate.pgmigrate_watch:
+    report_dir: reports
+    host: "{{ inventory_hostname }}"
+    run_id: "{{ run_id }}"
+    watch_sql: files/sql/ledger/watch.sql
+    db_host: db.example.internal
+    db_name: app
+    db_user: migrator
+  register: watch_result
+"""
+
+RETURN = r"""
+over:
+  description: Whether I(hours) have passed since phase 6 finished.
+  returned: always
+  type: bool
+phase6_finished_at:
+  description: When phase 6 finished (the watch's start).
+  returned: always
+  type: str
+metrics:
+  description: The sample's metrics.
+  returned: when a sample was taken
+  type: dict
+alerts:
+  description: >-
+    The alerts of this sample, each with C(metric), C(severity), C(message), C(repeat) and
+    C(escalate).
+  returned: always
+  type: list
+  elements: dict
+escalations:
+  description: The alerts marked for escalation.
+  returned: always
+  type: list
+  elements: dict
+announce_over:
+  description: Whether this run recorded the end of the watch (announce it once).
+  returned: always
+  type: bool
+created_table:
+  description: Whether migration_ledger.watch_samples was created.
+  returned: always
+  type: bool
+summary:
+  description: The sample, or the end of the watch, in one line.
+  returned: always
+  type: str
+report:
+  description: The trend report's paths (C(md), C(json), C(plots)).
+  returned: when not in check mode
+  type: dict
 """
 
 import datetime
@@ -200,7 +309,7 @@ def plot(path: str, title: str, unit: str, points: list[tuple[float, float]], li
     fig, ax = plt.subplots(figsize=(7, 3), dpi=90)
     try:
         if points:
-            ax.plot([x for x, _ in points], [y for _, y in points], marker="o", linewidth=1.5)
+            ax.plot([x for x, _y in points], [y for _x, y in points], marker="o", linewidth=1.5)
         if limit is not None:
             ax.axhline(limit, color="red", linestyle="--", linewidth=1, label=f"threshold {limit:g}")
             ax.legend(loc="upper left", fontsize=8)
@@ -253,7 +362,7 @@ def trend_report(p: dict, start: datetime.datetime, rows: list[dict], over: bool
         if p["plots"]:
             plot(os.path.join(base, name), f"{title} ({unit})", unit, points, limit)
             plots[key] = os.path.join(base, name)
-        values = [y for _, y in points]
+        values = [y for _x, y in points]
         out.append(f"| {title} ({unit}) | {values[-1]:g} | {min(values):g} | {max(values):g} | "
                    f"{'' if limit is None else f'{limit:g}'} | ![{key}](watch-{p['host']}/{name}) |")
     last = samples[-1] if samples else None
@@ -272,7 +381,7 @@ def trend_report(p: dict, start: datetime.datetime, rows: list[dict], over: bool
     write_report(md, "\n".join(out) + "\n")
     data = os.path.join(p["report_dir"], f"watch-{p['host']}.json")
     write_report(data, json.dumps(json_safe({"host": p["host"], "phase6_finished_at": start, "hours": p["hours"],
-                                      "over": over, "samples": rows}), indent=2, default=str) + "\n")
+                                             "over": over, "samples": rows}), indent=2, default=str) + "\n")
     return {"md": md, "json": data, "plots": plots}
 
 
