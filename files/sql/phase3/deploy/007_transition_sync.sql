@@ -27,7 +27,9 @@
 -- for these joins it never does: about 1 ms of planning per call, ten times the write itself
 -- (a module installation went from 0.08 to 1.4 ms). plan_cache_mode = force_generic_plan plans
 -- each statement once per session; every statement here is written for it (equalities on
--- indexed keys, no "parameter IS NULL OR ..." that only a custom plan can use).
+-- indexed keys, no "parameter IS NULL OR ..." that only a custom plan can use). For the same
+-- reason the check that the transition is open is written out in each trigger function: as a
+-- SQL function of its own, called from plpgsql, it was planned again in every transaction.
 -- :'events_since' is the run's event window, fixed before this file runs.
 SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_temp', true);
 
