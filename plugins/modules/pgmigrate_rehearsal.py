@@ -197,8 +197,9 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
     md_cell,
     phase_lock_waits,
+    report_pair_paths,
     utcnow,
-    write_report,
+    write_report_pair,
 )
 
 SYSTEM = "nspname !~ '^pg_' AND nspname <> 'information_schema'"
@@ -557,13 +558,10 @@ def do_report(module: AnsibleModule) -> None:
         "ledger_note": note,
         "run_report": p["run_report"],
     })
-    paths = {"json": os.path.join(p["report_dir"], p["stem"] + ".json"),
-             "md": os.path.join(p["report_dir"], p["stem"] + ".md")}
+    paths = report_pair_paths(p["report_dir"], p["stem"])
     if not module.check_mode:
         try:
-            os.makedirs(p["report_dir"], mode=0o750, exist_ok=True)
-            write_report(paths["json"], json.dumps(report, indent=2, default=str) + "\n")
-            write_report(paths["md"], markdown(report))
+            write_report_pair(paths, report, markdown(report))
         except OSError as exc:
             module.fail_json(msg=f"cannot write the rehearsal report in {p['report_dir']}: {exc.strerror or exc} "
                                  "(check migration_report_dir)")

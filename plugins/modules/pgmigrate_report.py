@@ -141,7 +141,11 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     json_safe,
     ledger_state,
 )
-from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import utcnow, write_report
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
+    report_pair_paths,
+    utcnow,
+    write_report_pair,
+)
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_notify import read_log
 
 SECRET_KEYS = ("password", "token", "secret", "webhook_url", "passwd")
@@ -377,14 +381,11 @@ def main() -> None:
         "notifications": read_jsonl(p["notify_log"]),
         "extra": p["extra"],
     }))
-    paths = {"json": os.path.join(p["report_dir"], p["stem"] + ".json"),
-             "md": os.path.join(p["report_dir"], p["stem"] + ".md")}
+    paths = report_pair_paths(p["report_dir"], p["stem"])
     if module.check_mode:
         module.exit_json(changed=False, paths=paths, msg="check mode: no report written")
     try:
-        os.makedirs(p["report_dir"], mode=0o750, exist_ok=True)
-        write_report(paths["json"], json.dumps(report, indent=2, default=str) + "\n")
-        write_report(paths["md"], markdown(report))
+        write_report_pair(paths, report, markdown(report))
     except OSError as exc:
         module.fail_json(msg=f"cannot write the report in {p['report_dir']}: {exc.strerror or exc} "
                              "(check migration_report_dir)")
