@@ -634,6 +634,11 @@ def table(base: Side, a: Side, b: Side, targets: list[dict[str, Any]], fixed: di
             lines.append(f"(b) phase 3 batches: {run.steps.get('backfill_batches')}, slowest "
                          f"{run.steps.get('slowest_batch_ms')} ms, {run.steps['batches_cut']} cut at their target, "
                          f"{run.steps.get('batches_over_target')} over it")
+    opened = traffic.get("transition_capacity") or {}
+    if opened.get("tps"):
+        lines.append(f"capacity with the transition open (the sync in every write): {opened['tps']:g}/s = "
+                     f"{ratio(opened['tps'], traffic['capacity_tps'])} of the {traffic['capacity_tps']:g}/s before; "
+                     f"the traffic ({traffic['rate']:g}/s) is {100 * traffic['rate'] / opened['tps']:.0f}% of it")
     if floor:
         lines.append("machine floor, no migration: the same traffic beside sessions that only burn CPU: " + "; ".join(
             f"{f['busy_sessions']} busy: p99 {fmt(f['p99_ms'], 2)} ms = {ratio(f['p99_ms'], a0['p99_ms'])}"
@@ -708,6 +713,27 @@ def measure_fixed(info: dict[str, Any], workdir: Path, procedure: Any) -> dict[s
     print(f"bench: (b) on {FIXED_SCALE} clients: {wall:.1f} s", flush=True)
     return {"scale": FIXED_SCALE, "wall_s": round(wall, 2), "error": error,
             "tasks": profile.get("tasks"), "task_seconds": profile.get("seconds")}
+
+
+def measure_transition_capacity(info: dict[str, Any], args: argparse.Namespace, workdir: Path,
+                                procedure: Any) -> dict[str, Any]:
+    """The same mix, unthrottled, on a copy that (b) migrated without traffic: what today's
+    application can do while the transition is open (the sync in every write), against the
+    capacity measured before the migration. Traffic above it cannot keep its schedule, however
+    the migration yields."""
+    print("bench: capacity with the transition open (a copy migrated without traffic) ...", flush=True)
+    db = fresh_copy(info, "bench_transition")
+    try:
+        procedure(db, workdir)
+        measured = capacity(args.pgbench, db, args.scale, args.clients, args.capacity_s)
+        error = None
+    except (ProcedureFailed, RuntimeError) as exc:
+        measured, error = {"tps": None}, str(exc)
+    finally:
+        drop(info, db["dbname"])
+    tps = measured["tps"]
+    print(f"bench: capacity with the transition open: {fmt(tps)} transactions/s", flush=True)
+    return {"tps": round(tps, 1) if tps else None, "error": error}
 
 
 def burn_cpus(busy: int, seconds: float) -> Any:
@@ -798,6 +824,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor-s", type=float, default=10.0,
                         help="length of each machine-floor run (traffic beside 1, then 2 busy sessions)")
     parser.add_argument("--no-floor", action="store_true", help="skip the machine-floor runs")
+    parser.add_argument("--no-transition-capacity", action="store_true",
+                        help="skip the capacity measurement with the transition open (a copy migrated without traffic)")
     parser.add_argument("--no-fixed-cost", action="store_true",
                         help=f"skip (b) on {FIXED_SCALE} clients (its fixed cost, whatever the data)")
     args = parser.parse_args(argv)
@@ -845,6 +873,10 @@ def main(argv: list[str] | None = None) -> int:
             save_transactions(run, out / f"bench-{started}-{n:02d}-{name}-transactions.csv.gz")
         if not args.no_floor:
             floor = measure_floor(info, args, base_dir)
+        if not args.no_transition_capacity and args.only != "a":
+            workdir = base_dir / "work" / "transition"
+            workdir.mkdir(parents=True)
+            traffic["transition_capacity"] = measure_transition_capacity(info, args, workdir, procedures["b"])
         if not args.no_fixed_cost and args.only != "a":
             workdir = base_dir / "work" / "fixed"
             workdir.mkdir(parents=True)
