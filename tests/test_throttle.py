@@ -235,6 +235,50 @@ def test_a_batch_reaching_its_target_is_cut_and_retried_smaller(fresh_db: dict[s
     assert sizer.size == 100 and sizer.cap_ms() == 50
 
 
+class Canceller(threading.Thread):
+    """Sends pg_cancel_backend to `pid` whenever it runs a pg_sleep, `times` times at most."""
+
+    def __init__(self, db: dict[str, Any], pid: int, times: int) -> None:
+        super().__init__(daemon=True)
+        self.db, self.pid, self.times, self.sent = db, pid, times, 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while self.sent < self.times and not self.stop.is_set():
+            if query(self.db, "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = %s "
+                              "AND state = 'active' AND query LIKE '%%pg_sleep%%'", (self.pid,)):
+                self.sent += 1
+                time.sleep(0.05)  # the cancelled statement ends before the next look
+            time.sleep(0.01)
+
+
+def test_a_cancelled_batch_runs_again_and_a_persistent_cancel_stops_it(fresh_db: dict[str, Any]) -> None:
+    """A batch cancelled "due to user request" (another session's pg_cancel_backend, or a
+    statement_timeout PostgreSQL delivered late, to the session's next statement) was rolled
+    back whole: it runs again. A cancel that keeps coming fails the batch with what to do."""
+    conn = connect(fresh_db)
+    try:
+        once = Canceller(fresh_db, conn.get_backend_pid(), times=1)
+        once.start()
+        row, tries = throttle_mod.run_capped(conn, "SELECT pg_sleep(0.3) IS NULL AS slept", None, FAST_LOCK, 5000)
+        once.join(timeout=DEADLINE_S)
+        assert once.sent == 1 and row == {"slept": False} and tries == 0
+        always = Canceller(fresh_db, conn.get_backend_pid(), times=100)
+        always.start()
+        try:
+            with pytest.raises(throttle_mod.MigrationError, match=(
+                    r"cancelled 4 times in a row \(canceling statement due to user request\).*"
+                    r"pg_cancel_backend.*rolled back whole.*Ctrl-C")):
+                throttle_mod.run_capped(conn, "SELECT pg_sleep(5)", None, FAST_LOCK, 10000)
+        finally:
+            always.stop.set()
+            always.join(timeout=DEADLINE_S)
+        assert always.sent >= 4  # (a cancel sent as one ended may land on nothing)
+        assert conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+    finally:
+        conn.close()
+
+
 def test_phase3_and_its_rollback_record_how_long_they_throttled(fresh_db: dict[str, Any], tmp_path: Path) -> None:
     """Through the playbook: a probe limit no probe can meet keeps phase 3's batches and inserts
     slowed down; the ledger, the summary line and the report say so, and the rollback's batches

@@ -60,7 +60,12 @@ SIGNALS = ("probe", "active_sessions", "lock_waiters", "replication_lag")
 # How a limit of 0 is derived from the baseline: max(factor x baseline, baseline + delta).
 PROBE_MAX = (2.0, 3.0)
 PROBE_CRITICAL = (6.0, 30.0)
-STATEMENT_TIMEOUT = "57014"
+STATEMENT_TIMEOUT = "57014"  # query_canceled: a timeout, or a cancel request
+# A batch cancelled "due to user request" is run again this many times in a row before the
+# chunk fails: PostgreSQL can deliver a statement_timeout that fired as one statement ended to
+# the session's next one, where it reads as a cancel request (it ended bench-scale's 1,000,000
+# clients at chunk 13 of 36); a cancel that keeps coming is somebody's, and is obeyed.
+CANCEL_RETRIES = 3
 OWN_SESSIONS = "pgmigrate%"
 
 
@@ -375,7 +380,7 @@ def run_capped(conn, sql: str, args: Any, lock: dict, cap_ms: float | None) -> t
     prefix = (f"SET lock_timeout = '{int(lock['lock_timeout_ms'])}ms'; "
               f"SET statement_timeout = '{max(0, timeout)}ms'; ")
     delays = backoff_delays(lock["backoff_initial_ms"], lock["backoff_max_ms"])
-    retries = 0
+    retries = cancels = 0
     conn.autocommit = True
     while True:
         try:
@@ -389,6 +394,16 @@ def run_capped(conn, sql: str, args: Any, lock: dict, cap_ms: float | None) -> t
             code = sqlstate(exc)
             if cap_ms and code == STATEMENT_TIMEOUT and "statement timeout" in str(exc):
                 raise BatchCut(str(exc).strip()) from None
+            if cancelled_by_request(exc):
+                cancels += 1
+                if cancels > CANCEL_RETRIES:
+                    raise MigrationError(
+                        f"the batch was cancelled {cancels} times in a row ({str(exc).strip()}): another "
+                        "session sends it cancel requests (pg_cancel_backend); each cancelled batch was "
+                        "rolled back whole. To stop the migration, stop the playbook (Ctrl-C) or end "
+                        "the session (pg_terminate_backend); then run it again to go on") from None
+                time.sleep(next(delays))
+                continue
             if code not in RETRYABLE:
                 raise
             retries += 1
@@ -407,8 +422,22 @@ def end_batches(conn) -> None:
         return
     clear_aborted(conn)
     conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("RESET lock_timeout; RESET statement_timeout")
+    for attempt in range(CANCEL_RETRIES + 1):
+        try:
+            with conn.cursor() as cur:
+                cur.execute("RESET lock_timeout; RESET statement_timeout")
+            return
+        except psycopg2.Error as exc:
+            clear_aborted(conn)
+            if not cancelled_by_request(exc) or attempt == CANCEL_RETRIES:
+                raise
+
+
+def cancelled_by_request(exc: psycopg2.Error) -> bool:
+    """A statement cancelled by a cancel request (or a late timeout read as one), not by its
+    own lock_timeout or statement_timeout."""
+    text = str(exc)
+    return sqlstate(exc) == STATEMENT_TIMEOUT and "timeout" not in text
 
 
 def clear_aborted(conn) -> None:

@@ -320,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path = out / f"bench-scale-{started}.json"
     try:
         info = pgcluster.start_cluster(datadir, password="bench")
-        info = pgcluster.configure(info, bench_settings(args))
+        info = pgcluster.configure(info, {**bench_settings(args), "log_line_prefix": "%m [%p] %a ",
+                                          "log_min_error_statement": "error"})
         for clients in sizes:
             workdir = base / "work" / str(clients)
             workdir.mkdir(parents=True)
@@ -329,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
             # After every size: an interrupted bench keeps the sizes it measured.
             save(json_path, started, sizes, rows, print_table=False)
     finally:
+        # The server's own log (errors, and which session each came from): what a failed size
+        # leaves to read once the cluster is gone.
+        if (datadir / "server.log").exists():
+            shutil.copy(datadir / "server.log", out / f"bench-scale-{started}-server.log")
         if not args.datadir:
             pgcluster.destroy_cluster(datadir)
         shutil.rmtree(base, ignore_errors=True)
