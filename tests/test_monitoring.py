@@ -71,7 +71,44 @@ def test_sample_measures_what_the_strategy_names(fresh_db: dict[str, Any]) -> No
     assert s["pg_stat_statements"]["installed"] is False
     assert "pg_stat_statements is not installed" in s["pg_stat_statements"]["note"]
     assert s["event_lag_s"] is None  # integration_events does not exist before phase 2
-    assert s["integrity"] == {}
+    assert s["integrity"] == {} and s["integrity_by_constraint"] == []
+
+
+OVERRIDE_CHECKS = ["overrides linked to a marketplace module that does not exist",
+                   "overrides linked to an installation that does not exist"]
+KEYED_CHECKS = ["workflows whose client does not exist", "handover packages whose client does not exist"]
+
+
+def test_integrity_counts_what_no_foreign_key_guarantees(fresh_db: dict[str, Any], out_dirs: dict[str, str]) -> None:
+    """The integrity counts scan tables: a check a validated foreign key guarantees is not run
+    (the workflows' and packages' keys from phase 2, the overrides' from phase 4), and the
+    background sampler leaves them to the samples before and after each phase."""
+    for phase in (1, 2, 3):
+        result = run_playbook(MIGRATE, fresh_db, {"phase": phase, **out_dirs})
+        assert result.returncode == 0, playbook_output(result)
+    s = sample_of(fresh_db)
+    assert s["integrity"] == dict.fromkeys(OVERRIDE_CHECKS, 0) and s["integrity_by_constraint"] == KEYED_CHECKS
+    query(fresh_db, """UPDATE client_app_overrides SET marketplace_module_id = gen_random_uuid()
+                        WHERE id = (SELECT id FROM client_app_overrides ORDER BY id LIMIT 1)""")
+    assert sample_of(fresh_db)["integrity"][OVERRIDE_CHECKS[0]] == 1  # no key yet: counted
+    query(fresh_db, """UPDATE client_app_overrides AS o SET marketplace_module_id = p.module_id
+                         FROM migration_ledger.phase3_override_plan AS p
+                        WHERE p.override_id = o.id
+                          AND o.id = (SELECT id FROM client_app_overrides ORDER BY id LIMIT 1)""")
+    result = run_playbook(MIGRATE, fresh_db, {"phase": 4, **out_dirs})
+    assert result.returncode == 0, playbook_output(result)
+    s = sample_of(fresh_db)
+    assert s["integrity"] == {} and s["integrity_by_constraint"] == OVERRIDE_CHECKS + KEYED_CHECKS
+    # A key added NOT VALID guarantees nothing about the rows already there: counted again.
+    query(fresh_db, "ALTER TABLE client_app_overrides DROP CONSTRAINT fk_cao_installation")
+    query(fresh_db, """ALTER TABLE client_app_overrides ADD CONSTRAINT fk_cao_installation
+                       FOREIGN KEY (installation_id) REFERENCES module_installations (id) NOT VALID""")
+    assert sample_of(fresh_db)["integrity"] == {OVERRIDE_CHECKS[1]: 0}
+    # The background sampler's samples (samples.jsonl, kind "sample" during a long phase) carry none.
+    background = [json.loads(line) for f in Path(out_dirs["migration_report_dir"]).rglob("samples.jsonl")
+                  for line in f.read_text().splitlines()]
+    kinds = {(r["kind"], "integrity" in r) for r in background if "error" not in r}
+    assert ("sample", False) in kinds and ("after", True) in kinds and ("sample", True) not in kinds, kinds
 
 
 def test_lock_wait_and_longest_query_are_seen(fresh_db: dict[str, Any]) -> None:
