@@ -163,6 +163,8 @@ BEGIN
         IF st = OLD.activation_status THEN
             RETURN NEW;
         END IF;
+        -- The record of the rule's path below, but a known override keeps the module,
+        -- installation and rule its record holds: the sync wrote only the status this time.
         INSERT INTO migration_ledger.phase3_override_sync AS s
                (override_id, old_module_id, old_installation_id, old_status,
                 module_id, installation_id, new_status, candidates, chosen_by)
