@@ -368,14 +368,17 @@ class BatchCut(Exception):
     """The batch ran into its statement_timeout (its target) and was rolled back."""
 
 
-def run_capped(conn, sql: str, args: Any, lock: dict, cap_ms: float | None) -> tuple[dict, int]:
+def run_capped(conn, sql: str, args: Any, lock: dict, cap_ms: float | None,
+               tally: dict | None = None) -> tuple[dict, int]:
     """One batch statement in ONE round trip: SET lock_timeout, SET statement_timeout (cap_ms;
     None: the lock settings') and the statement go as one simple query, which the server runs as
     one implicit transaction, committed when the statement ends: the batch's row locks are
     released then, without waiting for the client's next round trip (a busy controller may take
     its time). Lock timeouts and deadlocks are retried with backoff, as with_lock_retry does.
     Returns ({column: value} of the statement's first row, retries); a batch cut short by the
-    cap raises BatchCut (rolled back with its implicit transaction)."""
+    cap raises BatchCut (rolled back with its implicit transaction). A batch cancelled by a
+    cancel request is run again (CANCEL_RETRIES) and counted in tally["cancelled"], so the
+    caller's result says whether it happened (one tally per session: no lock)."""
     timeout = int(cap_ms) if cap_ms else int(lock["statement_timeout_ms"])
     prefix = (f"SET lock_timeout = '{int(lock['lock_timeout_ms'])}ms'; "
               f"SET statement_timeout = '{max(0, timeout)}ms'; ")
@@ -396,6 +399,8 @@ def run_capped(conn, sql: str, args: Any, lock: dict, cap_ms: float | None) -> t
                 raise BatchCut(str(exc).strip()) from None
             if cancelled_by_request(exc):
                 cancels += 1
+                if tally is not None:
+                    tally["cancelled"] = tally.get("cancelled", 0) + 1
                 if cancels > CANCEL_RETRIES:
                     raise MigrationError(
                         f"the batch was cancelled {cancels} times in a row ({str(exc).strip()}): another "

@@ -168,6 +168,13 @@ batches_cut:
   description: C(run) - batches cut at I(target_batch_ms), rolled back and retried smaller.
   returned: action is run
   type: int
+batches_cancelled:
+  description:
+    - C(run) - batches cancelled by a cancel request (or by a statement timeout PostgreSQL delivered
+      late, which reads as one), rolled back and run again.
+    - More than three in a row fail the chunk, naming what to do.
+  returned: action is run
+  type: int
 throttle:
   description: C(run) - how long the throttle slowed down and paused the batches, and why.
   returned: action is run
@@ -316,14 +323,14 @@ def link_range(conn, p: dict, lock: dict, lo: int, hi: int, per_page: float, sto
     sizer = BatchSizer(max(1, round(p["batch_size"] / per_page)), min_pages,
                        max(min_pages, int(p["max_batch_size"] / per_page)), p["target_batch_ms"])
     done = {"rows": 0, "restated": 0, "batches": 0, "lock_retries": 0, "durations": [],
-            "skipped": 0, "passes": 1}
+            "skipped": 0, "passes": 1, "cancelled": 0}
 
     def batch(first: int, end: int) -> tuple[int, float, int] | None:
         """One batch, or None when it reached its target and was rolled back."""
         share = throttle.wait()
         t0 = time.monotonic()
         try:
-            (rows, fixed, skipped), tries = link_batch(conn, lock, first, end, sizer.cap_ms())
+            (rows, fixed, skipped), tries = link_batch(conn, lock, first, end, sizer.cap_ms(), done)
         except BatchCut:
             sizer.was_cut()  # rolled back: the same pages again, in a quarter of the size
             return None
@@ -378,11 +385,12 @@ def revisit_pages(batch, first: int, end: int) -> bool:
     return skipped
 
 
-def link_batch(conn, lock: dict, page: int, end: int, cap_ms: float | None) -> tuple[tuple[int, ...], int]:
+def link_batch(conn, lock: dict, page: int, end: int, cap_ms: float | None,
+               tally: dict | None = None) -> tuple[tuple[int, ...], int]:
     """One batch: the plan's pages [page, end), one statement in one round trip, capped at
-    cap_ms (pgmigrate_throttle.run_capped)."""
+    cap_ms (pgmigrate_throttle.run_capped; cancelled batches run again are counted in tally)."""
     row, tries = run_capped(conn, "EXECUTE pgmigrate_link_batch(%s, %s)", (f"({page},0)", f"({end},0)"),
-                            lock, cap_ms)
+                            lock, cap_ms, tally)
     return tuple(row.values()), tries
 
 
@@ -421,6 +429,7 @@ def run_chunk(p: dict, lock: dict) -> dict:
             "lock_retries": sum(r["lock_retries"] for r in results),
             "batches_cut": sum(r["cut"] for r in results),
             "batches_over_target": sum(r["over_target"] for r in results),
+            "batches_cancelled": sum(r["cancelled"] for r in results),
             "skipped": sum(r["skipped"] for r in results),
             "passes": max(r["passes"] for r in results),
             "throttle": throttled, "workers": workers, "seconds": round(seconds, 3),

@@ -415,7 +415,7 @@ def run_batches(conn, path: str, p: dict, lock: dict) -> dict:
         if directive.startswith("needs=") and not relation_exists(conn, directive[6:]):
             return {"skipped": f"{directive[6:]} does not exist"}
     sizer = BatchSizer(p["batch_size"], p["min_batch_size"], p["max_batch_size"], p["target_batch_ms"])
-    totals = {"batches": 0, "lock_retries": 0}
+    totals = {"batches": 0, "lock_retries": 0, "cancelled": 0}
     started = time.monotonic()
     throttle = Throttle(p, p["throttle"], THROTTLED_TABLES, f"the rollback's batches ({os.path.basename(path)})")
     try:
@@ -423,7 +423,8 @@ def run_batches(conn, path: str, p: dict, lock: dict) -> dict:
             share = throttle.wait()
             t0 = time.monotonic()
             try:
-                row, retries = run_batch(conn, render(template, {"batch_size": sizer.size}), lock, sizer.cap_ms())
+                row, retries = run_batch(conn, render(template, {"batch_size": sizer.size}), lock, sizer.cap_ms(),
+                                         totals)
             except BatchCut:
                 sizer.was_cut()
                 continue
@@ -442,9 +443,10 @@ def run_batches(conn, path: str, p: dict, lock: dict) -> dict:
     return totals
 
 
-def run_batch(conn, sql: str, lock: dict, cap_ms: float | None) -> tuple[dict, int]:
-    """One batch: one statement in one round trip, capped at cap_ms (its result row as a dict)."""
-    return run_capped(conn, sql, None, lock, cap_ms)
+def run_batch(conn, sql: str, lock: dict, cap_ms: float | None, tally: dict | None = None) -> tuple[dict, int]:
+    """One batch: one statement in one round trip, capped at cap_ms (its result row as a dict;
+    cancelled batches run again are counted in tally["cancelled"])."""
+    return run_capped(conn, sql, None, lock, cap_ms, tally)
 
 
 def run_group(conn, group: list[str], p: dict, files: dict, ids: dict, extra: dict,

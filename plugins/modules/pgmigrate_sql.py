@@ -185,6 +185,7 @@ def run_batched(conn, raw: str, p: dict, lock: dict, name: str) -> dict:
         retries += tries
     sizer = BatchSizer(p["batch_size"], p["min_batch_size"], p["max_batch_size"], p["target_batch_ms"])
     start, batches = FIRST_KEY, 0
+    tally = {"cancelled": 0}
     throttle = Throttle(p, p["throttle"], [], name)
     try:
         while True:
@@ -192,7 +193,7 @@ def run_batched(conn, raw: str, p: dict, lock: dict, name: str) -> dict:
             sql = render(batch, {**p["params"], "from": start, "batch_size": sizer.size})
             started = time.monotonic()
             try:
-                row, tries = run_capped(conn, sql, None, lock, sizer.cap_ms())
+                row, tries = run_capped(conn, sql, None, lock, sizer.cap_ms(), tally)
             except BatchCut:
                 sizer.was_cut()
                 continue
@@ -210,7 +211,8 @@ def run_batched(conn, raw: str, p: dict, lock: dict, name: str) -> dict:
         throttle.close()
         end_batches(conn)
     return {"rows": rows, "lock_retries": retries, "batches": batches, "batches_cut": sizer.cut,
-            "batches_over_target": sizer.over_target, "throttle": throttled}
+            "batches_over_target": sizer.over_target, "batches_cancelled": tally["cancelled"],
+            "throttle": throttled}
 
 
 def main():

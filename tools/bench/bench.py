@@ -20,6 +20,9 @@ capacity pgbench measures for the same mix on a fresh copy at the start of the b
   (b)       ansible-playbook playbooks/migrate.yml -e phase=all, monitoring included; only its
             degradation abort criterion is relaxed, as in the test inventory (tests/helpers.py):
             on a shared machine, under the bench's own traffic, it trips on noise.
+  transition  a copy (b) migrated without traffic, the transition open: the mix's capacity there
+            (unthrottled), then the traffic alone there, no migration running: what the sync in
+            every write costs the application, (b)'s floor from phase 3 on.
 
 Both sides run the same work: the same backup, the same SQL where the strategy elides it,
 and the same phase 6 (our validator's checks, the tenant-isolation sessions, and each
@@ -320,7 +323,7 @@ def run_playbook(db: dict[str, Any], workdir: Path, repo: Path, extra_vars: dict
     phase3 = details.get("3", {})
     steps: dict[str, Any] = {key: phase3.get(key) for key in (
         "overrides_linked", "backfill_batches", "backfill_seconds", "slowest_batch_ms", "lock_retries",
-        "batches_cut", "batches_over_target") if key in phase3}
+        "batches_cut", "batches_over_target", "batches_cancelled") if key in phase3}
     # How long phase 3's batches and inserts yielded to the application, and why (the throttle).
     steps["throttle"] = {part: {k: v for k, v in t.items() if k not in ("chunks", "files")}
                          for part, t in (phase3.get("throttle") or {}).items()}
@@ -633,12 +636,19 @@ def table(base: Side, a: Side, b: Side, targets: list[dict[str, Any]], fixed: di
         if "batches_cut" in run.steps:
             lines.append(f"(b) phase 3 batches: {run.steps.get('backfill_batches')}, slowest "
                          f"{run.steps.get('slowest_batch_ms')} ms, {run.steps['batches_cut']} cut at their target, "
-                         f"{run.steps.get('batches_over_target')} over it")
+                         f"{run.steps.get('batches_over_target')} over it"
+                         + (f", {run.steps['batches_cancelled']} cancelled and run again"
+                            if "batches_cancelled" in run.steps else ""))
     opened = traffic.get("transition_capacity") or {}
     if opened.get("tps"):
         lines.append(f"capacity with the transition open (the sync in every write): {opened['tps']:g}/s = "
                      f"{ratio(opened['tps'], traffic['capacity_tps'])} of the {traffic['capacity_tps']:g}/s before; "
                      f"the traffic ({traffic['rate']:g}/s) is {100 * traffic['rate'] / opened['tps']:.0f}% of it")
+    alone = opened.get("traffic_alone") or {}
+    if alone.get("transactions"):
+        lines.append(f"the traffic alone with the transition open (no migration running; (b)'s floor from phase 3 on): "
+                     f"p99 {fmt(alone['p99_same_ops_ms'], 2)} ms = {ratio(alone['p99_same_ops_ms'], a0['p99_ms'])}, "
+                     f"worst {fmt(alone['worst_ms'])} ms, {alone['errors_total']} failed")
     if floor:
         lines.append("machine floor, no migration: the same traffic beside sessions that only burn CPU: " + "; ".join(
             f"{f['busy_sessions']} busy: p99 {fmt(f['p99_ms'], 2)} ms = {ratio(f['p99_ms'], a0['p99_ms'])}"
@@ -723,17 +733,39 @@ def measure_transition_capacity(info: dict[str, Any], args: argparse.Namespace, 
     the migration yields."""
     print("bench: capacity with the transition open (a copy migrated without traffic) ...", flush=True)
     db = fresh_copy(info, "bench_transition")
+    alone: dict[str, Any] = {}
     try:
         procedure(db, workdir)
         measured = capacity(args.pgbench, db, args.scale, args.clients, args.capacity_s)
+        alone = traffic_alone(db, args, workdir)
         error = None
     except (ProcedureFailed, RuntimeError) as exc:
         measured, error = {"tps": None}, str(exc)
     finally:
         drop(info, db["dbname"])
     tps = measured["tps"]
-    print(f"bench: capacity with the transition open: {fmt(tps)} transactions/s", flush=True)
-    return {"tps": round(tps, 1) if tps else None, "error": error}
+    print(f"bench: capacity with the transition open: {fmt(tps)} transactions/s; the traffic alone there: "
+          f"p99 {fmt(alone.get('p99_same_ops_ms'), 2)} ms, worst {fmt(alone.get('worst_ms'))} ms", flush=True)
+    return {"tps": round(tps, 1) if tps else None, "error": error, "traffic_alone": alone}
+
+
+def traffic_alone(db: dict[str, Any], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """The bench's traffic, as long as the baseline, on a copy with the transition open and no
+    migration running: what the sync alone does to the application's latency, the floor of (b)
+    from phase 3 on."""
+    run = Run("transition_alone")
+    traffic = OpenLoop(args.pgbench, db, args.rate, args.scale, workdir, clients=args.clients,
+                       dashboard_share=args.dashboard_share).start()
+    try:
+        time.sleep(args.lead_s)
+        run.t0 = time.time()
+        time.sleep(args.baseline_s)
+        run.t1 = time.time()
+        time.sleep(args.tail_s)
+    finally:
+        run.transactions, run.problems = traffic.stop()
+    stats = run.summary()["app"]
+    return {key: stats[key] for key in ("transactions", "errors_total", "worst_ms", "p50_ms", "p99_same_ops_ms")}
 
 
 def burn_cpus(busy: int, seconds: float) -> Any:
@@ -825,7 +857,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="length of each machine-floor run (traffic beside 1, then 2 busy sessions)")
     parser.add_argument("--no-floor", action="store_true", help="skip the machine-floor runs")
     parser.add_argument("--no-transition-capacity", action="store_true",
-                        help="skip the capacity measurement with the transition open (a copy migrated without traffic)")
+                        help="skip the measurements with the transition open (a copy migrated without "
+                             "traffic): the mix's capacity there, and the traffic alone there")
     parser.add_argument("--no-fixed-cost", action="store_true",
                         help=f"skip (b) on {FIXED_SCALE} clients (its fixed cost, whatever the data)")
     args = parser.parse_args(argv)

@@ -1,5 +1,5 @@
 -- Phase 3, step 0: THE linkage rule, defined once. The plan (010) and the transition's sync
--- (007) both call it; a rule written twice drifts.
+-- (007) both use it; a rule written twice drifts.
 --
 -- For an override of client p_client_id named p_app_name with enabled p_enabled:
 --   * among the marketplace modules named p_app_name, one the client has installed wins (the
@@ -9,38 +9,70 @@
 --     name exists (module and installation NULL then);
 --   * candidates: how many listings share the name; chosen_by: which rule decided ('none',
 --     'unique', 'installed', 'oldest_listing').
--- Exactly one row, always. LANGUAGE sql, STABLE, not STRICT, no SET clause, no SECURITY
--- DEFINER: the planner inlines it into the calling query (CROSS JOIN LATERAL in 010), so it is
--- planned with the statement around it instead of run as an opaque function call per override.
--- It names tables without a schema on purpose: they resolve in the caller's search_path (the
--- migration's session in 010, the fixed search_path of the sync's SECURITY DEFINER functions).
+-- In three parts, so that one override (the sync) and every override (the plan) are computed
+-- by the same text: the listings of every name (phase3_listings), the installed listing of
+-- every client and name (phase3_installed_listings), and the choice from those two
+-- (phase3_linkage_choice). phase3_linkage puts them together for one override; the plan joins
+-- the two sets to the overrides (hash joins over the tables once, instead of two index probes
+-- per override: six times faster at a million overrides).
+--
+-- All LANGUAGE sql, STABLE or IMMUTABLE, not STRICT, no SET clause, no SECURITY DEFINER: the
+-- planner inlines them into the calling query, and pushes the caller's name and client into
+-- the sets' GROUP BY and DISTINCT ON, so one override reads only its own rows. They name tables
+-- without a schema on purpose: they resolve in the caller's search_path (the migration's
+-- session in 010, the fixed search_path of the sync's SECURITY DEFINER functions).
+CREATE OR REPLACE FUNCTION migration_ledger.phase3_listings()
+RETURNS TABLE (name text, candidates integer, oldest uuid)
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+SELECT mm.name, count(*)::integer, (array_agg(mm.id ORDER BY mm.created_at, mm.id))[1]
+  FROM marketplace_modules AS mm
+ GROUP BY mm.name
+$$;
+
+CREATE OR REPLACE FUNCTION migration_ledger.phase3_installed_listings()
+RETURNS TABLE (client_id uuid, name text, module_id uuid, installation_id uuid)
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+SELECT DISTINCT ON (mi.tenant_id, mm.name) mi.tenant_id, mm.name, mm.id, mi.id
+  FROM module_installations AS mi
+  JOIN marketplace_modules AS mm ON mm.id = mi.module_id
+ ORDER BY mi.tenant_id, mm.name, mm.created_at, mm.id, mi.installed_at DESC, mi.id
+$$;
+
+-- The choice, from the name's listings (NULLs: none) and the client's installed listing of it
+-- (NULLs: none). Exactly one row.
+CREATE OR REPLACE FUNCTION migration_ledger.phase3_linkage_choice(
+    p_oldest uuid, p_candidates integer, p_installed_module_id uuid, p_installation_id uuid,
+    p_enabled boolean)
+RETURNS TABLE (module_id uuid, installation_id uuid, activation_status varchar(50),
+               candidates integer, chosen_by text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+SELECT coalesce(p_installed_module_id, p_oldest),
+       p_installation_id,
+       (CASE WHEN p_oldest IS NULL THEN 'pending'
+             WHEN p_enabled THEN 'active' ELSE 'inactive' END)::varchar(50),
+       coalesce(p_candidates, 0),
+       CASE WHEN p_oldest IS NULL THEN 'none'
+            WHEN p_candidates = 1 THEN 'unique'
+            WHEN p_installation_id IS NOT NULL THEN 'installed'
+            ELSE 'oldest_listing' END
+$$;
+
+-- One override. Exactly one row, always.
 CREATE OR REPLACE FUNCTION migration_ledger.phase3_linkage(p_client_id uuid, p_app_name text, p_enabled boolean)
 RETURNS TABLE (module_id uuid, installation_id uuid, activation_status varchar(50),
                candidates integer, chosen_by text)
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-SELECT coalesce(i.module_id, n.oldest),
-       i.installation_id,
-       (CASE WHEN n.oldest IS NULL THEN 'pending'
-             WHEN p_enabled THEN 'active' ELSE 'inactive' END)::varchar(50),
-       n.candidates,
-       CASE WHEN n.oldest IS NULL THEN 'none'
-            WHEN n.candidates = 1 THEN 'unique'
-            WHEN i.installation_id IS NOT NULL THEN 'installed'
-            ELSE 'oldest_listing' END
-  -- The listings of the name: how many, and the oldest (depends on the name only, so the
-  -- planner memoizes it across overrides).
-  FROM (SELECT count(*)::integer AS candidates,
-               (array_agg(mm.id ORDER BY mm.created_at, mm.id))[1] AS oldest
-          FROM marketplace_modules AS mm WHERE mm.name = p_app_name) AS n
-  -- An installed listing of the name, if the client has one: one index probe.
-  LEFT JOIN LATERAL (
-        SELECT mm.id AS module_id, mi.id AS installation_id
-          FROM marketplace_modules AS mm
-          JOIN module_installations AS mi ON mi.module_id = mm.id AND mi.tenant_id = p_client_id
-         WHERE mm.name = p_app_name
-         ORDER BY mm.created_at, mm.id, mi.installed_at DESC, mi.id
-         LIMIT 1) AS i ON true
+SELECT c.*
+  FROM (SELECT 1) AS one
+  LEFT JOIN migration_ledger.phase3_listings() AS n ON n.name = p_app_name
+  LEFT JOIN migration_ledger.phase3_installed_listings() AS i
+         ON i.client_id = p_client_id AND i.name = p_app_name
+ CROSS JOIN LATERAL migration_ledger.phase3_linkage_choice(n.oldest, n.candidates, i.module_id,
+                                                          i.installation_id, p_enabled) AS c
 $$;
 
 -- The module_installed event of an installation, defined once: phase 3's step 050 inserts one

@@ -2,7 +2,7 @@
 -- The batched backfill (020) then applies it in short transactions; the plan also records the
 -- values each override held before, so a rollback restores exactly those.
 --
--- Which module, when names repeat: the rule of 005 (migration_ledger.phase3_linkage), the one
+-- Which module, when names repeat: the rule of 005 (its parts, joined to every override), the one
 -- the transition's sync (007) applies to the application's writes. chosen_by records which
 -- part of it decided.
 -- Rerunnable: overrides already planned keep their plan (and their recorded old values).
@@ -18,7 +18,7 @@
 -- the memory to run without spilling to disk.
 SET LOCAL work_mem = '256MB';
 SET LOCAL maintenance_work_mem = '256MB';
--- The rule's per-override probes are cheap; compiling them (JIT) is not.
+-- The rule's joins are cheap; compiling them (JIT) is not.
 SET LOCAL jit = off;
 
 CREATE TABLE IF NOT EXISTS migration_ledger.phase3_override_plan (
@@ -40,10 +40,11 @@ UPDATE migration_ledger.phase3_override_plan AS p
   FROM client_app_overrides AS cao
  WHERE p.planned_ctid IS NULL AND cao.id = p.override_id;
 
--- One row per override whose name is listed, by the rule (005, phase3_linkage: inlined, so
--- this stays one statement the planner runs as a nested loop over index probes). Ordering by
--- ctid writes the plan in the table's physical order. An override the transition's sync has
--- already linked (007, opened before this) is left to it: its record is in
+-- One row per override whose name is listed, by the rule (005): the name's listings and the
+-- client's installed listing joined to every override, then phase3_linkage_choice - the parts
+-- phase3_linkage puts together for one override, here as two hash joins over the tables once.
+-- Ordering by ctid writes the plan in the table's physical order. An override the transition's
+-- sync has already linked (007, opened before this) is left to it: its record is in
 -- phase3_override_sync, and the backfill must not write it again.
 INSERT INTO migration_ledger.phase3_override_plan
 SELECT cao.id,
@@ -57,9 +58,12 @@ SELECT cao.id,
        l.chosen_by,
        cao.ctid
 FROM client_app_overrides cao
-CROSS JOIN LATERAL migration_ledger.phase3_linkage(cao.client_id, cao.app_name, cao.enabled) AS l
-WHERE l.module_id IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM migration_ledger.phase3_override_plan p WHERE p.override_id = cao.id)
+JOIN migration_ledger.phase3_listings() AS n ON n.name = cao.app_name
+LEFT JOIN migration_ledger.phase3_installed_listings() AS i
+       ON i.client_id = cao.client_id AND i.name = cao.app_name
+CROSS JOIN LATERAL migration_ledger.phase3_linkage_choice(n.oldest, n.candidates, i.module_id,
+                                                         i.installation_id, cao.enabled) AS l
+WHERE NOT EXISTS (SELECT 1 FROM migration_ledger.phase3_override_plan p WHERE p.override_id = cao.id)
   AND NOT EXISTS (SELECT 1 FROM migration_ledger.phase3_override_sync s WHERE s.override_id = cao.id)
 ORDER BY cao.ctid;
 

@@ -16,4 +16,7 @@ DROP FUNCTION IF EXISTS migration_ledger.transition_relink(uuid, text[]);
 -- made by earlier versions of 007 (the open check is inline now)
 DROP FUNCTION IF EXISTS migration_ledger.transition_open();
 DROP FUNCTION IF EXISTS migration_ledger.phase3_linkage(uuid, text, boolean);
+DROP FUNCTION IF EXISTS migration_ledger.phase3_linkage_choice(uuid, integer, uuid, uuid, boolean);
+DROP FUNCTION IF EXISTS migration_ledger.phase3_listings();
+DROP FUNCTION IF EXISTS migration_ledger.phase3_installed_listings();
 DROP FUNCTION IF EXISTS migration_ledger.phase3_installed_event(uuid, uuid, uuid, timestamptz, text);
