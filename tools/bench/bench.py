@@ -21,8 +21,9 @@ capacity pgbench measures for the same mix on a fresh copy at the start of the b
             degradation abort criterion is relaxed, as in the test inventory (tests/helpers.py):
             on a shared machine, under the bench's own traffic, it trips on noise.
   transition  a copy (b) migrated without traffic, the transition open: the mix's capacity there
-            (unthrottled), then the traffic alone there, no migration running: what the sync in
-            every write costs the application, (b)'s floor from phase 3 on.
+            (unthrottled), then today's application's traffic alone there (no migration, no
+            dashboard reads): what the sync in every write costs its latency, (b)'s floor in
+            phases 3 and 4.
 
 Both sides run the same work: the same backup, the same SQL where the strategy elides it,
 and the same phase 6 (our validator's checks, the tenant-isolation sessions, and each
@@ -646,7 +647,8 @@ def table(base: Side, a: Side, b: Side, targets: list[dict[str, Any]], fixed: di
                      f"the traffic ({traffic['rate']:g}/s) is {100 * traffic['rate'] / opened['tps']:.0f}% of it")
     alone = opened.get("traffic_alone") or {}
     if alone.get("transactions"):
-        lines.append(f"the traffic alone with the transition open (no migration running; (b)'s floor from phase 3 on): "
+        lines.append(f"the traffic alone with the transition open (no migration, no dashboard reads; the sync's "
+                     f"cost, (b)'s floor in phases 3 and 4): "
                      f"p99 {fmt(alone['p99_same_ops_ms'], 2)} ms = {ratio(alone['p99_same_ops_ms'], a0['p99_ms'])}, "
                      f"worst {fmt(alone['worst_ms'])} ms, {alone['errors_total']} failed")
     if floor:
@@ -750,12 +752,12 @@ def measure_transition_capacity(info: dict[str, Any], args: argparse.Namespace, 
 
 
 def traffic_alone(db: dict[str, Any], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """The bench's traffic, as long as the baseline, on a copy with the transition open and no
-    migration running: what the sync alone does to the application's latency, the floor of (b)
-    from phase 3 on."""
+    """Today's application's traffic, as long as the baseline, on a copy with the transition
+    open, no migration running and no dashboard reads (the baseline has none): what the sync in
+    every write alone does to the application's latency, (b)'s floor in phases 3 and 4."""
     run = Run("transition_alone")
     traffic = OpenLoop(args.pgbench, db, args.rate, args.scale, workdir, clients=args.clients,
-                       dashboard_share=args.dashboard_share).start()
+                       dashboard_share=0.0).start()
     try:
         time.sleep(args.lead_s)
         run.t0 = time.time()
