@@ -496,12 +496,16 @@ class Side:
 
 
 def measure(name: str, label: str, info: dict[str, Any], args: argparse.Namespace, workdir: Path,
-            procedure: Any) -> Run:
+            procedure: Any, db: dict[str, Any] | None = None, dashboard_share: float | None = None) -> Run:
+    """The traffic from before `procedure` (None: the baseline's length of nothing) until after
+    it, on a fresh copy, dropped after; or on `db`, which the caller keeps."""
     run = Run(name)
-    db = fresh_copy(info, f"bench_{name}")
-    print(f"bench: {label}: traffic on a fresh copy ...", flush=True)
+    own = db is None
+    db = fresh_copy(info, f"bench_{name}") if own else db
+    print(f"bench: {label}: traffic on {'a fresh' if own else 'the migrated'} copy ...", flush=True)
+    share = args.dashboard_share if dashboard_share is None else dashboard_share
     traffic = OpenLoop(args.pgbench, db, args.rate, args.scale, workdir, clients=args.clients,
-                       dashboard_share=args.dashboard_share).start()
+                       dashboard_share=share).start()
     sampler = LockSampler(db).start()
     try:
         time.sleep(args.lead_s)
@@ -520,7 +524,8 @@ def measure(name: str, label: str, info: dict[str, Any], args: argparse.Namespac
     finally:
         run.transactions, run.problems = traffic.stop()
         run.samples = sampler.stop()
-        drop(info, db["dbname"])
+        if own:
+            drop(info, db["dbname"])
     print(f"bench: {label}: {run.wall:.1f} s, {len(run.transactions)} application transactions", flush=True)
     return run
 
@@ -739,7 +744,7 @@ def measure_transition_capacity(info: dict[str, Any], args: argparse.Namespace, 
     try:
         procedure(db, workdir)
         measured = capacity(args.pgbench, db, args.scale, args.clients, args.capacity_s)
-        alone = traffic_alone(db, args, workdir)
+        alone = traffic_alone(info, db, args, workdir)
         error = None
     except (ProcedureFailed, RuntimeError) as exc:
         measured, error = {"tps": None}, str(exc)
@@ -751,21 +756,12 @@ def measure_transition_capacity(info: dict[str, Any], args: argparse.Namespace, 
     return {"tps": round(tps, 1) if tps else None, "error": error, "traffic_alone": alone}
 
 
-def traffic_alone(db: dict[str, Any], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def traffic_alone(info: dict[str, Any], db: dict[str, Any], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Today's application's traffic, as long as the baseline, on a copy with the transition
     open, no migration running and no dashboard reads (the baseline has none): what the sync in
     every write alone does to the application's latency, (b)'s floor in phases 3 and 4."""
-    run = Run("transition_alone")
-    traffic = OpenLoop(args.pgbench, db, args.rate, args.scale, workdir, clients=args.clients,
-                       dashboard_share=0.0).start()
-    try:
-        time.sleep(args.lead_s)
-        run.t0 = time.time()
-        time.sleep(args.baseline_s)
-        run.t1 = time.time()
-        time.sleep(args.tail_s)
-    finally:
-        run.transactions, run.problems = traffic.stop()
+    run = measure("transition_alone", "the traffic alone with the transition open", info, args, workdir,
+                  None, db=db, dashboard_share=0.0)
     stats = run.summary()["app"]
     return {key: stats[key] for key in ("transactions", "errors_total", "worst_ms", "p50_ms", "p99_same_ops_ms")}
 
