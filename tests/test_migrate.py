@@ -261,6 +261,50 @@ def test_one_event_per_recent_installation(migrated: Migrated) -> None:
     assert scalar(migrated.db, "SELECT count(*) FROM integration_events") == recent
 
 
+def test_events_go_in_batches_after_a_vacuum_recorded_the_new_tables_empty(
+        fresh_db: dict[str, Any], tmp_path: Path) -> None:
+    """A VACUUM ANALYZE between phase 2 and phase 3 (a nightly job, an operator) records the new
+    tables as empty. Phase 3's events then still go in short batches under the throttle, as the
+    workflows and packages do, each planned with the table as it has grown: as one statement,
+    the guard was planned once against an empty integration_events, a nested loop that scanned
+    the table per installation while filling it (290,000 events not in after 12 minutes)."""
+    dirs = {"migration_backup_dir": str(tmp_path / "backups"), "migration_report_dir": str(tmp_path / "reports")}
+    for phase in (1, 2):
+        result = run_playbook(MIGRATE, fresh_db, {"phase": phase, **dirs})
+        assert result.returncode == 0, playbook_output(result)
+    conn = connect(fresh_db)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("VACUUM ANALYZE integration_events, orchestration_workflows, handover_packages")
+    finally:
+        conn.close()
+    assert query(fresh_db, "SELECT reltuples FROM pg_class WHERE relname = 'integration_events'")[0][0] == 0
+    installations, recent = query(fresh_db, """
+        SELECT count(*), count(*) FILTER (WHERE installed_at >= now() - interval '7 days')
+          FROM module_installations""")[0]
+    assert installations > 100 and recent > 0, (installations, recent)  # more than the smallest batch
+
+    result = run_playbook(MIGRATE, fresh_db, {"phase": 3, **dirs, "phase3_data_insert_batch_size": 100})
+    assert result.returncode == 0, playbook_output(result)
+    details = query(fresh_db, """SELECT details FROM migration_ledger.history
+                                  WHERE phase = '3' AND direction = 'apply' ORDER BY id DESC LIMIT 1""")[0][0]
+    # The first batch takes 100 installations (the smallest batch), the next ones more.
+    assert int(details["insert_batches"]["integration_events"]) >= 2, details
+    assert int(details["insert_batches"]["workflows"]) >= 1, details
+    assert len(details["throttle"]["inserts"]["files"]) == 3, details["throttle"]["inserts"]
+    assert int(details["integration_events_created"]) == recent
+    wrong = query(fresh_db, """SELECT count(*) FROM module_installations mi
+                                WHERE mi.installed_at >= now() - interval '7 days'
+                                  AND (SELECT count(*) FROM integration_events e
+                                        WHERE e.correlation_id = mi.id
+                                          AND e.event_type = 'module_installed') <> 1""")[0][0]
+    assert wrong == 0
+    recorded = query(fresh_db, "SELECT count(*) FROM migration_ledger.phase3_inserted "
+                               "WHERE table_name = 'integration_events'")[0][0]
+    assert recorded == recent
+
+
 def test_rerun_of_phase3_inserts_nothing_twice(migrated_copy: dict[str, Any], tmp_path: Path) -> None:
     """Phase 3 run again (ledger says not applied) adds no workflow, package, event or link."""
     mark_not_applied(migrated_copy, ["3", "4", "5", "6"])

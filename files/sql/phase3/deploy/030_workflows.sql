@@ -5,6 +5,10 @@
 -- One batch of clients in id order (pgmigrate_sql runs it again and again, each batch in its
 -- own short transaction, the throttle between them, until a batch takes no client): from
 -- :'from' on, at most :batch_size clients.
+-- Each check is a probe of the client's key (OFFSET 0 keeps an EXISTS a per-row subquery): as a
+-- join or a hashed subquery, the planner read the whole of client_deployments (40,000 rows), or
+-- of the workflows inserted so far, in every batch - a batch's cost grew with the tables, not
+-- with the batch.
 WITH batch AS (
     SELECT c.id, c.name, c.created_at
       FROM clients_enhanced c
@@ -26,14 +30,14 @@ inserted AS (
                jsonb_build_object('key', 'configuration', 'name', 'Configure apps', 'status', 'pending'),
                jsonb_build_object('key', 'deployment', 'name', 'Deploy', 'status',
                    CASE WHEN EXISTS (SELECT 1 FROM client_deployments d
-                                      WHERE d.client_id = c.id AND d.status = 'deployed')
+                                      WHERE d.client_id = c.id AND d.status = 'deployed' OFFSET 0)
                         THEN 'completed' ELSE 'pending' END),
                jsonb_build_object('key', 'handover', 'name', 'Handover', 'status', 'pending'))),
            'in_progress',
            c.created_at
       FROM batch c
      WHERE NOT EXISTS (SELECT 1 FROM orchestration_workflows w
-                        WHERE w.client_id = c.id AND w.workflow_type = 'client_onboarding')
+                        WHERE w.client_id = c.id AND w.workflow_type = 'client_onboarding' OFFSET 0)
     ON CONFLICT DO NOTHING
     RETURNING id
 ),

@@ -5,7 +5,9 @@
 -- Guarded: a client that already has a package for that workflow gets no second one.
 -- The last statement is one batch of clients in id order (pgmigrate_sql runs the others once,
 -- then it again and again, each batch in its own short transaction, the throttle between them,
--- until a batch takes no client): from :'from' on, at most :batch_size clients.
+-- until a batch takes no client): from :'from' on, at most :batch_size clients. The workflow and
+-- both checks are probes of the client's key, as in 030 (OFFSET 0): as joins, the planner hashed
+-- every workflow (100,000 rows), or read all of client_deployments, in every batch.
 --
 -- It runs beside the backfill (020), not after it: the linkage phase 3 sets is in the plan
 -- (010). An override still holding the values the plan recorded before phase 3 is described
@@ -55,12 +57,12 @@ inserted AS (
                        LEFT JOIN migration_ledger.phase3_override_plan p ON p.override_id = o.id
                       WHERE o.client_id = c.id), '{}'::jsonb)
       FROM batch c
-      JOIN orchestration_workflows ow
-        ON ow.client_id = c.id AND ow.workflow_type = 'client_onboarding'
+     CROSS JOIN LATERAL (SELECT w.id FROM orchestration_workflows w
+                          WHERE w.client_id = c.id AND w.workflow_type = 'client_onboarding' OFFSET 0) AS ow
      WHERE EXISTS (SELECT 1 FROM client_deployments d
-                    WHERE d.client_id = c.id AND d.status = 'deployed')
+                    WHERE d.client_id = c.id AND d.status = 'deployed' OFFSET 0)
        AND NOT EXISTS (SELECT 1 FROM handover_packages hp
-                        WHERE hp.client_id = c.id AND hp.workflow_id = ow.id)
+                        WHERE hp.client_id = c.id AND hp.workflow_id = ow.id OFFSET 0)
     RETURNING id
 ),
 recorded AS (
