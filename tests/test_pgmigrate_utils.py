@@ -221,6 +221,45 @@ def test_with_lock_retry_waits_out_a_held_lock(
     assert set(seen_timeouts) == {"50ms"}
 
 
+def test_a_transactional_file_lets_its_locks_go_as_its_last_statement_ends(
+        locked_table: tuple[dict[str, Any], Any]) -> None:
+    """pgmigrate_sql sends a transactional file in one round trip: when the query returns, the
+    server has committed it and released its ACCESS EXCLUSIVE lock (no COMMIT still to come from
+    the controller). It stays one transaction: a failing statement undoes the ones before it."""
+    db, other = locked_table
+    run_transactional = plugin("modules", "pgmigrate_sql").run_transactional
+    after_file: list[tuple[int, bool]] = []
+
+    class Watching(psycopg2.extensions.cursor):
+        def execute(self, query: Any, vars: Any = None) -> None:  # noqa: A002 - psycopg2's name
+            super().execute(query, vars)
+            if "LOCK TABLE" in str(query):
+                with other.cursor() as cur:
+                    try:
+                        cur.execute("SET LOCAL lock_timeout = '10ms'; "
+                                    "LOCK TABLE lock_probe IN ACCESS EXCLUSIVE MODE")
+                        free = True
+                    except psycopg2.errors.LockNotAvailable:
+                        free = False
+                other.rollback()
+                after_file.append((self.connection.get_transaction_status(), free))
+
+    conn = connect(db)
+    conn.cursor_factory = Watching
+    try:
+        run_transactional(conn, "LOCK TABLE lock_probe IN ACCESS EXCLUSIVE MODE;\n"
+                                "UPDATE lock_probe SET id = id + 10", FAST_LOCK)
+        assert after_file == [(psycopg2.extensions.TRANSACTION_STATUS_IDLE, True)]
+        with pytest.raises(psycopg2.errors.DivisionByZero):
+            run_transactional(conn, "LOCK TABLE lock_probe IN ACCESS EXCLUSIVE MODE;\n"
+                                    "UPDATE lock_probe SET id = id + 100; SELECT 1 / 0", FAST_LOCK)
+        with conn.cursor() as cur:
+            cur.execute("SELECT array_agg(id ORDER BY id) FROM lock_probe")
+            assert cur.fetchone()[0] == [11, 12]
+    finally:
+        conn.close()
+
+
 def test_with_lock_retry_gives_up_naming_the_long_transaction(locked_table: tuple[dict[str, Any], Any]) -> None:
     """With lock_attempts=2 and the lock still held, it raises MigrationError naming the cause."""
     db, holder = locked_table

@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Run a phase's SQL files, lock-safely. Each file is one step:
-#   * by default the whole file runs in one transaction under SET LOCAL lock_timeout; a lock
+#   * by default the whole file runs in one transaction under lock_timeout, sent in one round
+#     trip so that it commits (and lets its locks go) as its last statement ends; a lock
 #     timeout or deadlock rolls it back and it is retried with backoff;
 #   * a file whose header says `-- pgmigrate: no-transaction` runs statement by statement in
 #     autocommit (CREATE INDEX CONCURRENTLY, VALIDATE CONSTRAINT), each retried on its own; an
@@ -19,8 +20,9 @@ short_description: Run SQL files under a short lock_timeout with retries and bac
 version_added: 1.0.0
 author: Agency platform team (@agency)
 description:
-  - "Runs each file as one transaction under C(SET LOCAL lock_timeout); a lock timeout or a
-    deadlock rolls it back and it is retried with backoff (the I(lock_timeout_ms) options)."
+  - "Runs each file as one transaction under C(lock_timeout), sent in one round trip: the server
+    commits it, and releases its locks, as its last statement ends. A lock timeout or a deadlock
+    rolls it back and it is retried with backoff (the I(lock_timeout_ms) options)."
   - "A file whose header says C(-- pgmigrate: no-transaction) runs statement by statement in
     autocommit (C(CREATE INDEX CONCURRENTLY), C(VALIDATE CONSTRAINT)), each retried on its own;
     an index left invalid by an interrupted concurrent build is dropped and built again."
@@ -149,11 +151,18 @@ def drop_invalid_index(cur, name: str) -> bool:
 
 
 def run_transactional(conn, sql: str, lock: dict) -> tuple[int, int]:
+    """The file as one transaction in ONE round trip: its statements go as one simple query
+    (after the session's lock_timeout, set in the round trip before, when no lock is held),
+    which the server runs as one implicit transaction and commits as the last statement ends.
+    The locks its DDL takes (ACCESS EXCLUSIVE for a column, SHARE ROW EXCLUSIVE for a foreign
+    key) are released then, not after one more round trip to a controller that a busy machine
+    may not schedule at once: bench run 14 saw eight application writes wait 267 ms behind phase
+    4's foreign key, which takes 5 ms on the server: one round trip fewer to wait for."""
     def work(cur):
         cur.execute(sql)
         return cur.rowcount
 
-    return with_lock_retry(conn, work, lock, transactional=True, sql=sql)
+    return with_lock_retry(conn, work, lock, transactional=False, sql=sql)
 
 
 def run_autocommit(conn, sql: str, lock: dict) -> tuple[int, int, list[str]]:

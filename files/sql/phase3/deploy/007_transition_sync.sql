@@ -204,10 +204,14 @@ END
 $$;
 
 -- AFTER INSERT OR DELETE ON module_installations.
+-- Its plans never scan a whole table (enable_seqscan = off; each statement has its index): a
+-- generic plan is kept for the session, and one made while integration_events was recorded
+-- empty (a VACUUM since phase 2; step 050 fills it next) read the whole table at every later
+-- installation of that session until the next ANALYZE: 33 ms instead of 0.8 at 300,000 events.
 CREATE OR REPLACE FUNCTION migration_ledger.transition_sync_installation()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT
-    SET plan_cache_mode = force_generic_plan
+    SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
 AS $$
 DECLARE
     rec module_installations;
