@@ -155,9 +155,9 @@ def run_transactional(conn, sql: str, lock: dict) -> tuple[int, int]:
     (after the session's lock_timeout, set in the round trip before, when no lock is held),
     which the server runs as one implicit transaction and commits as the last statement ends.
     The locks its DDL takes (ACCESS EXCLUSIVE for a column, SHARE ROW EXCLUSIVE for a foreign
-    key) are released then, not after one more round trip to a controller that a busy machine
-    may not schedule at once: bench run 14 saw eight application writes wait 267 ms behind phase
-    4's foreign key, which takes 5 ms on the server: one round trip fewer to wait for."""
+    key) are released then, not when a controller that a busy machine may not schedule at once
+    sends COMMIT (in bench run 14, phase 4's foreign key, 5 ms on the server, held eight
+    application writes for 267 ms)."""
     def work(cur):
         cur.execute(sql)
         return cur.rowcount
