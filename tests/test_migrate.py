@@ -265,7 +265,7 @@ def test_events_go_in_batches_after_a_vacuum_recorded_the_new_tables_empty(
         fresh_db: dict[str, Any], tmp_path: Path) -> None:
     """A VACUUM ANALYZE between phase 2 and phase 3 (a nightly job, an operator) records the new
     tables as empty. Phase 3's events then still go in short batches under the throttle, as the
-    workflows and packages do, each planned with the table as it has grown: as one statement,
+    workflows and packages do, the guard a probe of the installation's key: as one statement,
     the guard was planned once against an empty integration_events, a nested loop that scanned
     the table per installation while filling it (290,000 events not in after 12 minutes)."""
     dirs = {"migration_backup_dir": str(tmp_path / "backups"), "migration_report_dir": str(tmp_path / "reports")}
