@@ -16,12 +16,15 @@ from typing import Any
 
 import pytest
 from helpers import (
+    REPO_ROOT,
+    copy_repository,
     db_snapshot,
     drop_database,
     play_recap,
     playbook_output,
     query,
     run_playbook,
+    run_playbook_at,
     snapshot_diff,
 )
 from rollback_helpers import (
@@ -35,6 +38,7 @@ from rollback_helpers import (
     out_dirs_in,
     phase3_content,
 )
+from wire_proxy import WireProxy
 
 # The event window of the latest phase-3 apply.
 WINDOW_SQL = """SELECT details->>'events_since' FROM migration_ledger.history
@@ -241,6 +245,66 @@ def test_supabase_objects_stay(staged: Staged, tmp_path: Path) -> None:
         assert applied(db) == ["1", "2", "3", "4"]
     finally:
         drop_database(db)
+
+
+# --- how long the final transaction holds its locks ------------------------------------------
+
+# The first line of every file a full rollback runs in its transaction.
+REVERT_FILES = sorted(p for p in (REPO_ROOT / "files/sql").glob("phase*/revert/**/*.sql")
+                      if "batches" not in p.parts)
+
+
+def test_a_full_rollback_holds_its_locks_for_two_round_trips(copy: dict[str, Any], tmp_path: Path) -> None:
+    """-e phase=all through a proxy that records every query: BEGIN and every revert file go in
+    one query (where the locks are taken), the six records and COMMIT in the next, whatever the
+    number of files - not a round trip per file and per record, each one a wait for every query
+    of the application on a table the rollback holds (ACCESS EXCLUSIVE on client_app_overrides
+    for phase 2's columns). Each phase's record still carries its own files' notices."""
+    with WireProxy(copy["host"], copy["port"]) as proxy:
+        result = rollback({**copy, "host": "127.0.0.1", "port": proxy.port}, "all", tmp_path)
+        queries = proxy.queries()
+    assert result.returncode == 0, playbook_output(result)
+    assert applied(copy) == []
+    firsts = {p.relative_to(REPO_ROOT).as_posix(): p.read_text().splitlines()[0] for p in REVERT_FILES}
+    carrying = [(n, i) for i, (n, _t, q) in enumerate(queries) if any(line in q for line in firsts.values())]
+    assert len(carrying) == 1, [queries[i][2][:80] for _n, i in carrying]
+    conn, at = carrying[0]
+    script = queries[at][2]
+    assert script.startswith("BEGIN;")
+    assert [f for f, line in firsts.items() if line not in script] == []
+    after = [q for n, _t, q in queries[at + 1:] if n == conn]
+    assert after[0].rstrip().endswith("COMMIT"), after[0][:200]
+    assert after[0].count("UPDATE migration_ledger.history") == 6
+    details = dict(query(copy, """SELECT phase, details FROM migration_ledger.history
+                                   WHERE direction = 'rollback' ORDER BY id DESC LIMIT 6"""))
+    assert details["4"]["dropped"] == ["fk_cao_installation, fk_cao_marketplace_module"]
+    assert "integration_events" in details["2"]["dropped"][0]
+    assert "dropped" not in details["3"] and "inserted rows" in details["3"]["done"][0]
+    assert len({d["transaction_ms"] for d in details.values()}) == 1
+
+
+def test_a_revert_file_that_fails_is_named_and_changes_nothing(copy: dict[str, Any], tmp_path: Path) -> None:
+    """A revert file failing after its own changes and the files before it (a copy of the
+    repository whose phase 4 revert ends in an error): the error names that file, the database
+    is as it was (the ledger's records of the attempt aside, marked failed), and the rollback
+    with the real files then completes."""
+    repo = copy_repository(tmp_path / "repo")
+    failing = repo / "files/sql/phase4/revert/010_foreign_keys.sql"
+    failing.write_text(failing.read_text() + "\nSELECT 1 / 0;\n")
+    before = db_snapshot(copy)
+    result = run_playbook_at(repo, ROLLBACK, copy, {"phase": "all", **out_dirs_in(tmp_path)})
+    assert result.returncode != 0
+    assert "phase4/revert/010_foreign_keys.sql: division by zero" in result.stdout, playbook_output(result)
+    after = db_snapshot(copy)
+    changed = [k for section in after for k in set(after[section]) | set(before[section])
+               if after[section].get(k) != before[section].get(k) and "migration_ledger.history" not in k]
+    assert changed == []
+    assert query(copy, """SELECT phase, status, error LIKE '%%010_foreign_keys.sql: division by zero%%'
+                            FROM migration_ledger.history WHERE direction = 'rollback' ORDER BY phase""") == [
+        (p, "failed", True) for p in ("1", "2", "3", "4", "5", "6")]
+    again = rollback(copy, "all", tmp_path)
+    assert again.returncode == 0, playbook_output(again)
+    assert applied(copy) == []
 
 
 # --- check mode --------------------------------------------------------------------------------

@@ -27,10 +27,12 @@ description:
   - "C(run) runs each phase's C(files/sql/phaseN/revert/*.sql) lock-safely. Phases run together in
     one transaction (SQL and ledger records - all or nothing), except where a phase has batches
     (C(revert/batches/*.sql)): those run first, each batch in its own short transaction, with the
-    I(throttle) between them. C(run) records every phase it rolls back as running, then runs and
-    finishes them; a failure marks them failed with the error. Server notices
-    C(pgmigrate: key=value) raised by the SQL become details of the ledger record (kept objects,
-    deleted rows)."
+    I(throttle) between them. The transaction holds its locks for two round trips: every file in
+    one query, the ledger records and C(COMMIT) in the next. C(run) records every phase it rolls
+    back as running, then runs and finishes them; a failure marks them failed with the error and
+    the file that raised it. Server notices C(pgmigrate: key=value) raised by the SQL become
+    details of the ledger record (kept objects; rows deleted or reset, C(<what>_deleted=N) and
+    C(<what>_reset=N), which make its row count)."
 options:
   action:
     description: Plan the rollback (read-only) or run it.
@@ -186,6 +188,7 @@ notes:
   elements: str
 """
 
+import collections
 import glob
 import json
 import os
@@ -198,6 +201,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     LEDGER_SCHEMA,
     LOCK_ARGS,
     MigrationError,
+    abandon,
     applied_phases,
     combined_checksum,
     connect,
@@ -210,6 +214,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     ledger_state,
     ledger_unfinished,
     render,
+    run_transactional,
     transaction,
     with_lock_retry,
 )
@@ -228,6 +233,9 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttl
 THROTTLED_TABLES = ["public.client_app_overrides", "migration_ledger.phase3_override_plan"]
 
 NOTICE = re.compile(r"pgmigrate: (\w+)=(.*)")
+# Raised before each revert file of a transaction: whose notices follow (run_group).
+FILE_MARKER_SQL = "DO $pgmigrate$ BEGIN RAISE NOTICE 'pgmigrate-file: {}'; END $pgmigrate$;"
+FILE_MARKER = re.compile(r"pgmigrate-file: (\d+)")
 LIST_KEYS = {"kept", "dropped", "note", "done"}
 
 
@@ -341,10 +349,10 @@ def do_plan(module, conn) -> dict:
 
 # --- run ------------------------------------------------------------------------------------
 
-def read_notices(conn) -> dict:
-    """The `pgmigrate: key=value` notices the SQL raised since the last call."""
+def parse_notices(lines) -> dict:
+    """The `pgmigrate: key=value` notices among `lines`, as details."""
     out: dict = {}
-    for line in conn.notices:
+    for line in lines:
         m = NOTICE.search(line)
         if not m:
             continue
@@ -354,7 +362,6 @@ def read_notices(conn) -> dict:
                 out.setdefault(key, []).append(value)
         else:
             out[key] = int(value) if value.lstrip("-").isdigit() else value
-    del conn.notices[:]
     return out
 
 
@@ -377,13 +384,12 @@ def begin_records(conn, p: dict, phases: list[str], files: dict) -> dict[str, in
     return ids
 
 
+FINISH_SQL = (f"UPDATE {LEDGER_SCHEMA}.history SET status = %s, finished_at = clock_timestamp(), "
+              "rows_affected = %s, details = %s, error = %s WHERE id = %s")
+
+
 def finish_record(cur, record_id: int, status: str, rows: int, details: dict, error=None) -> None:
-    cur.execute(
-        f"""UPDATE {LEDGER_SCHEMA}.history
-               SET status = %s, finished_at = clock_timestamp(), rows_affected = %s, details = %s,
-                   error = %s
-             WHERE id = %s""",
-        (status, rows, json.dumps(json_safe(details)), error, record_id))
+    cur.execute(FINISH_SQL, (status, rows, json.dumps(json_safe(details)), error, record_id))
 
 
 def relation_exists(conn, name: str) -> bool:
@@ -395,14 +401,11 @@ def relation_exists(conn, name: str) -> bool:
 
 
 def run_first(conn, path: str, lock: dict) -> int:
-    """A first/ file, in one short transaction under lock_timeout, retried; returns retries."""
+    """A first/ file, as one short transaction in one round trip under lock_timeout, retried;
+    returns retries."""
     with open(path, encoding="utf-8") as handle:
         sql = handle.read()
-
-    def work(cur):
-        cur.execute(sql)
-
-    return with_lock_retry(conn, work, lock, transactional=True, sql=sql)[1]
+    return run_transactional(conn, sql, lock)[1]
 
 
 def run_batches(conn, path: str, p: dict, lock: dict) -> dict:
@@ -452,43 +455,78 @@ def run_batch(conn, sql: str, lock: dict, cap_ms: float | None, tally: dict | No
 def run_group(conn, group: list[str], p: dict, files: dict, ids: dict, extra: dict,
               lock: dict, current: dict) -> tuple[dict, int]:
     """Run the revert files of every phase of the group and finish their records, in ONE
-    transaction, retried as a whole on a lock timeout. Returns ({phase: details}, retries)."""
-    sqls = {}
+    transaction, retried as a whole on a lock timeout. Returns ({phase: details}, retries).
+
+    Two round trips while it holds locks, whatever the number of files and phases: BEGIN and
+    every file go as one simple query (their locks are taken there), then the ledger's records
+    and COMMIT as another, once the notices are read. Each file is preceded by a marker notice
+    (`pgmigrate-file: N`), which says whose notices follow, and which file failed."""
+    parts, order = ["BEGIN;"], []
     for phase in group:
-        sqls[phase] = []
         for path in files[phase]:
             with open(path, encoding="utf-8") as handle:
                 raw = handle.read()
             if "no-transaction" in file_directives(raw):
                 raise MigrationError(f"{path}: a revert file runs inside the rollback's transaction; "
                                      "remove its `-- pgmigrate: no-transaction` header")
-            sqls[phase].append((path, render(raw, p["sql_params"])))
+            parts.append(FILE_MARKER_SQL.format(len(order)))
+            # A file's last statement may end in a comment, or without its semicolon.
+            parts.append(render(raw, p["sql_params"]) + "\n;")
+            order.append((phase, path))
+    script = "\n".join(parts)
 
     def work(cur):
-        del conn.notices[:]
+        # Unbounded: psycopg2 keeps only the last 50 notices in its list.
+        conn.notices = collections.deque()
         started = time.monotonic()
-        out = {}
+        try:
+            cur.execute(script)
+        except Exception:
+            current["file"] = last_file(conn.notices, order)
+            abandon(cur)
+            raise
+        held_ms = round(1000 * (time.monotonic() - started), 1)
+        notes = {phase: [] for phase in group}
+        phase = None
+        for line in conn.notices:
+            marker = FILE_MARKER.search(line)
+            if marker:
+                phase = order[int(marker.group(1))][0]
+            elif phase is not None:
+                notes[phase].append(line)
+        conn.notices.clear()
+        out, updates, args = {}, [], []
         for phase in group:
-            rows = 0
-            for path, sql in sqls[phase]:
-                current["file"] = path
-                cur.execute(sql)
-                rows += max(cur.rowcount, 0)
-            current["file"] = None
-            notes = read_notices(conn)
-            rows += sum(v for k, v in notes.items()
-                        if isinstance(v, int) and (k.endswith("_deleted") or k.endswith("_reset")))
+            found = parse_notices(notes[phase])
+            rows = sum(v for k, v in found.items()
+                       if isinstance(v, int) and (k.endswith("_deleted") or k.endswith("_reset")))
             rows += int(extra[phase].get("batches", {}).get("reset", 0))
-            details = {**extra[phase], **notes}
-            # How long this transaction has held its locks so far (commit follows the last phase).
-            details["transaction_ms"] = round(1000 * (time.monotonic() - started), 1)
+            details = {**extra[phase], **found}
+            # How long the transaction had held its locks when its files were done (the
+            # records and COMMIT follow in one round trip).
+            details["transaction_ms"] = held_ms
             details["summary"] = summarise(details)
-            finish_record(cur, ids[phase], "succeeded", rows, details)
+            updates.append(FINISH_SQL)
+            args += ["succeeded", rows, json.dumps(json_safe(details)), None, ids[phase]]
             out[phase] = {"rows": rows, **details}
+        try:
+            cur.execute(";\n".join(updates) + ";\nCOMMIT", args)
+        except Exception:
+            abandon(cur)
+            raise
         return out
 
-    return with_lock_retry(conn, work, lock, transactional=True,
-                           sql="\n".join(sql for pairs in sqls.values() for _name, sql in pairs))
+    return with_lock_retry(conn, work, lock, transactional=False, sql=script)
+
+
+def last_file(notices, order: list[tuple[str, str]]) -> str | None:
+    """The file whose marker came last among the notices: the one that failed."""
+    found = None
+    for line in notices:
+        marker = FILE_MARKER.search(line)
+        if marker:
+            found = order[int(marker.group(1))][1]
+    return found
 
 
 def summarise(details: dict) -> str:

@@ -110,6 +110,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     connect,
     file_directives,
     render,
+    run_transactional,
     split_statements,
     with_lock_retry,
 )
@@ -148,21 +149,6 @@ def drop_invalid_index(cur, name: str) -> bool:
         return False
     cur.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {row[0]}")
     return True
-
-
-def run_transactional(conn, sql: str, lock: dict) -> tuple[int, int]:
-    """The file as one transaction in ONE round trip: its statements go as one simple query
-    (after the session's lock_timeout, set in the round trip before, when no lock is held),
-    which the server runs as one implicit transaction and commits as the last statement ends.
-    The locks its DDL takes (ACCESS EXCLUSIVE for a column, SHARE ROW EXCLUSIVE for a foreign
-    key) are released then, not when a controller that a busy machine may not schedule at once
-    sends COMMIT (in bench run 14, phase 4's foreign key, 5 ms on the server, held eight
-    application writes for 267 ms)."""
-    def work(cur):
-        cur.execute(sql)
-        return cur.rowcount
-
-    return with_lock_retry(conn, work, lock, transactional=False, sql=sql)
 
 
 def run_autocommit(conn, sql: str, lock: dict) -> tuple[int, int, list[str]]:
