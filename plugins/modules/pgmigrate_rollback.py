@@ -482,19 +482,11 @@ def run_group(conn, group: list[str], p: dict, files: dict, ids: dict, extra: di
         try:
             cur.execute(script)
         except Exception:
-            current["file"] = last_file(conn.notices, order)
+            current["file"] = by_file(conn.notices, order, group)[1]
             abandon(cur)
             raise
         held_ms = round(1000 * (time.monotonic() - started), 1)
-        notes = {phase: [] for phase in group}
-        phase = None
-        for line in conn.notices:
-            marker = FILE_MARKER.search(line)
-            if marker:
-                phase = order[int(marker.group(1))][0]
-            elif phase is not None:
-                notes[phase].append(line)
-        conn.notices.clear()
+        notes = by_file(conn.notices, order, group)[0]
         out, updates, args = {}, [], []
         for phase in group:
             found = parse_notices(notes[phase])
@@ -519,14 +511,18 @@ def run_group(conn, group: list[str], p: dict, files: dict, ids: dict, extra: di
     return with_lock_retry(conn, work, lock, transactional=False, sql=script)
 
 
-def last_file(notices, order: list[tuple[str, str]]) -> str | None:
-    """The file whose marker came last among the notices: the one that failed."""
-    found = None
+def by_file(notices, order: list[tuple[str, str]], group: list[str]) -> tuple[dict, str | None]:
+    """The notices each phase's files raised (those after their markers), and the file whose
+    marker came last: the one running when the transaction failed."""
+    notes: dict = {phase: [] for phase in group}
+    path = None
     for line in notices:
         marker = FILE_MARKER.search(line)
         if marker:
-            found = order[int(marker.group(1))][1]
-    return found
+            phase, path = order[int(marker.group(1))]
+        elif path is not None:
+            notes[phase].append(line)
+    return notes, path
 
 
 def summarise(details: dict) -> str:
