@@ -10,7 +10,9 @@ the machine is, only what the throttle decided.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +21,7 @@ from typing import Any
 
 import psycopg2
 import pytest
-from helpers import connect, playbook_output, plugin, query, run_playbook
+from helpers import connect, make_cluster_tempdir, pgcluster, playbook_output, plugin, query, run_playbook
 
 DEADLINE_S = 30.0
 FAST_LOCK = {"lock_timeout_ms": 50, "lock_attempts": 60, "backoff_initial_ms": 50,
@@ -168,6 +170,216 @@ def test_throttle_slows_down_pauses_and_goes_on_when_the_load_ends(fresh_db: dic
     assert paused["because"]["lock_waiters"]["value"] >= 4 and paused["because"]["lock_waiters"]["limit"] == 3
     assert summary["baseline"]["probe_ms"] >= 0 and summary["worst"]["lock_waiters"] >= 4
     assert "because of lock_waiters" in summary["line"]
+
+
+class Sleepers:
+    """Sessions each running one long statement (`state = 'active'` in pg_stat_activity), under
+    an application_name of their own; cancelled together."""
+
+    def __init__(self, db: dict[str, Any]) -> None:
+        self.db = db
+        self.conns: list[Any] = []
+        self.threads: list[threading.Thread] = []
+
+    def add(self, n: int, sql: str = "SELECT pg_sleep(60)", app: str = "the-application") -> None:
+        for _ in range(n):
+            conn = connect(self.db)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SET application_name = %s", (app,))
+            self.conns.append(conn)
+            thread = threading.Thread(target=self._run, args=(conn, sql), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    @staticmethod
+    def _run(conn: Any, sql: str) -> None:
+        with contextlib.suppress(psycopg2.Error), conn.cursor() as cur:
+            cur.execute(sql)
+
+    def running(self, app: str = "the-application") -> int:
+        return int(query(self.db, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                                  "AND application_name = %s", (app,))[0][0])
+
+    def stop(self) -> None:
+        for conn in self.conns:
+            conn.cancel()
+        for thread in self.threads:
+            thread.join(timeout=DEADLINE_S)
+        for conn in self.conns:
+            conn.close()
+        self.conns, self.threads = [], []
+
+
+def run_through(db: dict[str, Any], opts: dict[str, Any], signal: str,
+                steps: list[tuple[Callable[[], None], int, str]]) -> list[str]:
+    """The batches at full speed, then each step's action and the throttle level it must bring
+    (0 running, 1 slowed down, 2 paused); after the last (the load ended), full speed again. The
+    summary must name `signal` alone. Returns the states it went through."""
+    throttle = throttle_mod.Throttle(params(db), {**QUIET, **opts}, ["public.client_app_overrides"],
+                                     "the test's batches")
+    batches = Batches(throttle)
+    batches.start()
+    try:
+        until(lambda: len(batches.shares) > 20, "the batches run at full speed before any load")
+        assert throttle.level == 0
+        for action, level, what in steps:
+            action()
+            until(lambda level=level: throttle.level == level, what)
+        released_at = time.monotonic()
+        until(lambda: 1.0 in batches.since(released_at), "the batches go on at full speed")
+    finally:
+        batches.stop.set()
+        batches.join(timeout=DEADLINE_S)
+        summary = throttle.summary()
+        throttle.close()
+    assert batches.error is None, batches.error
+    assert set(summary["by_signal_s"]) == {signal}, summary
+    states = [e["state"] for e in summary["episodes"]]
+    assert states[-1] == "running", states
+    return states
+
+
+# Every signal's limits out of reach: each test below brings one back.
+QUIET = {"probe_max_ms": 60000, "probe_critical_ms": 120000, "active_sessions_max": 1000,
+         "active_sessions_critical": 1000, "lock_waiters_max": 1000, "lock_waiters_critical": 1000,
+         "check_interval_ms": 50, "slow_pause_ms": 20}
+
+
+def test_throttle_counts_the_applications_running_statements_not_its_own(fresh_db: dict[str, Any]) -> None:
+    """Real sessions each running a statement: over active_sessions_max the batches slow down,
+    over critical they pause, and they go on once the statements end. The migration's own
+    sessions (application_name pgmigrate*) running statements meanwhile never count."""
+    sleepers = Sleepers(fresh_db)
+    try:
+        sleepers.add(4, app="pgmigrate-backfill")
+        until(lambda: sleepers.running("pgmigrate-backfill") == 4, "the migration's own sessions run")
+
+        def load() -> None:
+            sleepers.add(3)
+            until(lambda: sleepers.running() == 3, "three application statements run")
+
+        def more_load() -> None:
+            sleepers.add(3)
+            until(lambda: sleepers.running() == 6, "six application statements run")
+
+        states = run_through(fresh_db, {"active_sessions_max": 2, "active_sessions_critical": 5}, "active_sessions",
+                             [(load, 1, "the throttle slows down"), (more_load, 2, "the throttle pauses"),
+                              (sleepers.stop, 0, "the throttle lets the batches go on")])
+        assert "slowed down" in states and "paused" in states, states
+    finally:
+        sleepers.stop()
+
+
+def test_throttle_pauses_while_the_applications_reads_wait(fresh_db: dict[str, Any]) -> None:
+    """The probe is the application's read of clients and overrides: held up behind a real lock
+    on client_app_overrides, it is slower than its critical limit (its own timeout cuts it
+    there) and the batches pause; the lock released, they go on."""
+    holder = connect(fresh_db)
+    holder.autocommit = False
+
+    def lock() -> None:
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLE client_app_overrides IN ACCESS EXCLUSIVE MODE")
+
+    try:
+        states = run_through(fresh_db, {"probe_max_ms": 250, "probe_critical_ms": 500}, "probe",
+                             [(lock, 2, "the throttle pauses while the probe waits for the lock"),
+                              (holder.rollback, 0, "the throttle lets the batches go on")])
+        assert "paused" in states, states
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_throttle_waits_for_a_replica_that_falls_behind(tmp_path: Path) -> None:
+    """A real streaming replica (pg_basebackup -R) whose replay is paused while the primary
+    writes: its replay lag grows (pg_stat_replication), the batches slow down, then pause; replay
+    resumed, the replica catches up and the batches go on by themselves. A login that may not
+    read the lag is told so."""
+    base = make_cluster_tempdir("pgm-replica-")
+    primary = pgcluster.start_cluster(base / "primary")
+    stop = threading.Event()
+    writer: threading.Thread | None = None
+    try:
+        pgcluster.seed_database(primary, "agency", 30)
+        replica = {**pgcluster.start_standby(primary, base / "standby"), "dbname": "agency"}
+        source = {**primary, "dbname": "agency"}
+        query(source, "CREATE TABLE wal_traffic (id bigserial PRIMARY KEY, filler text)")
+
+        def write() -> None:
+            # WAL keeps flowing, as the batches' own writes would: the replica keeps reporting
+            # the replay position it is stuck at, and the primary sees its lag grow.
+            conn = connect(source)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                while not stop.is_set():
+                    cur.execute("INSERT INTO wal_traffic (filler) SELECT repeat('x', 200) FROM generate_series(1, 20)")
+                    time.sleep(0.02)
+            conn.close()
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        opts = {"replication_lag_max_s": 1, "replication_lag_critical_s": 3, "probe_max_ms": 60000,
+                "probe_critical_ms": 120000, "active_sessions_max": 1000, "active_sessions_critical": 1000,
+                "lock_waiters_max": 1000, "lock_waiters_critical": 1000, "check_interval_ms": 50,
+                "slow_pause_ms": 20}
+        throttle = throttle_mod.Throttle(params(source), opts, ["public.client_app_overrides"], "the test's batches")
+        batches = Batches(throttle)
+        batches.start()
+        try:
+            until(lambda: len(batches.shares) > 20, "the batches run at full speed while the replica keeps up")
+            assert throttle.level == 0
+
+            query(replica, "SELECT pg_wal_replay_pause()")
+            until(lambda: throttle.level == 1, "the throttle slows down as the replica falls behind")
+            until(lambda: throttle.level == 2, "the throttle pauses once the lag is past critical")
+            paused_at = time.monotonic()
+            time.sleep(0.5)
+            assert batches.since(paused_at + 0.3) == [], "no batch runs while paused"
+
+            query(replica, "SELECT pg_wal_replay_resume()")
+            resumed_at = time.monotonic()
+            until(lambda: 1.0 in batches.since(resumed_at), "the batches go on at full speed once it caught up")
+        finally:
+            batches.stop.set()
+            batches.join(timeout=DEADLINE_S)
+            summary = throttle.summary()
+            throttle.close()
+        assert batches.error is None, batches.error
+        assert set(summary["by_signal_s"]) == {"replication_lag"}, summary
+        paused = next(e for e in summary["episodes"] if e["state"] == "paused")
+        assert paused["because"]["replication_lag"]["value"] >= 3, paused
+        assert summary["worst"]["replication_lag"] >= 3
+        assert "because of replication_lag" in summary["line"]
+        assert "unwatched" not in summary
+
+        # A login that may not read the replica's lag (no pg_monitor, as on a managed database)
+        # is told the batches do not wait for it; granted pg_monitor, they do.
+        query(source, "CREATE ROLE batches LOGIN PASSWORD 'batches-pw'")
+        query(source, "GRANT SELECT ON ALL TABLES IN SCHEMA public TO batches")
+        login = params({**source, "user": "batches", "password": "batches-pw"})
+        hidden = throttle_mod.Throttle(login, opts, ["public.client_app_overrides"], "the test's batches")
+        told = hidden.summary()
+        hidden.close()
+        assert told["unwatched"] == ["replication_lag: 1 replica(s) attached whose lag this login may not read "
+                                     "(GRANT pg_monitor TO it to have the batches wait for them)"], told
+        assert "not watched: replication_lag" in told["line"]
+        # The run's report says it under its throttle table.
+        section = plugin("modules", "pgmigrate_report").throttle_section(
+            [{"phase": "3", "direction": "apply", "details": {"throttle": {"backfill": told}}}])
+        assert f"Not watched: {told['unwatched'][0]}." in section, section
+        query(source, "GRANT pg_monitor TO batches")
+        granted = throttle_mod.Throttle(login, opts, ["public.client_app_overrides"], "the test's batches")
+        assert "unwatched" not in granted.summary()
+        granted.close()
+    finally:
+        stop.set()
+        if writer is not None:
+            writer.join(timeout=DEADLINE_S)
+        for name in ("standby", "primary"):
+            pgcluster.destroy_cluster(base / name)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_a_long_pause_fails_with_what_to_do(fresh_db: dict[str, Any], waiters: Waiters) -> None:

@@ -525,7 +525,8 @@ def start_cluster(
 def start_standby(primary: dict[str, Any], datadir: Path, port: int | None = None) -> dict[str, Any]:
     """A hot standby of the running cluster `primary` (start_cluster's info): pg_basebackup -R
     (streamed WAL, standby.signal, primary_conninfo) into the empty `datadir`, then started: a
-    real replica in recovery, read-only. Stop or destroy it like any cluster.
+    real replica in recovery, read-only, streaming from the primary (pg_stat_replication there
+    shows it). Stop or destroy it like any cluster.
     Returns the same info as start_cluster."""
     datadir = Path(datadir).resolve()
     if datadir.exists() and any(datadir.iterdir()):
@@ -555,6 +556,12 @@ def start_standby(primary: dict[str, Any], datadir: Path, port: int | None = Non
     socket_dir = str(datadir).replace("'", "''")
     with (datadir / "postgresql.conf").open("a") as conf:
         conf.write(f"unix_socket_directories = '{socket_dir}'\nhot_standby = on\n")
+    # -R's primary_conninfo names the passfile, gone by now: without this the standby never
+    # streams (pg_stat_replication stays empty; it serves the backup's data, frozen). It streams
+    # through the primary's socket instead, where initdb's `local replication` rule is trust.
+    conninfo = f"host={primary['datadir']} port={primary['port']} user={primary['user']} application_name=standby"
+    with (datadir / "postgresql.auto.conf").open("a") as conf:
+        conf.write("primary_conninfo = '{}'\n".format(conninfo.replace("'", "''")))
     chosen = _choose_port(port, None)
     _ensure_port_free(chosen)
     _pg_ctl_start(datadir, chosen)

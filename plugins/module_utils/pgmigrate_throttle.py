@@ -5,7 +5,8 @@
 #   probe             the monitoring probe's latency (the application's reads of overrides);
 #   active_sessions   sessions running a statement, the migration's own left out;
 #   lock_waiters      sessions waiting for a lock while writing the tables the batches write;
-#   replication_lag   the replicas' replay lag (none attached: no signal).
+#   replication_lag   the replicas' replay lag (none attached: no signal; attached but hidden
+#                     from this login: said in the summary, not watched).
 # Over a signal's max the batches slow down (a pause between them, their target halved); over its
 # critical limit they pause until every signal is back under critical, then go on slowly until
 # it is under max. One implementation for every batch loop; its summary (how long it slowed
@@ -165,6 +166,7 @@ class Throttle:
         self.checks = 0
         self.baseline: dict = {}
         self.limits: dict[str, tuple[float, float]] = {}
+        self.unwatched: list[str] = []
         if self.opts["enabled"]:
             self._start()
 
@@ -191,6 +193,13 @@ class Throttle:
             cur.execute("SELECT array_agg(to_regclass(t)::text) FILTER (WHERE to_regclass(t) IS NOT NULL) "
                         "FROM unnest(%s::text[]) t", (self.tables,))
             self.tables = cur.fetchone()[0] or []
+            # A login without pg_read_all_stats sees the replicas' rows without their lag.
+            cur.execute("SELECT count(*) FROM pg_stat_replication WHERE state IS NULL")
+            hidden = cur.fetchone()[0]
+        if hidden:
+            self.unwatched.append(
+                f"replication_lag: {hidden} replica(s) attached whose lag this login may not read "
+                "(GRANT pg_monitor TO it to have the batches wait for them)")
         recorded = recorded_baseline(conn)
         if recorded and (recorded.get("probe") or {}).get("p95_ms") is not None:
             self.baseline = {
@@ -320,6 +329,8 @@ def summarise(t: Throttle) -> dict[str, Any]:
         out["baseline"] = t.baseline
         out["limits"] = {k: {"max": round(a, 3), "critical": round(b, 3)} for k, (a, b) in t.limits.items()}
         out["worst"] = {k: round(v, 3) for k, v in t.worst.items()}
+    if t.unwatched:
+        out["unwatched"] = list(t.unwatched)
     out["line"] = throttle_line(out)
     return out
 
@@ -328,11 +339,12 @@ def throttle_line(s: dict[str, Any]) -> str:
     """One line for progress output and the report: how long, and why."""
     if not s.get("enabled"):
         return "throttle off"
+    unwatched = "".join(f"; not watched: {u}" for u in s.get("unwatched") or [])
     if not s.get("throttled_s"):
-        return f"never throttled ({s.get('checks', 0)} checks)"
+        return f"never throttled ({s.get('checks', 0)} checks){unwatched}"
     why = ", ".join(f"{k} {v:g} s" for k, v in (s.get("by_signal_s") or {}).items())
     return (f"throttled {s['throttled_s']:g} s (slowed down {s['slowed_s']:g} s, paused {s['paused_s']:g} s)"
-            f" because of {why or 'lost signals'}")
+            f" because of {why or 'lost signals'}{unwatched}")
 
 
 def merge_summaries(summaries: list[dict]) -> dict[str, Any]:
@@ -358,6 +370,9 @@ def merge_summaries(summaries: list[dict]) -> dict[str, Any]:
         for k, v in (s.get("worst") or {}).items():
             worst[k] = max(worst.get(k, 0.0), float(v))
     out["worst"] = worst
+    unwatched = list(dict.fromkeys(u for s in summaries for u in s.get("unwatched") or []))
+    if unwatched:
+        out["unwatched"] = unwatched
     out["line"] = throttle_line(out)
     return out
 

@@ -231,7 +231,9 @@ def throttle_section(phases: list[dict]) -> list[str]:
         because = t.get("because") or list((t.get("by_signal_s") or {}).keys())
         out.append(f"| {p['phase']} | {p['direction']} | {what} | {fmt(t.get('throttled_s'))} | "
                    f"{fmt(t.get('slowed_s'))} | {fmt(t.get('paused_s'))} | {', '.join(because) or '-'} |")
-    return [*out, ""]
+    # Signals the batches could not watch (a replica's lag hidden from the login).
+    unwatched = list(dict.fromkeys(u for _p, _w, t in rows for u in t.get("unwatched") or []))
+    return [*out, "", *(f"Not watched: {u}." for u in unwatched), *([""] if unwatched else [])]
 
 
 def fmt(value, unit: str = "") -> str:
