@@ -11,6 +11,7 @@ its retries. Real PostgreSQL, real playbook runs.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import psycopg2
 import pytest
 from helpers import connect, playbook_output, query, run_playbook, start_playbook
+from wire_proxy import WireProxy
 
 MIGRATE = "playbooks/migrate.yml"
 # Short backoff steps, so the phase makes many attempts while the lock is held: every attempt
@@ -163,3 +165,87 @@ def test_phase_waits_for_a_long_transaction_without_stalling_the_application(
     assert status == "succeeded"
     assert lock_retries(details) >= 3, details
     assert query(fresh_db, applied_sql)[0][0] == applied_count
+
+
+def test_preflight_takes_no_lock_on_the_applications_tables(fresh_db: dict[str, Any], tmp_path: Path) -> None:
+    """The preflight runs phase 2's DDL in a scratch schema to learn the shapes it would find in
+    its way. An application transaction writing clients_enhanced stays open meanwhile (its ROW
+    EXCLUSIVE lock conflicts with the SHARE ROW EXCLUSIVE a foreign key to clients_enhanced
+    takes): the check completes at once, without a single lock retry, because the probe's foreign
+    keys point at its own bare copy - on the real table they would have stopped the
+    application's writes to it for the probe's whole transaction."""
+    writer = connect(fresh_db)
+    try:
+        with writer.cursor() as cur:
+            cur.execute("UPDATE clients_enhanced SET name = name "
+                        "WHERE id = (SELECT id FROM clients_enhanced ORDER BY id LIMIT 1)")
+        result = run_playbook(MIGRATE, fresh_db, {"phase": "all", "migration_lock_attempts": 2, **out_dirs(tmp_path)},
+                              check=True)
+        assert result.returncode == 0, playbook_output(result)
+        assert "gave up" not in result.stdout
+    finally:
+        writer.rollback()
+        writer.close()
+    assert query(fresh_db, "SELECT count(*) FROM pg_namespace WHERE nspname = 'pgmigrate_shape_probe'") == [(0,)]
+
+
+# A statement taking a lock that the application's reads or writes of its own tables queue
+# behind (pg_dump's ACCESS SHARE, which only DDL waits for, aside).
+APP_TABLES = r"(client_app_overrides|module_installations|marketplace_modules|clients_enhanced|client_deployments)"
+STRONG_LOCK = re.compile(
+    r"\b(ALTER\s+TABLE(\s+ONLY)?|CREATE\s+(OR\s+REPLACE\s+)?TRIGGER\s+\w+\s+[^;]*?\bON|DROP\s+TRIGGER\s+(IF\s+EXISTS\s+)?"
+    r"\w+\s+ON|CREATE\s+POLICY\s+\w+\s+ON|DROP\s+POLICY\s+(IF\s+EXISTS\s+)?\w+\s+ON|LOCK\s+TABLE(?![^;]*ACCESS\s+SHARE))"
+    r"\s+(public\.)?" + APP_TABLES + r"\b", re.I)
+
+
+def held_across_round_trips(queries: list[tuple[int, float, str]]) -> list[str]:
+    """Queries that take such a lock inside a transaction the controller ends in a later round
+    trip (BEGIN sent on its own, as psycopg2 does), but the rollback's: BEGIN and its revert files
+    in one query, its records and COMMIT in the next. The preflight's probe of phase 2 (its
+    scratch schema's copies) aside."""
+    found = []
+    by_connection: dict[int, list[str]] = {}
+    for number, _at, text in queries:
+        by_connection.setdefault(number, []).append(text)
+    for texts in by_connection.values():
+        inside: list[str] = []
+        for i, text in enumerate(texts):
+            head = text.strip().upper()
+            if head == "BEGIN":
+                inside = [text]
+                continue
+            if head in ("COMMIT", "ROLLBACK"):
+                inside = []
+                continue
+            body = re.sub(r"--[^\n]*", "", text)
+            if not STRONG_LOCK.search(body):
+                if inside:
+                    inside.append(text)
+                continue
+            if inside and not any("pgmigrate_shape_probe" in t for t in inside):
+                found.append(" ".join(body.split())[:160])
+            elif not inside and head.startswith("BEGIN;"):
+                following = texts[i + 1] if i + 1 < len(texts) else ""
+                if not following.rstrip().endswith("COMMIT"):
+                    found.append("rollback: " + " ".join(body.split())[:150])
+    return found
+
+
+def test_no_lock_the_application_waits_for_is_held_across_a_round_trip(fresh_db: dict[str, Any],
+                                                                       tmp_path: Path) -> None:
+    """migrate.yml -e phase=all, then rollback.yml -e phase=all, through a proxy recording every
+    query: each statement that takes a lock the application's queries on its tables wait for
+    (ALTER TABLE, triggers, policies, LOCK TABLE) goes to the server in autocommit, in one query
+    that the server commits as it ends - never inside a transaction the controller ends a round
+    trip later, when a busy controller or a long link may keep every application query waiting.
+    The rollback's transaction alone takes two round trips, its records and COMMIT in the
+    second."""
+    with WireProxy(fresh_db["host"], fresh_db["port"]) as proxy:
+        db = {**fresh_db, "host": "127.0.0.1", "port": proxy.port}
+        for playbook in (MIGRATE, "playbooks/rollback.yml"):
+            result = run_playbook(playbook, db, {"phase": "all", **out_dirs(tmp_path)})
+            assert result.returncode == 0, playbook_output(result)
+        queries = proxy.queries()
+    strong = [q for _n, _t, q in queries if STRONG_LOCK.search(re.sub(r"--[^\n]*", "", q))]
+    assert len(strong) >= 6, "the phases' DDL went through the proxy"
+    assert held_across_round_trips(queries) == []

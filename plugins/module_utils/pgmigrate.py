@@ -408,7 +408,7 @@ def render(sql: str, params: dict[str, Any]) -> str:
         if literal:
             return quote_literal(str(value))
         if ident:
-            return '"' + str(value).replace('"', '""') + '"'
+            return quote_ident(str(value))
         return str(value)
 
     return _VARIABLE.sub(replace, sql)
@@ -416,6 +416,10 @@ def render(sql: str, params: dict[str, Any]) -> str:
 
 def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def split_statements(sql: str) -> list[str]:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import MigrationError, connect
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import MigrationError, connect, quote_ident
 
 # Schemas never dumped as user data.
 SYSTEM_SCHEMAS = "n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'"
@@ -43,10 +43,6 @@ def public_counts(counts: dict[str, int]) -> dict[str, int]:
     """The manifest's row_counts as the restore reads them (since the first manifest): the tables
     of public, by bare name. Every table, schema-qualified, is in row_counts_all."""
     return {key.split(".", 1)[1]: n for key, n in counts.items() if key.startswith("public.")}
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def count_rows(cur: Any) -> dict[str, int]:

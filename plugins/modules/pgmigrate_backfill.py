@@ -185,6 +185,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
@@ -196,8 +197,8 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     connect,
     json_safe,
     render,
+    run_transactional,
     split_statements,
-    with_lock_retry,
 )
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttle import (
     THROTTLE_ARG,
@@ -216,25 +217,15 @@ STATS = ("planned", "ambiguous", "ambiguous_resolved_by_installation",
 
 
 def run_plan(conn, plan_file: str, lock: dict, setup_files: list[str], since: str) -> int:
-    """The setup files (rule and sync) in one short transaction, then the plan in its own."""
+    """The setup files (rule and sync) as one short transaction in one round trip: the locks
+    its triggers take on the application's tables go as it ends, not a round trip later, when
+    the controller's COMMIT arrives. Then the plan in its own."""
+    texts = [render(Path(path).read_text(encoding="utf-8"), {"events_since": since}) for path in setup_files]
+    setup = "\n;\n".join(texts)
     retries = 0
-    setup = []
-    for path in setup_files:
-        with open(path, encoding="utf-8") as handle:
-            setup.append(render(handle.read(), {"events_since": since}))
-    with open(plan_file, encoding="utf-8") as handle:
-        plan_sql = handle.read()
-    for sqls in (tuple(setup), (plan_sql,)):
-        if not sqls:
-            continue
-
-        def work(cur, sqls=sqls):
-            for sql in sqls:
-                cur.execute(sql)
-            return 0
-
-        _result, tries = with_lock_retry(conn, work, lock, transactional=True, sql="\n".join(sqls))
-        retries += tries
+    for sql in (setup, Path(plan_file).read_text(encoding="utf-8")):
+        if sql:
+            retries += run_transactional(conn, sql, lock)[1]
     return retries
 
 

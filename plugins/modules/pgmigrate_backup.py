@@ -174,6 +174,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     MigrationError,
     connect,
     describe_target,
+    quote_ident,
 )
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_dump import (
     Snapshot,
@@ -189,7 +190,6 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_dump im
     program_major,
     program_version,
     public_counts,
-    quote_ident,
     remove_archive,
     require_dump_version,
     restore_list_entries,

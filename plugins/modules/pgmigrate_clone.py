@@ -265,6 +265,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     LOCK_ARGS,
     MigrationError,
     connect,
+    quote_ident,
     quote_literal,
     refuse_transaction_pooler,
 )
@@ -279,7 +280,6 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_dump im
     pg_program,
     pipe_beside,
     private_workdir,
-    quote_ident,
     require_dump_version,
     run_tool,
     scrub,

@@ -13,7 +13,8 @@ description:
     phase 2 would create that already exist with another shape, the strategy's integrity counts
     and the orphan report.
   - Never changes anything (the shape probe runs phase 2's DDL in a scratch schema, in a
-    transaction that is rolled back).
+    transaction that is rolled back), and locks none of the application's tables (the
+    prerequisites have bare copies there, which the new tables' foreign keys reference).
   - Fails naming every missing table, missing or mistyped column, and conflicting object.
 options:
   prerequisites:
@@ -104,6 +105,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     MigrationError,
     connect,
     fetch_dicts,
+    quote_ident,
     with_lock_retry,
 )
 
@@ -161,9 +163,15 @@ def check_privileges(cur, schema: str, create: bool, create_database: bool) -> l
 
 
 def probe_shapes(conn, schema: str, files: list[str], tables: list[str], extended: str,
-                 lock: dict) -> dict[str, dict[str, str]]:
+                 referenced: list[str], lock: dict) -> dict[str, dict[str, str]]:
     """Run phase 2's DDL in a scratch schema inside a transaction that is always rolled back,
-    and read the shapes it creates: the expected shape always matches the SQL files."""
+    and read the shapes it creates: the expected shape always matches the SQL files.
+
+    Nothing in it takes a lock on the application's tables: the extended table and the tables
+    the new ones reference (`referenced`, the prerequisites) have bare copies in the scratch
+    schema, so a foreign key resolves there. On the real clients_enhanced, a foreign key's SHARE
+    ROW EXCLUSIVE lock would stop the application's writes to it until the rollback, several
+    round trips later."""
     sqls = [Path(path).read_text(encoding="utf-8") for path in files]
 
     class Rollback(Exception):
@@ -176,6 +184,9 @@ def probe_shapes(conn, schema: str, files: list[str], tables: list[str], extende
         cur.execute(f"SET LOCAL search_path = {PROBE_SCHEMA}, {schema}")
         # A bare copy of the extended table, so ADD COLUMN IF NOT EXISTS shows the intended types.
         cur.execute(f"CREATE TABLE {PROBE_SCHEMA}.{extended} (id uuid)")
+        for table in referenced:
+            if table != extended and table not in tables:
+                cur.execute(f"CREATE TABLE {PROBE_SCHEMA}.{quote_ident(table)} (id uuid PRIMARY KEY)")
         for sql in sqls:
             cur.execute(sql)
         for table in tables + [extended]:
@@ -276,8 +287,8 @@ def main():
                                  problems=problems)
             adopted: list[str] = []
             if p["check_conflicts"]:
-                shapes = probe_shapes(conn, schema, p["shape_files"], p["new_tables"],
-                                      p["extended_table"], {k: p[k] for k in LOCK_ARGS})
+                shapes = probe_shapes(conn, schema, p["shape_files"], p["new_tables"], p["extended_table"],
+                                      list(p["prerequisites"]), {k: p[k] for k in LOCK_ARGS})
                 with conn.cursor() as cur:
                     conflicts, adopted = find_conflicts(cur, schema, shapes, p["extended_table"])
                 conn.rollback()
