@@ -101,6 +101,14 @@ BENCH_SCALE_ARGS ?=
 bench-scale: venv postgres
 	$(BIN)/python tools/bench/scale.py $(BENCH_SCALE_ARGS)
 
+# How long a full rollback holds the application's tables over a long link: through a proxy
+# adding a delay each way (tools/wire_proxy.py), beside today's application's reads.
+BENCH_LINK_ARGS ?=
+.PHONY: bench-link
+bench: bench-link
+bench-link: venv postgres
+	$(BIN)/python tools/bench/link.py $(BENCH_LINK_ARGS)
+
 # What the transition's sync costs today's application's writes (issue 12): the same open-loop
 # write mix with the sync and after complete.yml removed it, p50/p99 and the difference.
 BENCH_SYNC_ARGS ?=
