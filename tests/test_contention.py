@@ -198,16 +198,13 @@ STRONG_LOCK = re.compile(
     r"\s+(public\.)?" + APP_TABLES + r"\b", re.I)
 
 
-def held_across_round_trips(queries: list[tuple[int, float, str]]) -> list[str]:
+def held_across_round_trips(connections: dict[int, list[str]]) -> list[str]:
     """Queries that take such a lock inside a transaction the controller ends in a later round
     trip (BEGIN sent on its own, as psycopg2 does), but the rollback's: BEGIN and its revert files
     in one query, its records and COMMIT in the next. The preflight's probe of phase 2 (its
     scratch schema's copies) aside."""
     found = []
-    by_connection: dict[int, list[str]] = {}
-    for number, _at, text in queries:
-        by_connection.setdefault(number, []).append(text)
-    for texts in by_connection.values():
+    for texts in connections.values():
         inside: list[str] = []
         for i, text in enumerate(texts):
             head = text.strip().upper()
@@ -245,7 +242,7 @@ def test_no_lock_the_application_waits_for_is_held_across_a_round_trip(fresh_db:
         for playbook in (MIGRATE, "playbooks/rollback.yml"):
             result = run_playbook(playbook, db, {"phase": "all", **out_dirs(tmp_path)})
             assert result.returncode == 0, playbook_output(result)
-        queries = proxy.queries()
-    strong = [q for _n, _t, q in queries if STRONG_LOCK.search(re.sub(r"--[^\n]*", "", q))]
+        connections = proxy.by_connection()
+    strong = [q for texts in connections.values() for q in texts if STRONG_LOCK.search(re.sub(r"--[^\n]*", "", q))]
     assert len(strong) >= 6, "the phases' DDL went through the proxy"
-    assert held_across_round_trips(queries) == []
+    assert held_across_round_trips(connections) == []

@@ -262,17 +262,18 @@ def test_a_full_rollback_holds_its_locks_for_two_round_trips(copy: dict[str, Any
     for phase 2's columns). Each phase's record still carries its own files' notices."""
     with WireProxy(copy["host"], copy["port"]) as proxy:
         result = rollback({**copy, "host": "127.0.0.1", "port": proxy.port}, "all", tmp_path)
-        queries = proxy.queries()
+        connections = proxy.by_connection()
     assert result.returncode == 0, playbook_output(result)
     assert applied(copy) == []
     firsts = {p.relative_to(REPO_ROOT).as_posix(): p.read_text().splitlines()[0] for p in REVERT_FILES}
-    carrying = [(n, i) for i, (n, _t, q) in enumerate(queries) if any(line in q for line in firsts.values())]
-    assert len(carrying) == 1, [queries[i][2][:80] for _n, i in carrying]
+    carrying = [(n, i) for n, texts in connections.items() for i, q in enumerate(texts)
+                if any(line in q for line in firsts.values())]
+    assert len(carrying) == 1, [connections[n][i][:80] for n, i in carrying]
     conn, at = carrying[0]
-    script = queries[at][2]
+    script = connections[conn][at]
     assert script.startswith("BEGIN;")
     assert [f for f, line in firsts.items() if line not in script] == []
-    after = [q for n, _t, q in queries[at + 1:] if n == conn]
+    after = connections[conn][at + 1:]
     assert after[0].rstrip().endswith("COMMIT"), after[0][:200]
     assert after[0].count("UPDATE migration_ledger.history") == 6
     details = dict(query(copy, """SELECT phase, details FROM migration_ledger.history

@@ -5,6 +5,7 @@ test module).
         db = {**db, "host": "127.0.0.1", "port": proxy.port}   # connect through it
         ...
         proxy.queries()    # [(connection number, time received, SQL text)], every simple query
+        proxy.by_connection()   # {connection number: [SQL text, ...]}
 
 Each direction forwards what it reads after `delay_ms` (a one-way delay: a round trip costs
 twice that), without holding back what follows: bandwidth is unchanged, as on a long link. The
@@ -60,6 +61,13 @@ class WireProxy:
     def queries(self) -> list[tuple[int, float, str]]:
         with self._lock:
             return list(self._queries)
+
+    def by_connection(self) -> dict[int, list[str]]:
+        """Each connection's query texts, in the order it sent them."""
+        out: dict[int, list[str]] = {}
+        for number, _at, text in self.queries():
+            out.setdefault(number, []).append(text)
+        return out
 
     def _accept(self) -> None:
         while not self._closing:

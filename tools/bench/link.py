@@ -55,11 +55,10 @@ def reader(info: dict[str, Any], dbname: str, stop: threading.Event, longest: li
     conn.close()
 
 
-def locked_round_trips(queries: list[tuple[int, float, str]]) -> int:
+def locked_round_trips(connections: dict[int, list[str]]) -> int:
     """Queries of the rollback's connection from the one carrying its first revert file to the
     one ending in COMMIT, both counted."""
-    number = next(n for n, _t, q in queries if FIRST_REVERT in q)
-    texts = [q for n, _t, q in queries if n == number]
+    texts = next(t for t in connections.values() if any(FIRST_REVERT in q for q in t))
     first = next(i for i, q in enumerate(texts) if FIRST_REVERT in q)
     last = next(i for i in range(first, len(texts)) if texts[i].rstrip().upper().endswith("COMMIT"))
     return last - first + 1
@@ -89,10 +88,11 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.monotonic()
                 playbook({**info, "host": "127.0.0.1", "port": proxy.port}, name, "rollback.yml", work, phase="all")
                 wall = time.monotonic() - started
-                queries = proxy.queries()
+                connections = proxy.by_connection()
             stop.set()
             app.join()
-            rows.append({"delay_ms": delay, "round_trip_ms": 2 * delay, "locked_queries": locked_round_trips(queries),
+            rows.append({"delay_ms": delay, "round_trip_ms": 2 * delay,
+                         "locked_queries": locked_round_trips(connections),
                          "app_longest_ms": round(longest[0], 1), "rollback_wall_s": round(wall, 1)})
             print(f"bench-link: {delay:g} ms each way done", flush=True)
     finally:
