@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 from conftest import TEMPLATE_SCALE
 from helpers import clone_database, connect, drop_database, playbook_output, query, run_playbook
@@ -169,10 +170,16 @@ def test_old_application_writes_stay_consistent(migrated: dict[str, Any]) -> Non
                     AND marketplace_module_id IS NULL""")
     conn.close()
     assert inconsistent(db) == {}
-    # The application's role may not write the ledger: the sync's functions run as their owner.
+    # The application's role may not write the ledger: the trigger functions run as their
+    # owner, with a fixed search_path; the relink they call runs in their context, and only
+    # its owner may call it.
     assert scalar(db, """SELECT count(*) FROM pg_proc WHERE pronamespace = 'migration_ledger'::regnamespace
-                          AND proname LIKE 'transition%%' AND prosecdef
-                          AND array_to_string(proconfig, ',') LIKE 'search_path=%%'""") == 4
+                          AND proname LIKE 'transition_sync%%' AND prosecdef
+                          AND array_to_string(proconfig, ',') LIKE 'search_path=%%'""") == 3
+    assert scalar(db, """SELECT NOT prosecdef AND proconfig IS NULL
+                               AND NOT has_function_privilege('public', oid, 'EXECUTE')
+                          FROM pg_proc WHERE pronamespace = 'migration_ledger'::regnamespace
+                           AND proname = 'transition_relink'""")
 
 
 def test_installations_never_scan_the_events_when_their_plan_was_made_on_an_empty_table(
@@ -218,6 +225,59 @@ def test_installations_never_scan_the_events_when_their_plan_was_made_on_an_empt
     assert (seq_after - seq_before, idx_after - idx_before) == (0, len(clients))
     assert scalar(migrated, "SELECT count(*) FROM integration_events") == len(clients)
 
+
+
+def test_an_installation_sees_an_override_committed_while_it_waited(migrated: dict[str, Any]) -> None:
+    """An installation of a module the client has no override of links nothing: a probe finds
+    no override, then it takes the client's advisory lock and probes again in a new snapshot.
+    An override of that name inserted by a transaction still open at the first probe (it holds
+    the lock shared, and derived its linkage before the installation existed) is seen by the
+    second, after that transaction commits, and linked to the new installation."""
+    tenant, name, module = query(migrated, """
+        SELECT c.id::text, mm.name, mm.id::text FROM clients_enhanced c
+         CROSS JOIN marketplace_modules mm
+         WHERE mm.name IN (SELECT name FROM marketplace_modules GROUP BY name HAVING count(*) = 1)
+           AND NOT EXISTS (SELECT 1 FROM client_app_overrides o WHERE o.client_id = c.id AND o.app_name = mm.name)
+           AND NOT EXISTS (SELECT 1 FROM module_installations mi WHERE mi.tenant_id = c.id AND mi.module_id = mm.id)
+         ORDER BY c.id, mm.name LIMIT 1""")[0]
+    writer = connect(migrated)
+    installer = connect(migrated)
+    installer.autocommit = True
+    installed: dict[str, Any] = {}
+
+    def install() -> None:
+        try:
+            with installer.cursor() as cur:
+                cur.execute("""INSERT INTO module_installations (module_id, tenant_id) VALUES (%s, %s)
+                               RETURNING id::text""", (module, tenant))
+                installed["id"] = cur.fetchone()[0]
+        except psycopg2.Error as exc:  # reported by the assertion below
+            installed["error"] = exc
+
+    try:
+        with writer.cursor() as cur:
+            cur.execute("""INSERT INTO client_app_overrides (client_id, app_name, enabled)
+                           VALUES (%s, %s, true) RETURNING id::text""", (tenant, name))
+            override = cur.fetchone()[0]
+            cur.execute("SELECT marketplace_module_id::text, installation_id FROM client_app_overrides WHERE id = %s",
+                        (override,))
+            assert cur.fetchone() == (module, None)
+        thread = threading.Thread(target=install)
+        thread.start()
+        # The installation waits for the open override's transaction (the advisory lock).
+        deadline = time.monotonic() + 10
+        while not query(migrated, """SELECT 1 FROM pg_locks
+                                      WHERE locktype = 'advisory' AND NOT granted"""):
+            assert time.monotonic() < deadline and thread.is_alive(), installed
+            time.sleep(0.02)
+        writer.commit()
+        thread.join(10)
+        assert not thread.is_alive() and "error" not in installed, installed
+    finally:
+        writer.close()
+        installer.close()
+    assert linkage(migrated, override) == (module, installed["id"], "active")
+    assert inconsistent(migrated) == {}
 
 def test_installation_deleted_before_phase_4_relinks(phase2_db: dict[str, Any], tmp_path: Path) -> None:
     db = phase2_db

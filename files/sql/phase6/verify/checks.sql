@@ -51,7 +51,8 @@ SELECT 'linkage.complete', count(*) = 0, count(*)::text, '0'
    AND EXISTS (SELECT 1 FROM marketplace_modules mm WHERE mm.name = cao.app_name);
 
 -- While the transition is open (phase 3 to playbooks/complete.yml), its sync is in place: the
--- three triggers, enabled, and their functions SECURITY DEFINER with a fixed search_path.
+-- three triggers, enabled, and their functions SECURITY DEFINER with a fixed search_path; the
+-- relink they call runs in their context (no SET clause of its own), and nobody else may call it.
 SELECT 'transition.sync_in_place',
        NOT t.open OR (x.triggers = 3 AND x.functions = 4),
        CASE WHEN t.open THEN 'open: ' || x.triggers || ' triggers, ' || x.functions || ' functions'
@@ -65,10 +66,14 @@ SELECT 'transition.sync_in_place',
                                                    ('module_installations'::regclass, 'pgmigrate_transition_installation'),
                                                    ('marketplace_modules'::regclass, 'pgmigrate_transition_listing'))) AS triggers,
                (SELECT count(*) FROM pg_proc pr
-                 WHERE pr.pronamespace = 'migration_ledger'::regnamespace AND pr.prosecdef
-                   AND pr.proconfig IS NOT NULL
-                   AND pr.proname IN ('transition_sync_override', 'transition_sync_installation',
-                                      'transition_sync_listing', 'transition_relink')) AS functions) AS x;
+                 WHERE pr.pronamespace = 'migration_ledger'::regnamespace
+                   AND ((pr.prosecdef AND pr.proconfig IS NOT NULL
+                         AND pr.proname IN ('transition_sync_override', 'transition_sync_installation',
+                                            'transition_sync_listing'))
+                        OR (pr.proname = 'transition_relink'
+                            AND NOT EXISTS (SELECT 1 FROM aclexplode(coalesce(pr.proacl, acldefault('f', pr.proowner))) AS a
+                                             WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))))
+               AS functions) AS x;
 
 SELECT 'linkage.activation_status', count(*) = 0, count(*)::text, '0'
   FROM client_app_overrides cao
