@@ -226,7 +226,6 @@ def test_installations_never_scan_the_events_when_their_plan_was_made_on_an_empt
     assert scalar(migrated, "SELECT count(*) FROM integration_events") == len(clients)
 
 
-
 def test_an_installation_sees_an_override_committed_while_it_waited(migrated: dict[str, Any]) -> None:
     """An installation of a module the client has no override of links nothing: a probe finds
     no override, then it takes the client's advisory lock and probes again in a new snapshot.
@@ -278,6 +277,7 @@ def test_an_installation_sees_an_override_committed_while_it_waited(migrated: di
         installer.close()
     assert linkage(migrated, override) == (module, installed["id"], "active")
     assert inconsistent(migrated) == {}
+
 
 def test_installation_deleted_before_phase_4_relinks(phase2_db: dict[str, Any], tmp_path: Path) -> None:
     db = phase2_db
