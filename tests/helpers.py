@@ -76,6 +76,16 @@ def connect(db: dict[str, Any]) -> psycopg2.extensions.connection:
     )
 
 
+# The suite runs two workers on shared, loaded machines: a probe 50 % slower than its baseline
+# is load noise here, not the migration. The criterion itself is tested in
+# tests/test_monitoring.py with its own values. Every inventory of the suite that migrates
+# carries these (inventory_data, rehearsal_helpers.host_vars).
+LOADED_MACHINE_ABORT = {
+    "migration_abort_degradation_pct": 1000,
+    "migration_abort_min_delta_ms": 1000,
+}
+
+
 def inventory_data(db: dict[str, Any], env_name: str = "local") -> dict[str, Any]:
     """Inventory (group `databases`, one host) whose migration_db_* point at `db`."""
     host_vars = {
@@ -85,11 +95,7 @@ def inventory_data(db: dict[str, Any], env_name: str = "local") -> dict[str, Any
         "migration_db_user": db["user"],
         "migration_db_password": db["password"],
         "migration_env": env_name,
-        # The suite runs two workers on shared, loaded machines: a probe 50 % slower than its
-        # baseline is load noise here, not the migration. The criterion itself is tested in
-        # tests/test_monitoring.py with its own values.
-        "migration_abort_degradation_pct": 1000,
-        "migration_abort_min_delta_ms": 1000,
+        **LOADED_MACHINE_ABORT,
         # Two linking sessions (the default is one): the suite keeps the side-by-side path,
         # each session on its own pages, under test; Molecule runs the default.
         "phase3_data_backfill_workers": 2,

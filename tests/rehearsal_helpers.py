@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO_ROOT, connect, make_cluster_tempdir, pgcluster
+from helpers import LOADED_MACHINE_ABORT, REPO_ROOT, connect, make_cluster_tempdir, pgcluster
 from psycopg2 import sql
 
 TIMEOUT_S = 1800
@@ -91,6 +91,7 @@ def host_vars(db: dict[str, Any], env_name: str, **extra: Any) -> dict[str, Any]
         "migration_db_user": db["user"],
         "migration_db_password": db["password"],
         "migration_env": env_name,
+        **LOADED_MACHINE_ABORT,
         "ansible_connection": "local",
         "ansible_python_interpreter": sys.executable,
         **extra,
