@@ -38,6 +38,9 @@ APP_NAME = "bench-app"
 # The old application's mix (pgbench -f FILE@WEIGHT), in the order pgbench numbers the scripts.
 APP_MIX = (("read", "old_app_read.sql", 40), ("flip", "old_app_flip.sql", 30),
            ("install", "old_app_install.sql", 20), ("new_override", "old_app_new_override.sql", 10))
+# The second mix of the capacity measurements: one request reading, flipping and installing, so
+# every transaction pays the sync of a flip and of an installation.
+READ_FLIP_INSTALL_MIX = (("read_flip_install", "old_app_read_flip_install.sql", 1),)
 DASHBOARD = ("dashboard", "dashboard_read.sql")
 VIEWS_POLL_S = 0.25
 TPS = re.compile(r"^tps = ([\d.]+)", re.MULTILINE)
@@ -66,9 +69,11 @@ def pgbench_args(pgbench: str, scripts: list[tuple[str, int]], clients: int, sca
     return args
 
 
-def capacity(pgbench: str, db: dict[str, Any], scale: int, clients: int, seconds: float) -> dict[str, Any]:
-    """The old application's mix, unthrottled (no --rate), for `seconds`: transactions/s."""
-    args = [*pgbench_args(pgbench, [(f, w) for _, f, w in APP_MIX], clients, scale), "-T", str(max(1, round(seconds)))]
+def capacity(pgbench: str, db: dict[str, Any], scale: int, clients: int, seconds: float,
+             mix: tuple[tuple[str, str, int], ...] = APP_MIX) -> dict[str, Any]:
+    """A mix of the old application (by default its usual one), unthrottled (no --rate), for
+    `seconds`: transactions/s."""
+    args = [*pgbench_args(pgbench, [(f, w) for _, f, w in mix], clients, scale), "-T", str(max(1, round(seconds)))]
     result = subprocess.run(args, env=pg_env(db), capture_output=True, text=True, check=False,
                             preexec_fn=app_first, timeout=seconds + 120)
     found = TPS.search(result.stdout)
