@@ -119,6 +119,13 @@ def test_the_links_are_checked() -> None:
     assert "lock-safety" in anchors(REPO_ROOT / "docs" / "design.md")
 
 
+def test_every_code_fence_is_closed() -> None:
+    """An unclosed ``` turns the rest of a page into code (design.md's tunables once were)."""
+    unclosed = [str(page.relative_to(REPO_ROOT)) for page in pages()
+                if sum(1 for line in page.read_text().splitlines() if re.match(r"\s*(```|~~~)", line)) % 2]
+    assert not unclosed, f"a code fence is left open in: {', '.join(unclosed)}"
+
+
 def test_readme_stays_short() -> None:
     lines = (REPO_ROOT / "README.md").read_text().count("\n")
     assert lines < README_MAX_LINES, (

