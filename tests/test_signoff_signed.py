@@ -163,6 +163,7 @@ def test_key_not_allowed_is_refused(fresh_db: dict[str, Any], signed_vars: dict[
     assert record(fresh_db, signed_vars, "DBA", sign(keys["jane"], plan)).returncode == 0
     # approve.yml refuses to record a signature by a key the allowed signers do not list...
     mallory = sign(keys["mallory"], plan)
+    mallory_signature = mallory.read_text()  # sign() below writes the same PLAN.sig again
     refused = assert_refused(fresh_db, lambda: record(fresh_db, signed_vars, "Product owner", mallory),
                              "is by a key that is not among the allowed signers", "Nothing was recorded")
     assert "sam@example.com" in refused
@@ -173,7 +174,7 @@ def test_key_not_allowed_is_refused(fresh_db: dict[str, Any], signed_vars: dict[
     query(fresh_db, """INSERT INTO migration_ledger.approvals
                          (stage, role, name, decision, environment, recorded_by, signature)
                        VALUES ('pre', 'Product owner', 'Sam Lee', 'go', 'production', 'someone', %s)""",
-          (mallory.read_text(),))
+          (mallory_signature,))
     assert_refused(fresh_db, lambda: migrate(fresh_db, signed_vars),
                    "Product owner's signature (Sam Lee, recorded at", "not among the allowed signers",
                    "Nothing was changed")
