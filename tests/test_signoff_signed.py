@@ -170,6 +170,10 @@ def test_key_not_allowed_is_refused(fresh_db: dict[str, Any], signed_vars: dict[
     # ...and by an allowed key of another role.
     assert_refused(fresh_db, lambda: record(fresh_db, signed_vars, "Product owner", sign(keys["jane"], plan)),
                    "is by jane@example.com, who may not sign for Product owner")
+    # ...and a signature the right key made for something else (git's namespace).
+    assert_refused(fresh_db, lambda: record(fresh_db, signed_vars, "Product owner",
+                                            sign(keys["sam"], plan, namespace="git")),
+                   "does not verify against this plan in namespace pgmigrate-plan", "namespace does not match")
     # Whoever holds the migration's login can write the ledger past approve.yml: the run checks again.
     query(fresh_db, """INSERT INTO migration_ledger.approvals
                          (stage, role, name, decision, environment, recorded_by, signature)

@@ -441,14 +441,15 @@ def check_signature(role: str, principals: list[str], row: dict[str, Any] | None
             key = re.search(r"with (\S+) key (\S+)", verified.stdout + verified.stderr)
             return {"role": role, "principal": principal, "key": " ".join(key.groups()) if key else "",
                     "recorded_at": row.get("recorded_at"), "plan_checksum": sha256_of(plan)}, ""
-        failures.append((verified.stderr or verified.stdout).strip().splitlines()[-1:])
+        failures.append(" ".join(line.strip() for line in (verified.stderr + verified.stdout).splitlines()
+                                 if line.strip()))
     signed_plan = row.get("plan") or ""
     if signed_plan and sha256_of(signed_plan) != sha256_of(plan):
         return None, (f"{role}'s signature ({who}) is of another plan (sha256 {sha256_of(signed_plan)[:12]}; "
                       f"this run's is {sha256_of(plan)[:12]}): changed since it was signed: "
                       f"{plan_changes(signed_plan, plan)}. Review the new plan and sign it again, or put "
                       "back what was signed")
-    detail = "; ".join(" ".join(f) for f in failures if f)
+    detail = "; ".join(failure for failure in failures if failure)
     return None, (f"{role}'s signature ({who}) by {', '.join(permitted)} does not verify against this plan "
                   f"in namespace {namespace} ({detail or 'no detail'}): sign this run's plan with "
                   f"ssh-keygen -Y sign -n {namespace}")
