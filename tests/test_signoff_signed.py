@@ -19,6 +19,7 @@ from helpers import (
     db_snapshot,
     ledger_exists,
     playbook_output,
+    plugin,
     query,
     run_playbook,
     run_playbook_at,
@@ -206,3 +207,15 @@ def test_plan_changed_after_signing_is_refused(fresh_db: dict[str, Any], signed_
     # Signing the plan of another run (phase=all) is no sign-off of this one either.
     assert_refused(fresh_db, lambda: migrate(fresh_db, signed_vars, repo, phase="all"), "is of another plan",
                    "phases (1 -> 1 2 3 4 5 6)")
+
+
+def test_a_value_never_reads_as_another_line_of_the_plan() -> None:
+    """A database name holding a line break or a space is quoted: no two targets print alike."""
+    signoff = plugin("modules", "pgmigrate_signoff")
+    params = {"db_host": "db.internal", "db_port": 5432, "phases": [], "sql_root": str(REPO_ROOT / "files/sql")}
+    plain = signoff.plan_text({**params, "db_name": "agency"})
+    forged = signoff.plan_text({**params, "db_name": "agency\nfile files/sql/x.sql sha256=0"})
+    assert "dbname=agency\n" in plain
+    assert 'dbname="agency\\nfile files/sql/x.sql sha256=0"\n' in forged
+    assert len(forged.splitlines()) == len(plain.splitlines()) == 3
+    assert signoff.plan_changes(plain, forged).startswith("database (")

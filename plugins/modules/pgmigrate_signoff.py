@@ -241,6 +241,7 @@ problems:
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -322,20 +323,32 @@ def do_check(module, conn) -> dict:
 
 # --- signed sign-offs ---------------------------------------------------------------------
 
+def plan_field(value: Any) -> str:
+    """A value as one token: quoted (JSON) when it holds a space, a quote or a line break, so no
+    two plans print alike."""
+    text = str(value)
+    return text if re.fullmatch(r'[^\s"]+', text) else json.dumps(text)
+
+
+def principals_of(value: Any) -> list[str]:
+    """A role's principals: a list, or one name given as a string."""
+    return [value] if isinstance(value, str) else [str(name) for name in value or []]
+
+
 def plan_text(p: dict[str, Any]) -> str:
     """The run's plan: one line per fact, in a fixed order, so the same run always gives the same
     bytes. The files are those the ledger checksums for its drift check (the same list), named
     as in the checkout; the database by where it is, never by its credentials."""
     ordered = sorted(p["phases"], key=lambda item: str(item["phase"]))
     lines = [PLAN_HEADER,
-             f"database host={p['db_host']} port={p['db_port']} dbname={p['db_name']}",
+             f"database host={plan_field(p['db_host'])} port={p['db_port']} dbname={plan_field(p['db_name'])}",
              "phases " + " ".join(str(item["phase"]) for item in ordered)]
     for item in ordered:
         for key, value in sorted((item.get("checksum_params") or {}).items()):
-            lines.append(f"param {item['phase']} {key}={value}")
+            lines.append(f"param {item['phase']} {key}={plan_field(value)}")
     for item in ordered:
         for path, digest in sorted(file_checksums(item.get("files") or [], p["sql_root"]).items()):
-            lines.append(f"file files/sql/{path} sha256={digest}")
+            lines.append(f"file {plan_field('files/sql/' + path)} sha256={digest}")
     return "\n".join(lines) + "\n"
 
 
@@ -493,7 +506,7 @@ def do_verify(module, conn) -> dict:
     signed, problems = [], []
     with allowed_signers_file(p) as allowed, tempfile.TemporaryDirectory(prefix="pgmigrate-sigs-") as workdir:
         for role, principals in p["signers"].items():
-            good, problem = check_signature(role, [str(x) for x in principals or []], rows.get(role.lower()),
+            good, problem = check_signature(role, principals_of(principals), rows.get(role.lower()),
                                             plan, allowed, p["namespace"], workdir)
             if good:
                 signed.append(good)
@@ -522,7 +535,7 @@ def signed_decision(module) -> dict[str, Any]:
     plan = plan_text(p)
     row = {"who": p["signature_file"], "decision": "go", "signature": signature}
     with allowed_signers_file(p) as allowed, tempfile.TemporaryDirectory(prefix="pgmigrate-sigs-") as workdir:
-        good, problem = check_signature(role, [str(x) for x in principals or []], row, plan, allowed,
+        good, problem = check_signature(role, principals_of(principals), row, plan, allowed,
                                         p["namespace"], workdir)
     if not good:
         raise MigrationError(f"{problem}. Nothing was recorded")
