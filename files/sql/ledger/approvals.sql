@@ -14,3 +14,12 @@ CREATE TABLE IF NOT EXISTS migration_ledger.approvals (
 );
 
 CREATE INDEX IF NOT EXISTS approvals_role_idx ON migration_ledger.approvals (stage, role, recorded_at DESC);
+
+-- Signed sign-offs (docs/monitoring.md#signed-sign-offs): the approver's SSH signature of the
+-- run's plan (armored, as ssh-keygen -Y sign writes it), the plan it was verified against when
+-- recorded and its sha256. Every run verifies the signature again against its own plan; the
+-- plan kept here only says what changed since. Added to ledgers created before them.
+ALTER TABLE migration_ledger.approvals
+    ADD COLUMN IF NOT EXISTS signature text,
+    ADD COLUMN IF NOT EXISTS plan text,
+    ADD COLUMN IF NOT EXISTS plan_checksum text;
