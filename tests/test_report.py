@@ -72,4 +72,5 @@ def test_stopped_by_an_alert(fresh_db: dict[str, Any], tmp_path: Path) -> None:
     report = the_report(tmp_path)
     assert report["result"] == "stopped", report["reason"]
     assert report["result_phase"] == "1", report["reason"]
-    assert query(fresh_db, "SELECT phase FROM migration_ledger.history WHERE status = 'succeeded'") == [], report["reason"]
+    succeeded = query(fresh_db, "SELECT phase FROM migration_ledger.history WHERE status = 'succeeded'")
+    assert succeeded == [], report["reason"]
