@@ -35,7 +35,9 @@ def the_new_application_writes(db: dict[str, Any]) -> None:
                  SELECT 'renewal', 'renewal', id FROM clients_enhanced ORDER BY id LIMIT 1""")
     query(db, """UPDATE integration_events SET status = 'processed', processed_at = clock_timestamp()
                   WHERE id = (SELECT id FROM integration_events ORDER BY id LIMIT 1)""")
-    query(db, """UPDATE client_app_overrides SET marketplace_module_id = gen_random_uuid()
+    query(db, """UPDATE client_app_overrides AS cao
+                    SET marketplace_module_id = (SELECT m.id FROM marketplace_modules m
+                                                  WHERE m.id <> cao.marketplace_module_id ORDER BY m.id LIMIT 1)
                   WHERE id = (SELECT id FROM client_app_overrides WHERE marketplace_module_id IS NOT NULL
                               ORDER BY id LIMIT 1)""")
     query(db, """UPDATE client_app_overrides SET activation_metadata = '{"by": "v2"}'

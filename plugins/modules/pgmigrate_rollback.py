@@ -399,7 +399,8 @@ def new_data_since_cutover(conn) -> dict | None:
             cur.execute("""SELECT array_agg(a.attname::text) FROM pg_attribute a
                             WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
                               AND a.attname = ANY(%s)""", (table, list(times)))
-            present = [t for t in times if t in (cur.fetchone()[0] or [])]
+            columns = cur.fetchone()[0] or []
+            present = [t for t in times if t in columns]
             if not present:
                 continue
             where = " OR ".join(f"{col} > %(t)s" for col in present)
