@@ -16,6 +16,7 @@ from helpers import (
     _ansible_env,
     _ansible_playbook,
     playbook_output,
+    query,
     run_playbook,
     write_inventory,
 )
@@ -86,3 +87,17 @@ def test_unreadable_database_still_gives_json(fresh_db: dict[str, Any], tmp_path
     assert result.returncode == 2, playbook_output(result)
     db = json.loads(result.stdout)["databases"]["testdb"]
     assert db["error"] and "wrong" not in result.stdout + result.stderr
+
+
+def test_deferred_work_flows_in_where_the_ledger_has_it(fresh_db: dict[str, Any], tmp_path: Path) -> None:
+    """Where the ledger has migration_ledger.transition_queue_state() (the transition's queue), its
+    columns reach `deferred` as they are, extra ones included; without it the keys are null."""
+    query(fresh_db, """CREATE SCHEMA migration_ledger;
+                       CREATE FUNCTION migration_ledger.transition_queue_state(
+                           OUT depth bigint, OUT oldest_age_s numeric, OUT drained_by text, OUT paused boolean)
+                       LANGUAGE sql STABLE AS $$ SELECT 42::bigint, 1.5, 'the sync', false $$""")
+    result = status_json(fresh_db, tmp_path)
+    assert result.returncode == 0, playbook_output(result)
+    deferred = json.loads(result.stdout)["databases"]["testdb"]["deferred"]
+    assert deferred == {"available": True, "depth": 42, "oldest_age_s": 1.5, "drained_by": "the sync",
+                        "paused": False}
