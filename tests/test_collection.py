@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -107,3 +108,46 @@ def test_the_installed_collection_migrates_from_outside_the_checkout(
     for name in ("rollback", "complete", "rehearse", "watch", "approve", "brief", "review", "cleanup"):
         checked = run([playbook, f"agency.pgmigrate.{name}", "-i", str(inventory), "--syntax-check"], workdir, env)
         assert checked.returncode == 0, f"agency.pgmigrate.{name}\n{playbook_output(checked)}"
+
+
+def doc_block(heading: str) -> str:
+    """The first ```sh block after `heading` in docs/collection.md, exactly as a reader copies it."""
+    text = (REPO_ROOT / "docs" / "collection.md").read_text()
+    after = text[text.index(f"## {heading}\n"):]
+    start = after.index("```sh\n") + len("```sh\n")
+    return after[start:after.index("```", start)]
+
+
+def test_the_documented_commands_install_and_run_as_written(fresh_db: dict[str, Any], tmp_path: Path) -> None:
+    """docs/collection.md's build and install lines typed in the checkout (a copy of it: the build
+    writes dist/ there), then its "run from outside" lines typed in a shell of its own, with a
+    HOME of the test's, no ANSIBLE_* variable: the checkout's ansible.cfg is read as a reader's
+    shell would read it, and its collections/ link must not hide the install ("Nothing to do")."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO_ROOT, checkout, symlinks=True,
+                    ignore=shutil.ignore_patterns(*NOT_PACKED[:-1], "dist", "__pycache__"))
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    # The async sampler's job files: ansible-core finds them under the passwd entry's home, not $HOME.
+    env.update(HOME=str(home), ANSIBLE_NOCOLOR="1", ANSIBLE_ASYNC_DIR=str(home / ".ansible_async"),
+               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+
+    install = run(["bash", "-ec", doc_block("Build and install")], checkout, env)
+    out = playbook_output(install)
+    assert install.returncode == 0, out
+    assert "Nothing to do" not in out
+    assert (home / "collections" / "ansible_collections" / "agency" / "pgmigrate" / "MANIFEST.json").is_file(), out
+    # Typed twice (a rebuilt archive, the same version): replaced, not "already installed".
+    again = run(["bash", "-ec", doc_block("Build and install")], checkout, env)
+    assert again.returncode == 0 and "Nothing to do" not in playbook_output(again), playbook_output(again)
+
+    (home / "migrations").mkdir()
+    write_inventory(home / "migrations", fresh_db)
+    outside = run(["bash", "-ec", doc_block("Run from outside the checkout")], home, env)
+    out = playbook_output(outside)
+    assert outside.returncode == 0, out
+    assert "could not be found" not in out
+    assert str(checkout) not in outside.stdout  # the installed collection ran, not the checkout
+    assert applied(fresh_db) == []  # migrated, then rolled back, as the block says
+    assert list((home / "migrations" / "reports").glob("*-local-migrate-testdb.json"))

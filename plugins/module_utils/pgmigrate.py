@@ -570,6 +570,58 @@ def applied_phases(state: dict[str, dict[str, Any]]) -> list[str]:
     return sorted(p for p, row in state.items() if row["direction"] == "apply")
 
 
+# What a transition's deferred work looks like when the ledger has no queue to read: every field
+# present, so that a pipeline reading status.yml's JSON finds the same keys either way.
+DEFERRED_FIELDS = ("depth", "oldest_age_s", "drained_by")
+
+
+def deferred_state(conn: Any) -> dict[str, Any]:
+    """The transition's deferred work, as migration_ledger.transition_queue_state() says when the
+    ledger has it (its columns, or the object it returns, as they are); otherwise every field None
+    and available false. Read-only; the function is looked up, never created."""
+    state: dict[str, Any] = {"available": False, **dict.fromkeys(DEFERRED_FIELDS)}
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regprocedure(%s) IS NOT NULL", (f"{LEDGER_SCHEMA}.transition_queue_state()",))
+        if cur.fetchone()[0]:
+            cur.execute(f"SELECT to_jsonb(q) FROM {LEDGER_SCHEMA}.transition_queue_state() q")
+            row = cur.fetchone()
+            found = row[0] if row else None
+            state["available"] = True
+            if isinstance(found, dict):
+                state.update(found)
+            elif found is not None:
+                state["value"] = found
+    conn.rollback()
+    return json_safe(state)
+
+
+def ledger_size(conn: Any, lock_timeout_ms: int = 100) -> dict[str, Any]:
+    """The space the ledger's tables hold (pg_total_relation_size: heap, indexes, TOAST), table by
+    table, largest first. Sizing a table takes ACCESS SHARE: with a short lock_timeout a table being
+    dropped (cleanup's finalize) is reported as None instead of waited for."""
+    sizes: dict[str, int | None] = {}
+    if not ledger_exists(conn):
+        return {"bytes": 0, "tables": sizes}
+    with conn.cursor() as cur:
+        cur.execute("""SELECT c.relname FROM pg_class c
+                        WHERE c.relnamespace = to_regnamespace(%s) AND c.relkind IN ('r', 'p', 'm')
+                        ORDER BY c.relname""", (LEDGER_SCHEMA,))
+        names = [r[0] for r in cur.fetchall()]
+        cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout_ms)}ms",))
+        for name in names:
+            cur.execute("SAVEPOINT size")
+            try:
+                cur.execute("SELECT pg_total_relation_size(to_regclass(%s))", (f"{LEDGER_SCHEMA}.{name}",))
+                sizes[name] = cur.fetchone()[0]
+                cur.execute("RELEASE SAVEPOINT size")
+            except Exception:  # noqa: BLE001 - a lock not granted in time: said, not waited for
+                cur.execute("ROLLBACK TO SAVEPOINT size")
+                sizes[name] = None
+    conn.rollback()
+    ordered = dict(sorted(sizes.items(), key=lambda kv: -(kv[1] or 0)))
+    return {"bytes": sum(v or 0 for v in sizes.values()), "tables": ordered}
+
+
 def ledger_unfinished(conn: Any) -> dict[str, dict[str, Any]]:
     """Phases whose latest record did not succeed (running, failed or interrupted), keyed by
     phase: a run killed or failed half-way. A rollback treats such a phase as present (partly

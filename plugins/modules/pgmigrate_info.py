@@ -29,6 +29,14 @@ options:
     type: bool
     default: false
     description: Also return C(ledger) - what M(agency.pgmigrate.pgmigrate_ledger) C(action=status) returns.
+  status:
+    type: bool
+    default: false
+    description:
+      - "Also return C(deferred), the transition's deferred work (what
+        C(migration_ledger.transition_queue_state()) returns where the ledger has it; else
+        C(available: false) and its fields null), and C(ledger_size), the space the ledger's tables
+        hold - what C(playbooks/status.yml) reports."
   programs:
     type: list
     elements: str
@@ -112,6 +120,32 @@ ledger:
   description: The ledger's status (C(state), C(applied), C(unfinished), C(ledger_exists)).
   returned: when I(ledger) is true
   type: dict
+deferred:
+  description: >-
+    The transition's deferred work - C(available), C(depth), C(oldest_age_s), C(drained_by) and
+    whatever else C(migration_ledger.transition_queue_state()) returns.
+  returned: when I(status) is true
+  type: dict
+applied:
+  description: The phases applied, in order.
+  returned: when I(status) is true
+  type: list
+  elements: str
+  sample: ["1", "2", "3"]
+phases:
+  description: >-
+    Each phase the ledger knows - C(state) (C(applied), C(rolled back), C(never applied)),
+    C(finished_at), C(operator), C(approved_by), C(run_id), C(rows_affected), C(duration_s) of its
+    last success, and C(unfinished), a later run that did not finish (or null).
+  returned: when I(status) is true
+  type: dict
+ledger_size:
+  description: >-
+    C(bytes), the ledger's tables' total size (pg_total_relation_size), and C(tables), each
+    table's, largest first (null - a table locked by a concurrent drop, not waited for).
+  returned: when I(status) is true
+  type: dict
+  sample: {bytes: 1589248, tables: {phase3_override_plan: 1048576, history: 65536}}
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -121,8 +155,10 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     MigrationError,
     applied_phases,
     connect,
+    deferred_state,
     describe_target,
     ledger_exists,
+    ledger_size,
     ledger_state,
     ledger_unfinished,
     refuse_transaction_pooler,
@@ -158,6 +194,7 @@ def main():
             require_writable=dict(type="bool", default=True),
             min_server_version=dict(type="int", default=130000),
             ledger=dict(type="bool", default=False),
+            status=dict(type="bool", default=False),
             programs=dict(type="list", elements="str", default=[]),
             pg_bin_dir=dict(type="str", default=""),
             refuse_pooler=dict(type="bool", default=True),
@@ -186,11 +223,38 @@ def main():
             state = ledger_state(conn)
             facts["ledger"] = {"changed": False, "state": state, "applied": applied_phases(state),
                                "unfinished": ledger_unfinished(conn), "ledger_exists": ledger_exists(conn)}
+        if p["status"]:
+            state = ledger_state(conn)
+            facts["applied"] = applied_phases(state)
+            facts["phases"] = phase_states(state, ledger_unfinished(conn))
+            facts["deferred"] = deferred_state(conn)
+            facts["ledger_size"] = ledger_size(conn)
     except MigrationError as exc:
         module.fail_json(msg=str(exc))
     finally:
         conn.close()
     module.exit_json(changed=False, **facts)
+
+
+def phase_states(state: dict, unfinished: dict) -> dict:
+    """Each phase the ledger knows, as status.yml's JSON gives it: `applied` or `rolled back` (its
+    last success), with `unfinished` naming a later run that did not finish (failed, running,
+    interrupted)."""
+    out: dict = {}
+    for phase, row in sorted(state.items()):
+        out[phase] = {"state": "applied" if row["direction"] == "apply" else "rolled back",
+                      "finished_at": row["finished_at"], "operator": row["operator"],
+                      "approved_by": row["approved_by"], "run_id": row["run_id"],
+                      "rows_affected": row["rows_affected"],
+                      "duration_s": float(row["duration_s"]) if row["duration_s"] is not None else None,
+                      "unfinished": None}
+    for phase, row in sorted(unfinished.items()):
+        entry = out.setdefault(phase, {"state": "never applied", "finished_at": None, "operator": None,
+                                       "approved_by": None, "run_id": None, "rows_affected": None,
+                                       "duration_s": None})
+        entry["unfinished"] = {k: row[k] for k in ("direction", "status", "started_at", "operator", "run_id",
+                                                  "error")}
+    return out
 
 
 def refuse(p: dict, facts: dict) -> str | None:

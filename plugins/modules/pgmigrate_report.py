@@ -35,6 +35,20 @@ options:
     type: str
     required: true
     choices: [succeeded, failed, stopped, nothing to do]
+  result:
+    description:
+      - "How the run ended, the report's one field for a pipeline: C(completed); C(refused) (the
+        preflight refused it, nothing changed); C(failed) (in I(result_phase); the same command
+        resumes); C(stopped) (an abort criterion, an alert or a no-go, at the checkpoint before
+        I(result_phase))."
+      - Empty - derived from I(outcome) (C(succeeded) and C(nothing to do) are C(completed)).
+    type: str
+    default: ""
+    choices: ["", completed, refused, failed, stopped]
+  result_phase:
+    description: The phase a C(failed) run failed in, or before which a C(stopped) run stopped.
+    type: str
+    default: ""
   reason:
     description: Why it failed or stopped.
     type: str
@@ -148,6 +162,14 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor
 )
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_notify import read_log
 
+# What each result asks of whoever reads the report (docs/operations.md#how-a-run-ended).
+RESULT_NEXT = {
+    "completed": "nothing: every selected phase is applied",
+    "refused": "fix what the reason names, then run the same command; nothing was changed",
+    "failed": "fix the cause, then run the same command: applied phases are skipped, the failed one resumes",
+    "stopped": "read the alerts, then run the same command to go on, or roll back",
+}
+
 SECRET_KEYS = ("password", "token", "secret", "webhook_url", "passwd")
 
 
@@ -246,7 +268,10 @@ def fmt(value, unit: str = "") -> str:
 
 def markdown(r: dict) -> str:
     c = r["context"]
-    out = [f"# {r['playbook']} on {c.get('host')} ({c.get('environment')}): {r['outcome']}", ""]
+    where = f" in phase {r['result_phase']}" if r["result"] == "failed" and r["result_phase"] else \
+        f" before phase {r['result_phase']}" if r["result"] == "stopped" and r["result_phase"] else ""
+    out = [f"# {r['playbook']} on {c.get('host')} ({c.get('environment')}): {r['result']}{where}", "",
+           f"**Next:** {r['next']}.", ""]
     if r["reason"]:
         out += [f"**Reason:** {r['reason']}", ""]
     out += ["| | |", "|---|---|"]
@@ -334,6 +359,8 @@ def main() -> None:
             stem=dict(type="str", required=True),
             playbook=dict(type="str", required=True),
             outcome=dict(type="str", required=True, choices=["succeeded", "failed", "stopped", "nothing to do"]),
+            result=dict(type="str", default="", choices=["", *RESULT_NEXT]),
+            result_phase=dict(type="str", default=""),
             reason=dict(type="str", default=""),
             context=dict(type="dict", default={}),
             workdir=dict(type="path"),
@@ -360,8 +387,12 @@ def main() -> None:
     note = next((s["pg_stat_statements"]["note"] for s in samples
                  if s.get("pg_stat_statements") and not s["pg_stat_statements"]["installed"]), None)
     installed = any((s.get("pg_stat_statements") or {}).get("installed") for s in samples)
+    result = p["result"] or {"failed": "failed", "stopped": "stopped"}.get(p["outcome"], "completed")
     report = scrub(json_safe({
         "playbook": p["playbook"],
+        "result": result,
+        "result_phase": p["result_phase"] or None if result in ("failed", "stopped") else None,
+        "next": RESULT_NEXT[result],
         "outcome": p["outcome"],
         "reason": p["reason"],
         "context": p["context"],

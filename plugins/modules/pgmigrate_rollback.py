@@ -66,6 +66,18 @@ options:
     description: C(run) - why, recorded with each phase.
     type: str
     default: ""
+  discard_new_data:
+    description:
+      - "C(plan) - after the cutover (C(complete.yml)), a rollback that drops phase 2's tables and
+        columns discards what the new application wrote into them: the plan counts it
+        (C(new_data)) and refuses, naming the counts, unless this is true."
+      - C(run) - recorded with each phase (with the counts, I(discarded_new_data)).
+    type: bool
+    default: false
+  discarded_new_data:
+    description: C(run) - the plan's C(new_data) counts, recorded with each phase when discarded.
+    type: dict
+    default: {}
   run_id:
     description: C(run) - the run's id, recorded.
     type: str
@@ -155,6 +167,18 @@ targets:
   returned: action is plan
   type: list
   elements: str
+new_data:
+  description: >-
+    C(plan), when the targets include phase 2 - what the new application wrote since the cutover
+    (C(cutover_at), C(counts) by kind, C(total)); null before the cutover.
+  returned: action is plan and phase 2 is a target
+  type: dict
+  sample: {cutover_at: "2026-12-07T10:00:00+00:00", total: 3,
+           counts: {"orchestration_workflows rows created or changed": 2, "overrides relinked": 1}}
+finalized:
+  description: C(plan) - the ledger's record of the finalize that made a rollback of phase 3 impossible.
+  returned: when refused for it
+  type: dict
 not_applied:
   description: C(plan) - selected phases that are not present (nothing to do for them).
   returned: action is plan
@@ -305,6 +329,99 @@ def last_apply_details(conn, phase: str) -> dict:
     return (row[0] if row else None) or {}
 
 
+# What cleanup.yml -e cleanup_finalize=true drops (files/sql/cleanup/030_finalize.sql).
+FINALIZED_TABLES = ("migration_ledger.phase3_override_plan", "migration_ledger.phase3_override_sync",
+                    "migration_ledger.phase3_inserted")
+
+# The new tables, and the timestamps by which a row written since the cutover is told: created,
+# or changed (a column that only an application's update sets). Columns missing from a table
+# (an older phase 2) are left out.
+NEW_TABLE_TIMES = {
+    "orchestration_workflows": ("created_at", "updated_at", "completed_at"),
+    "workflow_executions": ("created_at", "started_at", "finished_at"),
+    "handover_packages": ("created_at", "updated_at", "delivered_at"),
+    "integration_events": ("created_at", "processed_at", "failed_at"),
+}
+
+# Overrides whose new columns differ from what the migration wrote last - the transition's sync
+# record where there is one, else phase 3's plan (the sync is gone after the cutover, so nobody
+# but the application wrote them since).
+OVERRIDES_CHANGED_SQL = f"""
+SELECT count(*) FROM client_app_overrides AS cao
+  LEFT JOIN {LEDGER_SCHEMA}.phase3_override_sync AS s ON s.override_id = cao.id
+  LEFT JOIN {LEDGER_SCHEMA}.phase3_override_plan AS p ON p.override_id = cao.id
+ WHERE (s.override_id IS NOT NULL OR p.override_id IS NOT NULL)
+   AND (cao.marketplace_module_id, cao.installation_id, cao.activation_status) IS DISTINCT FROM
+       (CASE WHEN s.override_id IS NOT NULL THEN s.module_id ELSE p.module_id END,
+        CASE WHEN s.override_id IS NOT NULL THEN s.installation_id ELSE p.installation_id END,
+        CASE WHEN s.override_id IS NOT NULL THEN s.new_status ELSE p.new_status END)"""
+
+# Overrides the migration never wrote (neither planned nor synced) that hold a link or a status
+# other than phase 2's default: the new application's (an override it inserted, most often).
+OVERRIDES_UNRECORDED_SQL = f"""
+SELECT count(*) FROM client_app_overrides AS cao
+ WHERE NOT EXISTS (SELECT 1 FROM {LEDGER_SCHEMA}.phase3_override_sync s WHERE s.override_id = cao.id)
+   AND NOT EXISTS (SELECT 1 FROM {LEDGER_SCHEMA}.phase3_override_plan p WHERE p.override_id = cao.id)
+   AND (cao.marketplace_module_id IS NOT NULL OR cao.installation_id IS NOT NULL
+        OR cao.activation_status IS DISTINCT FROM 'pending')"""
+
+
+def finalize_record(conn) -> dict | None:
+    """The ledger's latest record of cleanup.yml's finalize, or None. Whatever its status: a
+    finalize killed half-way may have dropped the tables already."""
+    with conn.cursor() as cur:
+        rows = fetch_dicts(cur, f"""SELECT coalesce(finished_at, started_at)::text AS finished_at, operator, status
+                                      FROM {LEDGER_SCHEMA}.history
+                                     WHERE phase = 'finalize'
+                                     ORDER BY id DESC LIMIT 1""")
+    conn.rollback()
+    return rows[0] if rows else None
+
+
+def new_data_since_cutover(conn) -> dict | None:
+    """What the new application wrote into the migration's tables and columns since the cutover
+    (docs/operations.md#a-rollback-after-the-cutover), or None before it. Read-only: counts by
+    timestamps in the new tables, by the ledger's records of what the migration wrote for the
+    overrides."""
+    counts: dict[str, int] = {}
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT to_regclass('{LEDGER_SCHEMA}.transition') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            conn.rollback()
+            return None
+        cur.execute(f"SELECT completed_at FROM {LEDGER_SCHEMA}.transition ORDER BY id DESC LIMIT 1")
+        row = cur.fetchone()
+        if not row or row[0] is None:
+            conn.rollback()
+            return None
+        cutover = row[0]
+        for table, times in NEW_TABLE_TIMES.items():
+            cur.execute("""SELECT array_agg(a.attname::text) FROM pg_attribute a
+                            WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
+                              AND a.attname = ANY(%s)""", (table, list(times)))
+            columns = cur.fetchone()[0] or []
+            present = [t for t in times if t in columns]
+            if not present:
+                continue
+            where = " OR ".join(f"{col} > %(t)s" for col in present)
+            cur.execute(f"SELECT count(*) FROM {table} WHERE {where}", {"t": cutover})
+            counts[f"{table} rows created or changed"] = cur.fetchone()[0]
+        cur.execute("SELECT to_regclass('client_app_overrides') IS NOT NULL AND "
+                    f"to_regclass('{LEDGER_SCHEMA}.phase3_override_plan') IS NOT NULL AND "
+                    f"to_regclass('{LEDGER_SCHEMA}.phase3_override_sync') IS NOT NULL")
+        if cur.fetchone()[0]:
+            cur.execute(OVERRIDES_CHANGED_SQL)
+            counts["overrides relinked"] = cur.fetchone()[0]
+            cur.execute(OVERRIDES_UNRECORDED_SQL)
+            counts["overrides linked that the migration never wrote"] = cur.fetchone()[0]
+            # The migration never writes activation_metadata: anything but its default is new.
+            cur.execute("SELECT count(*) FROM client_app_overrides "
+                        "WHERE activation_metadata IS DISTINCT FROM '{}'::jsonb")
+            counts["overrides with activation_metadata"] = cur.fetchone()[0]
+    conn.rollback()
+    return {"cutover_at": cutover.isoformat(), "counts": counts, "total": sum(counts.values())}
+
+
 def do_plan(module, conn) -> dict:
     p = module.params
     graph, selection = p["graph"], [str(s) for s in p["selection"]]
@@ -331,6 +448,28 @@ def do_plan(module, conn) -> dict:
             module.fail_json(msg=refusal, **result)
     result.update(scope=scope, targets=targets,
                   not_applied=[s for s in selection if s in graph and s not in present])
+    finalized = finalize_record(conn)
+    if finalized and "3" in targets:
+        module.fail_json(
+            msg=f"the migration was finalized at {finalized['finished_at']} by {finalized['operator']} "
+                "(cleanup.yml -e cleanup_finalize=true): the records a precise rollback of phase 3 reads "
+                f"({', '.join(FINALIZED_TABLES)}) were dropped, so it can no longer tell what phase 3 "
+                "and the transition wrote from what the application wrote. Restore the phase-1 backup "
+                "instead (restore.yml, docs/operations.md#restore), or roll back only later phases "
+                "(-e phase=6). Nothing was changed.", finalized=finalized, **result)
+    if "2" in targets:
+        # After the cutover the new application writes the columns and tables phase 2 made;
+        # rolling phase 2 back drops them, and what it wrote with them.
+        new_data = new_data_since_cutover(conn)
+        result["new_data"] = new_data
+        if new_data and new_data["total"] and not p["discard_new_data"]:
+            named = ", ".join(f"{n} {what}" for what, n in new_data["counts"].items() if n)
+            module.fail_json(
+                msg=f"since the cutover at {new_data['cutover_at']} the new application wrote into "
+                    f"what rolling back phase(s) {', '.join(targets)} would drop: {named}. The rollback "
+                    "would discard it. Export what must be kept first; then rerun with "
+                    "-e rollback_discard_new_data=true to roll back all the same (the counts are "
+                    "recorded in the ledger). Nothing was changed.", **result)
     if targets:
         blockers = blocking_dependents(conn, p["sql_root"], targets)
         if blockers:
@@ -585,6 +724,9 @@ def do_run(module, conn) -> dict:
         return {"changed": False, "phases": [], "msg": "nothing to roll back"}
     lock = {k: p[k] for k in LOCK_ARGS}
     extra = {ph: {"scope": p["scope"], "reason": p["reason"]} for ph in phases}
+    if p["discard_new_data"] and p["discarded_new_data"]:
+        for ph in phases:
+            extra[ph]["discarded_new_data"] = p["discarded_new_data"]
     if "3" in phases:
         # The event window of the run being rolled back: a rerun of phase 3 within the same
         # migration reuses it, so it inserts the same events as the first run.
@@ -657,6 +799,8 @@ def main():
             phases=dict(type="list", elements="str", default=[]),
             scope=dict(type="str", default="phases", choices=["all", "phases", "data"]),
             reason=dict(type="str", default=""),
+            discard_new_data=dict(type="bool", default=False),
+            discarded_new_data=dict(type="dict", default={}),
             run_id=dict(type="str"),
             operator=dict(type="str"),
             approved_by=dict(type="str"),

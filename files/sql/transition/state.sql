@@ -1,5 +1,5 @@
 -- Read-only: the latest transition (status.yml, complete.yml) and whether its sync is in
--- place. No row when phase 3 never opened one.
+-- place. No row when phase 3 never opened one. Read after a finalize too.
 SELECT t.id, t.opened_at, t.events_since, t.completed_at, t.completed_by, t.rolled_back_at,
        CASE WHEN t.completed_at IS NOT NULL THEN 'completed'
             WHEN t.rolled_back_at IS NOT NULL THEN 'rolled back'
@@ -9,7 +9,12 @@ SELECT t.id, t.opened_at, t.events_since, t.completed_at, t.completed_by, t.roll
        (SELECT count(*) FROM pg_proc p
          WHERE p.pronamespace = 'migration_ledger'::regnamespace
            AND (p.proname LIKE 'transition\_%' OR p.proname LIKE 'phase3\_%')) AS functions,
-       (SELECT count(*) FROM migration_ledger.phase3_override_sync) AS overrides_synced
+       -- NULL once cleanup.yml's finalize dropped the sync's records (a table that may be gone
+       -- cannot be named in the query itself: counted through query_to_xml, only when present).
+       CASE WHEN to_regclass('migration_ledger.phase3_override_sync') IS NOT NULL
+            THEN (xpath('/row/n/text()', query_to_xml(
+                    'SELECT count(*) AS n FROM migration_ledger.phase3_override_sync', false, true, '')))[1]::text::bigint
+       END AS overrides_synced
   FROM migration_ledger.transition t
  ORDER BY t.id DESC
  LIMIT 1;
