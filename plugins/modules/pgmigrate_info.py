@@ -252,8 +252,8 @@ def phase_states(state: dict, unfinished: dict) -> dict:
         entry = out.setdefault(phase, {"state": "never applied", "finished_at": None, "operator": None,
                                        "approved_by": None, "run_id": None, "rows_affected": None,
                                        "duration_s": None})
-        entry["unfinished"] = {k: row[k] for k in ("direction", "status", "started_at", "operator", "run_id",
-                                                  "error")}
+        entry["unfinished"] = {k: row[k] for k in (
+            "direction", "status", "started_at", "operator", "run_id", "error")}
     return out
 
 

@@ -360,13 +360,13 @@ def plan_entries(text: str) -> dict[str, str]:
     """A plan's lines by what they are about (a file's path, a phase's parameter, the database)."""
     entries: dict[str, str] = {}
     for line in text.splitlines():
-        word, _, rest = line.partition(" ")
+        word, rest = line.partition(" ")[::2]
         if word == "file":
-            path, _, digest = rest.rpartition(" ")
+            path, digest = rest.rpartition(" ")[::2]
             entries[path] = digest.removeprefix("sha256=")[:12]
         elif word == "param":
-            phase, _, assignment = rest.partition(" ")
-            name, _, value = assignment.partition("=")
+            phase, assignment = rest.partition(" ")[::2]
+            name, value = assignment.partition("=")[::2]
             entries[f"phase {phase}'s {name}"] = value
         elif word in ("database", "phases"):
             entries[word] = rest
