@@ -41,6 +41,12 @@ options:
     description: A directory to take the client programs of I(programs) from; empty - search the usual places.
     type: str
     default: ""
+  queue:
+    type: bool
+    default: false
+    description: >-
+      Also return C(transition_queue) - the transition's queue (its depth, the age of its oldest
+      entry) and what drains it (the pg_cron job, or the worker's session and heartbeat).
   refuse_pooler:
     type: bool
     default: true
@@ -112,6 +118,15 @@ ledger:
   description: The ledger's status (C(state), C(applied), C(unfinished), C(ledger_exists)).
   returned: when I(ledger) is true
   type: dict
+transition_queue:
+  description: >-
+    The transition's queue - C(present), C(open) (the transition), C(depth), C(oldest_enqueued_at),
+    C(oldest_age_s), C(drained_by) (C(kind) pg_cron, worker or nothing, with the job's id and
+    schedule and last run, or the worker's server pid, application_name, heartbeat_at and
+    heartbeat_age_s) and C(says), one line.
+  returned: when I(queue) is true
+  type: dict
+  sample: {present: true, open: true, depth: 0, oldest_age_s: 0.0, drained_by: {kind: worker}}
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -127,6 +142,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     ledger_unfinished,
     refuse_transaction_pooler,
 )
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_drain import queue_state
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_dump import pg_program
 
 
@@ -161,6 +177,7 @@ def main():
             programs=dict(type="list", elements="str", default=[]),
             pg_bin_dir=dict(type="str", default=""),
             refuse_pooler=dict(type="bool", default=True),
+            queue=dict(type="bool", default=False),
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
@@ -186,6 +203,8 @@ def main():
             state = ledger_state(conn)
             facts["ledger"] = {"changed": False, "state": state, "applied": applied_phases(state),
                                "unfinished": ledger_unfinished(conn), "ledger_exists": ledger_exists(conn)}
+        if p["queue"]:
+            facts["transition_queue"] = queue_state(conn)
     except MigrationError as exc:
         module.fail_json(msg=str(exc))
     finally:
