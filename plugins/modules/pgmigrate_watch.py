@@ -295,7 +295,7 @@ def watch_alerts(sample: dict, metrics: dict, p: dict, baseline: dict | None, pr
             alert("transition_queue_age_s", queue["oldest_age_s"], p["queue_age_alert_s"],
                   f"the transition's queue is behind: its oldest entry waits {queue['oldest_age_s']:g} s "
                   f"(over {p['queue_age_alert_s']:g}), {queue['depth']} entries; {queue['says']}", critical=nothing)
-        elif nothing:
+        elif nothing and queue["depth"]:
             alert("transition_queue_drained", 0, 1,
                   f"nothing drains the transition's queue ({queue['depth']} entries): start it with "
                   "playbooks/drain.yml -e drain_state=started")
