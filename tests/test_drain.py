@@ -158,7 +158,9 @@ def test_the_worker_drains_under_traffic_and_keeps_the_age_low(drained_db: dict[
     assert drained_db["password"] not in log
 
     sampler = AgeSampler(drained_db)
-    app = OldApplication(drained_db, SCALE, tmp_path, rate=100, clients=4)
+    # PGMIGRATE_DRAIN_TEST_RATE: another arrival rate, for docs/benchmarks.md's figures.
+    app = OldApplication(drained_db, SCALE, tmp_path, rate=int(os.environ.get("PGMIGRATE_DRAIN_TEST_RATE", "100")),
+                         clients=4)
     sampler.start()
     time.sleep(20)
     done = app.stop()

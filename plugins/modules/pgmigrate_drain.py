@@ -17,8 +17,8 @@ description:
     schedules the job C(pgmigrate_transition_drain) once (a rerun leaves it), recorded in
     C(migration_ledger.created_objects) so C(complete.yml) and every rollback unschedule it.
     With I(method=worker) (C(auto) without pg_cron) it writes the worker's configuration (mode
-    0600: it holds the password) and starts a detached worker process on the controller, unless
-    one (of any controller) already holds the database's drain lock.
+    0600, as it holds the password) and starts a detached worker process on the controller,
+    unless one (of any controller) already holds the database's drain lock.
   - C(stopped) unschedules the job, drops its procedure, stops this controller's worker and
     removes its configuration. With I(only_when_closed) it does nothing while the transition is
     still open (what a rollback that kept phase 3 needs).
