@@ -198,44 +198,6 @@ def _jsonable(value: Any) -> Any:
 
 
 # -- pg_cron --------------------------------------------------------------------------------------
-# The job's procedure: drains in short transactions until p_seconds have passed, or until the
-# end of the current minute (p_until_minute_end, pg_cron 1.4, whose next run is the next
-# minute: a run still going then is queued and starts when this one ends), stopping at once when
-# the transition closes. Transaction control inside a procedure: pg_cron sends the CALL as a
-# top-level statement, so each COMMIT ends one short transaction.
-CRON_PROCEDURE_SQL = f"""
-CREATE OR REPLACE PROCEDURE {CRON_PROCEDURE}(p_seconds double precision, p_until_minute_end boolean,
-                                             p_limit integer, p_pause_ms integer)
-LANGUAGE plpgsql
-AS $proc$
-DECLARE
-    v_until timestamptz := CASE WHEN p_until_minute_end
-                                THEN date_trunc('minute', clock_timestamp()) + interval '1 minute'
-                                     - make_interval(secs => p_pause_ms / 1000.0 + 0.2)
-                                ELSE clock_timestamp() + make_interval(secs => p_seconds) END;
-    v_applied integer;
-BEGIN
-    -- For the job's session (a SET LOCAL would end with the first COMMIT); jit off as the worker's.
-    PERFORM set_config('statement_timeout', '10s', false), set_config('jit', 'off', false);
-    LOOP
-        IF NOT EXISTS (SELECT 1 FROM (SELECT completed_at, rolled_back_at FROM {LEDGER_SCHEMA}.transition
-                                       ORDER BY id DESC LIMIT 1) t
-                        WHERE t.completed_at IS NULL AND t.rolled_back_at IS NULL) THEN
-            RETURN;
-        END IF;
-        v_applied := {LEDGER_SCHEMA}.transition_drain(p_limit);
-        COMMIT;
-        EXIT WHEN clock_timestamp() >= v_until;
-        IF v_applied < p_limit THEN
-            PERFORM pg_sleep(p_pause_ms / 1000.0);
-        END IF;
-    END LOOP;
-END
-$proc$;
-REVOKE ALL ON PROCEDURE {CRON_PROCEDURE}(double precision, boolean, integer, integer) FROM PUBLIC;
-"""
-
-
 def cron_command(version: str, limit: int, pause_ms: int) -> tuple[str, str]:
     """(schedule, command) of the job for this pg_cron version."""
     if seconds_schedule(version):
@@ -245,8 +207,9 @@ def cron_command(version: str, limit: int, pause_ms: int) -> tuple[str, str]:
     return "* * * * *", f"CALL {CRON_PROCEDURE}(0, true, {int(limit)}, {int(pause_ms)})"
 
 
-def cron_schedule(conn, limit: int, pause_ms: int, check: bool) -> dict[str, Any]:
-    """Schedule the job (once: a job of that name already there is left alone), and record it in
+def cron_schedule(conn, limit: int, pause_ms: int, check: bool, procedure_sql: str) -> dict[str, Any]:
+    """Schedule the job (once: a job of that name already there is left alone) calling the
+    procedure procedure_sql creates (files/sql/transition/drain_cron.sql), and record it in
     migration_ledger.created_objects so complete.yml and every rollback unschedule it."""
     with conn.cursor() as cur:
         version = pg_cron_version(cur)
@@ -264,7 +227,7 @@ def cron_schedule(conn, limit: int, pause_ms: int, check: bool) -> dict[str, Any
     if check:
         return result
     with conn.cursor() as cur:
-        cur.execute(CRON_PROCEDURE_SQL)
+        cur.execute(procedure_sql)
         cur.execute(f"""INSERT INTO {LEDGER_SCHEMA}.created_objects (kind, name, phase) VALUES (%s, %s, '3')
                         ON CONFLICT (kind, name) DO NOTHING""", (CREATED_KIND, CRON_JOB))
         result["jobid"] = _one(cur, "SELECT cron.schedule(%s, %s, %s)", (CRON_JOB, schedule, command))

@@ -64,6 +64,12 @@ options:
     description: The worker's throttle options (the migration's, C(migration_throttle_*)).
     type: dict
     default: {}
+  cron_sql:
+    description: >-
+      The pg_cron job's procedure (C(files/sql/transition/drain_cron.sql)); needed when
+      I(state=started) schedules the job.
+    type: path
+    default: ""
   only_when_closed:
     description: With C(stopped) - do nothing while the transition is open.
     type: bool
@@ -180,6 +186,7 @@ def main() -> None:
             idle_ms=dict(type="int", default=100),
             throttle=dict(type="dict", default={}),
             only_when_closed=dict(type="bool", default=False),
+            cron_sql=dict(type="path", default=""),
             **CONNECTION_ARGS,
         ),
         supports_check_mode=True,
@@ -238,7 +245,11 @@ def start(module: AnsibleModule, conn, state: dict, method: str, paths: dict, ch
     if not state["present"] or not state["open"]:
         return {"msg": f"nothing to drain yet: no open transition with a queue; phase 3 starts the {method}"}
     if method == "pg_cron":
-        job = cron_schedule(conn, p["batch"], p["idle_ms"], check)
+        if not p["cron_sql"]:
+            raise MigrationError("cron_sql (files/sql/transition/drain_cron.sql) is needed to schedule the "
+                                 "pg_cron job; nothing was changed")
+        with open(p["cron_sql"], encoding="utf-8") as handle:
+            job = cron_schedule(conn, p["batch"], p["idle_ms"], check, handle.read())
         verb = ("would schedule" if check else "scheduled") if job["changed"] else "already scheduled:"
         return {"changed": job["changed"], "cron_job": job,
                 "msg": f"{verb} pg_cron job {CRON_NAME} ({job['schedule']}) calling {job['command']}"}
