@@ -110,6 +110,12 @@ cron_job:
   description: The pg_cron job scheduled, or found (C(jobid), C(schedule), C(command), C(version)).
   returned: when I(method) is pg_cron
   type: dict
+supervise:
+  description: >-
+    Whether the worker's supervisor (the cron entry running C(files.supervise)) should be in place - the
+    worker drains (I(state=started)) and the transition is open.
+  returned: always
+  type: bool
 files:
   description: The worker's configuration, state and log paths; and the supervisor's command (for the cron entry).
   returned: always
@@ -228,6 +234,8 @@ def run(module: AnsibleModule) -> dict:
     finally:
         conn.close()
     result["worker"] = worker_state(paths)
+    result["supervise"] = bool(p["state"] == "started" and result["method"] == "worker"
+                               and state["open"] and state["present"])
     if p["state"] != "status" and not check and result["changed"]:
         conn = connect(p, "pgmigrate-drain-control")
         try:
