@@ -20,7 +20,7 @@ import psycopg2
 import pytest
 from conftest import TEMPLATE_SCALE
 from helpers import clone_database, connect, drop_database, playbook_output, query, run_playbook
-from transition_helpers import SYNC_TRIGGERS, OldApplication, inconsistent, sync_leftovers
+from transition_helpers import SYNC_TRIGGERS, OldApplication, drain, inconsistent, queue_depth, sync_leftovers
 
 MIGRATE = "playbooks/migrate.yml"
 ROLLBACK = "playbooks/rollback.yml"
@@ -121,6 +121,10 @@ def test_old_application_writes_stay_consistent(migrated: dict[str, Any]) -> Non
     cur.execute("""INSERT INTO module_installations (module_id, tenant_id) VALUES (%s, %s)
                    RETURNING id::text""", (plain_module, plain_client))
     fresh_installation = cur.fetchone()[0]
+    # What an installation derives in other rows is queued, in its own transaction, and
+    # applied by the drain: consistent once drained.
+    assert queue_depth(db) == 1
+    assert drain(db) == 1 and queue_depth(db) == 0
     assert linkage(db, plain)[1] == fresh_installation
     assert scalar(db, """SELECT count(*) FROM integration_events
                           WHERE correlation_id = %s AND event_type = 'module_installed'""",
@@ -138,6 +142,7 @@ def test_old_application_writes_stay_consistent(migrated: dict[str, Any]) -> Non
     cur.execute("INSERT INTO module_installations (module_id, tenant_id) VALUES (%s, %s) RETURNING id::text",
                 (newer, dup_client))
     dup_installation = cur.fetchone()[0]
+    drain(db)
     assert linkage(db, dup_override)[:2] == (newer, dup_installation)
     # After phase 4, deleting an installation deletes its overrides (the strategy's CASCADE).
     cur.execute("DELETE FROM module_installations WHERE id = %s", (dup_installation,))
@@ -151,10 +156,12 @@ def test_old_application_writes_stay_consistent(migrated: dict[str, Any]) -> Non
                    RETURNING id::text""", (tenant,))
     assert linkage(db, cur.fetchone()[0]) == (listing, None, "active")
     cur.execute("UPDATE marketplace_modules SET name = 'app_07_renamed' WHERE id = %s", (renamed,))
+    drain(db)
     assert scalar(db, """SELECT count(*) FROM client_app_overrides
                           WHERE app_name = 'app_07' AND (marketplace_module_id IS NOT NULL
                                 OR activation_status <> 'pending')""") == 0
     cur.execute("UPDATE marketplace_modules SET name = 'app_07' WHERE id = %s", (renamed,))
+    drain(db)
     # The next application version writes the new columns itself: its values stand.
     cur.execute("""INSERT INTO client_app_overrides (client_id, app_name, enabled, activation_status)
                    VALUES (%s, %s, true, 'inactive') RETURNING id::text""", (tenant, name))
@@ -180,6 +187,15 @@ def test_old_application_writes_stay_consistent(migrated: dict[str, Any]) -> Non
                                AND NOT has_function_privilege('public', oid, 'EXECUTE')
                           FROM pg_proc WHERE pronamespace = 'migration_ledger'::regnamespace
                            AND proname = 'transition_relink'""")
+    # The queue's functions: only their owner (the migration's login) may call them, each with
+    # a fixed search_path.
+    assert query(db, """SELECT proname, prosecdef, array_to_string(proconfig, ',') LIKE 'search_path=%%',
+                               has_function_privilege('public', oid, 'EXECUTE')
+                          FROM pg_proc WHERE pronamespace = 'migration_ledger'::regnamespace
+                           AND proname IN ('transition_drain', 'transition_queue_state', 'transition_fold_sync_log')
+                         ORDER BY proname""") == [
+        ("transition_drain", False, True, False), ("transition_fold_sync_log", False, True, False),
+        ("transition_queue_state", False, True, False)]
 
 
 def test_installations_never_scan_the_events_when_their_plan_was_made_on_an_empty_table(
