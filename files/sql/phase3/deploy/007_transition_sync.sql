@@ -175,10 +175,13 @@ $$;
 -- row lock, so their log ids are in the order of the writes and any visible set of log rows
 -- folds correctly in id order; one folder at a time (an advisory lock, waited for only when
 -- p_wait). Returns the log rows folded.
+-- It reads the whole log (no index: a sequential scan, allowed here though its caller forbids
+-- them), and never compiles its plan (jit = off): a generic plan costed with a sequential scan
+-- disabled crossed the JIT thresholds and compiled at every call, seconds for a few rows.
 CREATE OR REPLACE FUNCTION migration_ledger.transition_fold_sync_log(p_limit integer, p_wait boolean DEFAULT false)
 RETURNS integer
 LANGUAGE plpgsql
-SET search_path FROM CURRENT
+SET search_path FROM CURRENT SET enable_seqscan = on SET jit = off
 AS $$
 DECLARE
     n integer;
@@ -255,11 +258,14 @@ $$;
 -- the lock (READ COMMITTED: a new snapshot), which sees every override committed before.
 -- When no transition is open (a rollback closed it, revert/first/), entries are deleted
 -- without being applied, as the triggers derive nothing then. Also folds the sync's log
--- (transition_fold_sync_log). Returns the entries applied (or discarded).
+-- (transition_fold_sync_log). Its plans are generic (planned once per session), never a table
+-- scan (a plan made while integration_events was recorded empty would scan it at every
+-- installation), never compiled (jit: the disabled scans' costs crossed its thresholds).
+-- Returns the entries applied (or discarded).
 CREATE OR REPLACE FUNCTION migration_ledger.transition_drain(p_limit integer DEFAULT 500)
 RETURNS integer
 LANGUAGE plpgsql
-SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
+SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off
 AS $$
 DECLARE
     e record;
