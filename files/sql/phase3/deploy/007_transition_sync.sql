@@ -143,6 +143,12 @@ BEGIN
           WHERE cao.client_id = p_client_id AND cao.app_name = ANY (p_names)
           ORDER BY cao.id FOR UPDATE NOWAIT;
     END IF;
+    -- Most installations are of a module the client has no override of: nothing to link (and
+    -- none can enter meanwhile: an override inserted or moved into the client waits for the
+    -- advisory lock the caller holds).
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
     WITH changed AS (
         UPDATE client_app_overrides AS cao
            SET (marketplace_module_id, installation_id, activation_status) =
