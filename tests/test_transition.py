@@ -423,7 +423,8 @@ def test_installation_deleted_before_phase_4_relinks(phase2_db: dict[str, Any], 
         cur.execute("DELETE FROM module_installations WHERE id = %s", (row[1],))
     conn.close()
     # No foreign key yet: the override stays, linked again by the rule (another installation of
-    # the module, or none).
+    # the module, or none), once the queue is drained.
+    assert drain(db) == 1
     assert linkage(db, row[0])[1] != row[1]
     assert inconsistent(db) == {}
 
