@@ -490,8 +490,8 @@ def test_a_rollback_with_work_queued_is_as_precise(phase2_db: dict[str, Any], tm
 # --- the backfill and the sync, concurrently ------------------------------------------------
 
 # Another override on the held override's planned page has been linked by the backfill (not by
-# the sync, which pgbench's flips fire): the batch covering that page ran while the holder kept
-# its transaction open.
+# the sync, which pgbench's flips fire: its record, folded or still in the log): the batch
+# covering that page ran while the holder kept its transaction open.
 PAGE_PASSED = """
     SELECT count(*) FROM migration_ledger.phase3_override_plan p
       JOIN client_app_overrides o ON o.id = p.override_id
@@ -499,7 +499,8 @@ PAGE_PASSED = """
                SELECT (planned_ctid::text::point)[0] FROM migration_ledger.phase3_override_plan
                 WHERE override_id = md5('override-7-3')::uuid)
        AND o.client_id <> md5('client-7')::uuid AND o.marketplace_module_id IS NOT NULL
-       AND NOT EXISTS (SELECT 1 FROM migration_ledger.phase3_override_sync s WHERE s.override_id = o.id)"""
+       AND NOT EXISTS (SELECT 1 FROM migration_ledger.phase3_override_sync s WHERE s.override_id = o.id)
+       AND NOT EXISTS (SELECT 1 FROM migration_ledger.phase3_override_sync_log g WHERE g.override_id = o.id)"""
 
 
 class Holder(threading.Thread):

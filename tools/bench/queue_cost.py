@@ -8,7 +8,8 @@ transition open: the sync in every write). Then, alternating before / open (--ro
 read 40, flip 30, install 20, new override 10; tools/bench/openloop.py) measures capacity. On
 `open` a drainer session runs beside it (transition_drain(500) in one-statement transactions,
 pausing 0.1 s when the queue is empty), so the deferred work is paid in the same round; what
-it left is drained after the round and timed too.
+it left is drained after the round and timed too. A third side, `open` with no drainer during
+the round, shows what the writes pay themselves; its queue is drained alone after the round.
 
 --records also compares, on `open` and alternating, the flips alone (old_app_flip.sql) with
 each flip's rollback record written as an upsert into phase3_override_sync (the earlier sync),
@@ -177,12 +178,22 @@ def main(argv: list[str] | None = None) -> int:
         for db in ("before_p3", "open_tr"):
             pgbench(info, db, mix, args.clients, args.scale, 3)
         drain_rest(info, "open_tr")
-        tps: dict[str, list[float]] = {"before": [], "open": []}
+        tps: dict[str, list[float]] = {"before": [], "open": [], "deferred": []}
         after: list[tuple[int, float]] = []
         drained: list[dict[str, Any]] = []
+        deferred: list[tuple[int, float]] = []
         for n in range(args.rounds):
-            for side in (("before", "open") if n % 2 == 0 else ("open", "before")):
+            for side in (("before", "open", "deferred") if n % 2 == 0 else ("deferred", "open", "before")):
                 db = "before_p3" if side == "before" else "open_tr"
+                if side == "deferred":
+                    # No drainer during the round: what the writes pay themselves; the queue
+                    # is drained after it, alone, and timed.
+                    value = pgbench(info, db, mix, args.clients, args.scale, args.seconds)
+                    deferred.append(drain_rest(info, db))
+                    tps[side].append(value)
+                    print(f"round {n + 1}: open, no drainer {value:,.0f} transactions/s; then {deferred[-1][0]} "
+                          f"entries drained alone in {deferred[-1][1]:.2f} s", flush=True)
+                    continue
                 drainer = Drainer(info, db) if side == "open" else None
                 if drainer:
                     drainer.start()
@@ -204,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  transition open (drained): {spread(tps['open'])} transactions/s")
         print(f"  ratio of the medians: {ratio:.2f}x; per-round ratios "
               f"{', '.join(f'{o / b:.2f}' for o, b in zip(tps['open'], tps['before'], strict=True))}")
+        print(f"  transition open, no drainer during the round: {spread(tps['deferred'])} transactions/s "
+              f"({statistics.median(tps['deferred']) / statistics.median(tps['before']):.2f}x); the queue it left "
+              f"drained alone at {statistics.median(n / max(t, 1e-3) for n, t in deferred):,.0f} entries/s")
         if args.records:
             flips: dict[str, list[float]] = {"upsert": [], "log": [], "none": []}
             variants = {"upsert": upsert_variant(), "log": current_variant(), "none": no_record_variant()}
