@@ -143,6 +143,12 @@ BEGIN
           WHERE cao.client_id = p_client_id AND cao.app_name = ANY (p_names)
           ORDER BY cao.id FOR UPDATE NOWAIT;
     END IF;
+    -- Most installations are of a module the client has no override of: nothing to link (and
+    -- none can enter meanwhile: an override inserted or moved into the client waits for the
+    -- advisory lock the caller holds).
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
     WITH changed AS (
         UPDATE client_app_overrides AS cao
            SET (marketplace_module_id, installation_id, activation_status) =
@@ -175,10 +181,13 @@ $$;
 -- row lock, so their log ids are in the order of the writes and any visible set of log rows
 -- folds correctly in id order; one folder at a time (an advisory lock, waited for only when
 -- p_wait). Returns the log rows folded.
+-- It reads the whole log (no index: a sequential scan, allowed here though its caller forbids
+-- them), and never compiles its plan (jit = off): a generic plan costed with a sequential scan
+-- disabled crossed the JIT thresholds and compiled at every call, seconds for a few rows.
 CREATE OR REPLACE FUNCTION migration_ledger.transition_fold_sync_log(p_limit integer, p_wait boolean DEFAULT false)
 RETURNS integer
 LANGUAGE plpgsql
-SET search_path FROM CURRENT
+SET search_path FROM CURRENT SET enable_seqscan = on SET jit = off
 AS $$
 DECLARE
     n integer;
@@ -248,67 +257,139 @@ $$;
 -- Apply up to p_limit of the oldest queued entries, in the CALLER's transaction, and delete
 -- them there: committed, each was applied once; rolled back (a killed worker, a crash), each is
 -- still queued. Entries are claimed FOR UPDATE SKIP LOCKED (two drainers never wait for each
--- other); a client whose advisory lock an application transaction holds shared (an override
--- being inserted or moved into it), or an override of it that one holds locked, is left
--- queued for a later call, never waited for (pg_try_advisory_xact_lock, NOWAIT, in a
--- subtransaction that releases what it took). The linkage is derived in a statement begun after
--- the lock (READ COMMITTED: a new snapshot), which sees every override committed before.
+-- other). A client whose advisory lock an application transaction holds shared (an override
+-- being inserted or moved into it), or one of whose overrides of the names an application
+-- transaction holds locked, is never waited for: its entries stay queued for a later call
+-- (pg_try_advisory_xact_lock; the overrides locked SKIP LOCKED, and a client with one skipped is
+-- left). The linkage is derived in a statement begun after those locks (READ COMMITTED: a new
+-- snapshot), which sees every override committed before; none can enter meanwhile. The work
+-- of the whole batch is done set-wise, a few statements for all its entries: a statement's
+-- start-up, not its rows, was most of the cost of an entry applied on its own. A listing's
+-- entry (rare: every client of its names) is applied on its own, waiting for row locks under
+-- the caller's lock_timeout, in a subtransaction (one that times out is left queued).
 -- When no transition is open (a rollback closed it, revert/first/), entries are deleted
 -- without being applied, as the triggers derive nothing then. Also folds the sync's log
--- (transition_fold_sync_log). Returns the entries applied (or discarded).
+-- (transition_fold_sync_log). Its plans are generic (planned once per session), never a table
+-- scan (a plan made while integration_events was recorded empty would scan it at every
+-- installation), never compiled (jit: the disabled scans' costs crossed its thresholds).
+-- Returns the entries applied (or discarded).
 CREATE OR REPLACE FUNCTION migration_ledger.transition_drain(p_limit integer DEFAULT 500)
 RETURNS integer
 LANGUAGE plpgsql
-SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
+SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off
 AS $$
 DECLARE
-    e record;
     since timestamptz;
-    open boolean;
-    names text[];
-    applied integer := 0;
+    ids bigint[];
+    clients uuid[];
+    held uuid[];
+    blocked uuid[];
+    done bigint[];
+    e record;
+    n integer;
 BEGIN
     SELECT t.events_since INTO since FROM migration_ledger.transition AS t
      WHERE t.completed_at IS NULL AND t.rolled_back_at IS NULL ORDER BY t.id DESC LIMIT 1;
-    open := FOUND;
-    FOR e IN SELECT q.id, q.client_id, q.module_id, q.names, q.installation_id, q.installed_at, q.status
-               FROM migration_ledger.transition_queue AS q
-              ORDER BY q.id LIMIT p_limit
-                FOR UPDATE SKIP LOCKED LOOP
-        IF open THEN
-            BEGIN
-                IF e.client_id IS NOT NULL
-                   AND NOT pg_try_advisory_xact_lock(hashtext('pgmigrate:transition'), hashtext(e.client_id::text)) THEN
-                    CONTINUE;
-                END IF;
-                names := coalesce(e.names, ARRAY(SELECT mm.name FROM marketplace_modules AS mm
-                                                  WHERE mm.id = e.module_id));
-                PERFORM migration_ledger.transition_relink(e.client_id, names);
-                -- The installation's one module_installed event, as phase 3's step 050 makes
-                -- it, in the window of the open transition; guarded, so never twice.
-                IF e.installation_id IS NOT NULL AND e.installed_at >= since THEN
-                    WITH inserted AS (
-                        INSERT INTO integration_events (event_type, event_source, event_payload, correlation_id)
-                        SELECT ev.event_type, ev.event_source, ev.event_payload, ev.correlation_id
-                          FROM migration_ledger.phase3_installed_event(e.installation_id, e.module_id, e.client_id,
-                                                                       e.installed_at, e.status) AS ev
-                         WHERE NOT EXISTS (SELECT 1 FROM integration_events AS ie
-                                            WHERE ie.correlation_id = e.installation_id
-                                              AND ie.event_type = 'module_installed')
-                        RETURNING id
-                    )
-                    INSERT INTO migration_ledger.phase3_inserted (table_name, row_id)
-                    SELECT 'integration_events', id FROM inserted;
-                END IF;
-            EXCEPTION WHEN lock_not_available THEN
-                CONTINUE;
-            END;
-        END IF;
-        DELETE FROM migration_ledger.transition_queue AS q WHERE q.id = e.id;
-        applied := applied + 1;
+    IF NOT FOUND THEN
+        WITH gone AS (
+            DELETE FROM migration_ledger.transition_queue AS q
+             WHERE q.id = ANY (ARRAY(SELECT c.id FROM migration_ledger.transition_queue AS c
+                                      ORDER BY c.id LIMIT p_limit FOR UPDATE SKIP LOCKED))
+            RETURNING 1)
+        SELECT count(*) INTO n FROM gone;
+        PERFORM migration_ledger.transition_fold_sync_log(greatest(p_limit, 1) * 20);
+        RETURN n;
+    END IF;
+    -- Claim the oldest entries, and take the advisory lock of each client they name (try).
+    SELECT array_agg(c.id), array_agg(DISTINCT c.client_id) FILTER (WHERE c.client_id IS NOT NULL)
+      INTO ids, clients
+      FROM (SELECT q.id, q.client_id FROM migration_ledger.transition_queue AS q
+             ORDER BY q.id LIMIT p_limit FOR UPDATE SKIP LOCKED) AS c;
+    IF ids IS NULL THEN
+        PERFORM migration_ledger.transition_fold_sync_log(greatest(p_limit, 1) * 20);
+        RETURN 0;
+    END IF;
+    held := ARRAY(SELECT c FROM unnest(clients) AS c
+                   WHERE pg_try_advisory_xact_lock(hashtext('pgmigrate:transition'), hashtext(c::text)));
+    -- The overrides those entries relink, locked without waiting; a client with one held by an
+    -- application transaction is left (its entries stay queued).
+    WITH pairs AS (
+        SELECT DISTINCT q.client_id, mm.name
+          FROM migration_ledger.transition_queue AS q
+          JOIN marketplace_modules AS mm ON mm.id = q.module_id
+         WHERE q.id = ANY (ids) AND q.client_id = ANY (held)
+    ), locked AS (
+        SELECT cao.client_id FROM client_app_overrides AS cao
+          JOIN pairs AS p ON cao.client_id = p.client_id AND cao.app_name = p.name
+         ORDER BY cao.id
+           FOR UPDATE OF cao SKIP LOCKED
+    ), present AS (
+        SELECT cao.client_id FROM client_app_overrides AS cao
+          JOIN pairs AS p ON cao.client_id = p.client_id AND cao.app_name = p.name
+    )
+    SELECT array_agg(x.client_id) INTO blocked
+      FROM (SELECT pr.client_id, count(*) AS n FROM present AS pr GROUP BY pr.client_id) AS x
+      LEFT JOIN (SELECT l.client_id, count(*) AS n FROM locked AS l GROUP BY l.client_id) AS y
+             ON y.client_id = x.client_id
+     WHERE coalesce(y.n, 0) < x.n;
+    held := ARRAY(SELECT c FROM unnest(held) AS c WHERE NOT (c = ANY (coalesce(blocked, '{}'))));
+    -- Relink them, by the rule, in a snapshot taken after the locks; record what changed.
+    WITH pairs AS (
+        SELECT DISTINCT q.client_id, mm.name
+          FROM migration_ledger.transition_queue AS q
+          JOIN marketplace_modules AS mm ON mm.id = q.module_id
+         WHERE q.id = ANY (ids) AND q.client_id = ANY (held)
+    ), changed AS (
+        UPDATE client_app_overrides AS cao
+           SET (marketplace_module_id, installation_id, activation_status) =
+               (SELECT r.module_id, r.installation_id, r.activation_status
+                  FROM migration_ledger.phase3_linkage(cao.client_id, cao.app_name, cao.enabled) AS r)
+          FROM pairs AS p
+          JOIN client_app_overrides AS prior ON prior.client_id = p.client_id AND prior.app_name = p.name
+         CROSS JOIN LATERAL migration_ledger.phase3_linkage(prior.client_id, prior.app_name, prior.enabled) AS l
+         WHERE prior.id = cao.id
+           AND (l.module_id, l.installation_id, l.activation_status)
+               IS DISTINCT FROM (prior.marketplace_module_id, prior.installation_id, prior.activation_status)
+        RETURNING cao.id, prior.marketplace_module_id AS old_module_id,
+                  prior.installation_id AS old_installation_id, prior.activation_status AS old_status,
+                  cao.marketplace_module_id, cao.installation_id, cao.activation_status,
+                  l.candidates, l.chosen_by
+    )
+    INSERT INTO migration_ledger.phase3_override_sync_log
+           (override_id, old_module_id, old_installation_id, old_status,
+            module_id, installation_id, new_status, candidates, chosen_by)
+    SELECT * FROM changed;
+    -- Each installation's one module_installed event, as phase 3's step 050 makes it, in the
+    -- window of the open transition; guarded, so never twice.
+    WITH inserted AS (
+        INSERT INTO integration_events (event_type, event_source, event_payload, correlation_id)
+        SELECT ev.event_type, ev.event_source, ev.event_payload, ev.correlation_id
+          FROM migration_ledger.transition_queue AS q
+         CROSS JOIN LATERAL migration_ledger.phase3_installed_event(q.installation_id, q.module_id, q.client_id,
+                                                                    q.installed_at, q.status) AS ev
+         WHERE q.id = ANY (ids) AND q.client_id = ANY (held)
+           AND q.installation_id IS NOT NULL AND q.installed_at >= since
+           AND NOT EXISTS (SELECT 1 FROM integration_events AS ie
+                            WHERE ie.correlation_id = q.installation_id AND ie.event_type = 'module_installed')
+        RETURNING id
+    )
+    INSERT INTO migration_ledger.phase3_inserted (table_name, row_id)
+    SELECT 'integration_events', id FROM inserted;
+    done := ARRAY(SELECT q.id FROM migration_ledger.transition_queue AS q
+                   WHERE q.id = ANY (ids) AND q.client_id = ANY (held));
+    -- A listing's entries, each on its own.
+    FOR e IN SELECT q.id, q.names FROM migration_ledger.transition_queue AS q
+              WHERE q.id = ANY (ids) AND q.client_id IS NULL ORDER BY q.id LOOP
+        BEGIN
+            PERFORM migration_ledger.transition_relink(NULL, e.names);
+            done := done || e.id;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;
+        END;
     END LOOP;
+    DELETE FROM migration_ledger.transition_queue AS q WHERE q.id = ANY (done);
     PERFORM migration_ledger.transition_fold_sync_log(greatest(p_limit, 1) * 20);
-    RETURN applied;
+    RETURN cardinality(done);
 END
 $$;
 
