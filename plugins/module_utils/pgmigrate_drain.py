@@ -23,7 +23,6 @@
 #   python -m ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_drain run|ensure CONFIG
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -368,7 +367,8 @@ class Worker:
                        else "another session")
                 _log(f"another worker drains this database: {who}; exiting")
                 return False
-        conn.autocommit = False
+        # Autocommit: each call is one statement in one round trip, committed as it ends; no row
+        # lock of the queue or of the overrides it relinks is held across a round trip.
         self.conn = conn
         return True
 
@@ -400,7 +400,6 @@ class Worker:
                 if time.monotonic() - checked >= self.opts["transition_check_s"]:
                     with self.conn.cursor() as cur:
                         still_open = transition_open(cur) and queue_present(cur)
-                    self.conn.commit()
                     checked = time.monotonic()
                     if not still_open:
                         _log(f"the transition is closed: exiting after applying {self.applied} entries")
@@ -412,7 +411,6 @@ class Worker:
                 limit = max(1, int(self.opts["batch"] * share))
                 with self.conn.cursor() as cur:
                     applied = int(_one(cur, f"SELECT {LEDGER_SCHEMA}.transition_drain(%s)", (limit,)) or 0)
-                self.conn.commit()
                 self.calls += 1
                 self.applied += applied
                 self._pending = applied >= limit
@@ -429,10 +427,7 @@ class Worker:
                 self.last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 lost = isinstance(exc, MigrationError | psycopg2.OperationalError | psycopg2.InterfaceError) \
                     and (self.conn is None or self.conn.closed)
-                if self.conn is not None and not self.conn.closed:
-                    with contextlib.suppress(psycopg2.Error):
-                        self.conn.rollback()
-                else:
+                if self.conn is not None and self.conn.closed:
                     self.conn = None
                 if self.conn is None:
                     lost_since = lost_since or time.monotonic()
