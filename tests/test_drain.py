@@ -196,17 +196,21 @@ def test_a_killed_worker_loses_nothing_applies_nothing_twice_and_cron_starts_it_
     start(drained_db, tmp_path, drain_batch=200)
     pid = worker_pid(tmp_path)
     ids = install(drained_db, 4000)
-    # Kill it while its call applies a batch (its session active in transition_drain).
+    # Kill it while its call applies a batch (its session active in transition_drain), and its
+    # server session with it, as a crash of both would: the call's transaction is rolled back.
+    # (The worker killed alone, its server session finishes the one statement and commits it.)
     deadline = time.monotonic() + 30
     while True:
-        rows = query(drained_db, """SELECT count(*) FROM pg_stat_activity
+        rows = query(drained_db, """SELECT pid FROM pg_stat_activity
                                      WHERE application_name LIKE 'pgmigrate-drain%%' AND state = 'active'
                                        AND query LIKE '%%transition_drain%%'""")
-        if rows[0][0]:
+        if rows:
             os.kill(pid, signal.SIGKILL)
+            query(drained_db, "SELECT pg_terminate_backend(%s)", (rows[0][0],))
             break
         assert time.monotonic() < deadline, "the worker never applied a batch"
         time.sleep(0.005)
+    time.sleep(0.5)
     depth_after_kill = queue(drained_db)[0]
     assert depth_after_kill > 0
     time.sleep(1)
