@@ -99,6 +99,10 @@ def inventory_data(db: dict[str, Any], env_name: str = "local") -> dict[str, Any
         # Two linking sessions (the default is one): the suite keeps the side-by-side path,
         # each session on its own pages, under test; Molecule runs the default.
         "phase3_data_backfill_workers": 2,
+        # No long-lived drain (a worker process and a cron entry of this machine's user) behind
+        # every database the suite migrates: the tests that drain say so (tests/test_drain.py
+        # starts the drain itself; transition_helpers.drain drains as the migration does).
+        "drain_method": "none",
         "ansible_connection": "local",
         "ansible_python_interpreter": sys.executable,
     }

@@ -92,6 +92,7 @@ def host_vars(db: dict[str, Any], env_name: str, **extra: Any) -> dict[str, Any]
         "migration_db_password": db["password"],
         "migration_env": env_name,
         **LOADED_MACHINE_ABORT,
+        "drain_method": "none",  # as helpers.inventory_data: no worker behind every database migrated
         "ansible_connection": "local",
         "ansible_python_interpreter": sys.executable,
         **extra,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,49 @@ class OldApplication:
         return {"processed": processed, "failed": failed + len(errors), "errors": errors}
 
 
+def drain(db: dict[str, Any], timeout_s: float = 60) -> int:
+    """Drain the transition's queue as the migration does (transition_drain in short
+    transactions until it is empty) and fold the sync's log; returns the entries applied. What
+    a write derives in other rows is consistent once drained (docs/transition.md)."""
+    conn = connect(db)
+    conn.autocommit = True
+    applied = 0
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regprocedure('migration_ledger.transition_drain(integer)') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return 0
+            deadline = time.monotonic() + timeout_s
+            while True:
+                cur.execute("SELECT migration_ledger.transition_drain(1000)")
+                done = cur.fetchone()[0]
+                applied += done
+                cur.execute("SELECT depth FROM migration_ledger.transition_queue_state()")
+                if cur.fetchone()[0] == 0:
+                    break
+                assert time.monotonic() < deadline, "the transition's queue did not drain"
+                if not done:
+                    time.sleep(0.05)
+            cur.execute("SELECT migration_ledger.transition_fold_sync_log(NULL, true)")
+    finally:
+        conn.close()
+    return applied
+
+
+def queue_depth(db: dict[str, Any]) -> int:
+    """Entries in the transition's queue (0 without one)."""
+    conn = connect(db)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('migration_ledger.transition_queue') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                return 0
+            cur.execute("SELECT count(*) FROM migration_ledger.transition_queue")
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
 def check_transition(db: dict[str, Any]) -> dict[str, tuple[int, str | None]]:
     """tools/check_transition.sql: {check: (failures, examples)}."""
     conn = connect(db)
@@ -85,7 +129,9 @@ def check_transition(db: dict[str, Any]) -> dict[str, tuple[int, str | None]]:
 
 
 def inconsistent(db: dict[str, Any]) -> dict[str, tuple[int, str | None]]:
-    """The checks of tools/check_transition.sql that failed ({} when consistent)."""
+    """The checks of tools/check_transition.sql that failed ({} when consistent), once the
+    transition's queue is drained (what a write derives in other rows may lag until then)."""
+    drain(db)
     return {k: v for k, v in check_transition(db).items() if v[0]}
 
 

@@ -620,7 +620,7 @@ def configure(info: dict[str, Any], settings: dict[str, str]) -> dict[str, Any]:
     """ALTER SYSTEM SET each setting, then restart the cluster on the same port (settings such
     as shared_buffers take effect only then). Returns start_cluster's info."""
     for name, value in settings.items():
-        if not re.fullmatch(r"[a-z_]+", name):
+        if not re.fullmatch(r"[a-z_]+(\.[a-z_]+)?", name):
             raise PgClusterError(f"not a setting name: {name!r}")
         literal = str(value).replace("'", "''")
         _psql(info, "postgres", ["-c", f"ALTER SYSTEM SET {name} = '{literal}'"])
@@ -628,6 +628,20 @@ def configure(info: dict[str, Any], settings: dict[str, str]) -> dict[str, Any]:
     stop_cluster(datadir)
     return start_cluster(datadir, port=int(info["port"]), password=str(info["password"]),
                          bin_dir=info.get("bin_dir"))
+
+
+def enable_pg_cron(info: dict[str, Any], dbname: str) -> dict[str, Any]:
+    """Restart the cluster with pg_cron preloaded, its jobs run in `dbname` by background workers
+    (no connection, so no password, needed). pg_cron must be installed for the cluster's version
+    (Debian's postgresql-<major>-cron: tools/ensure-postgres.sh). Returns start_cluster's info."""
+    libdir = _psql(info, "postgres", ["-Atc", "SELECT setting FROM pg_config WHERE name = 'PKGLIBDIR'"]).strip()
+    if not (Path(libdir) / "pg_cron.so").is_file():
+        version = _psql(info, "postgres", ["-Atc", "SHOW server_version_num"]).strip()
+        raise PgClusterError(f"pg_cron is not installed in {libdir}: apt-get install postgresql-"
+                             f"{int(version) // 10000}-cron (tools/ensure-postgres.sh)")
+    # Two restarts: ALTER SYSTEM knows pg_cron's settings only once the library is loaded.
+    info = configure(info, {"shared_preload_libraries": "pg_cron", "max_worker_processes": "16"})
+    return configure(info, {"cron.database_name": dbname, "cron.use_background_workers": "on"})
 
 
 def destroy_cluster(datadir: Path) -> bool:

@@ -25,6 +25,13 @@ description:
     modules were resolved, and returns the start of the integration-event window (the server's
     now() minus I(event_window_days)), fixed once for the run.
   - C(bounds) (read-only) does the same without running the plan file.
+  - C(drain) applies the transition's queue (C(migration_ledger.transition_queue), what today's
+    application's writes derive in other rows) with C(migration_ledger.transition_drain()), in
+    short transactions under the I(throttle), until nothing queued before it began is left. An
+    entry an application transaction keeps from it (its client's advisory lock, or a locked
+    override) is tried again with backoff for up to I(lock_attempts) passes; then it fails,
+    naming the cause, unless I(drain_may_leave). Nothing to do without a transition queue. In
+    check mode it only reads the queue's depth.
   - C(run) applies one chunk (pages I(lo) to I(hi), I(hi) excluded) with the batch SQL file,
     batch by batch, adapting the batch to take about I(target_batch_ms). A batch never waits for
     a row lock (SKIP LOCKED); the pages of rows it skipped are linked again in later passes.
@@ -35,7 +42,7 @@ options:
     description: Plan the linkage, read the plan's chunks, or run one chunk.
     type: str
     required: true
-    choices: [plan, bounds, run]
+    choices: [plan, bounds, run, drain]
   plan_table:
     description: The table the plan file fills, one row per override to link.
     type: str
@@ -90,6 +97,12 @@ options:
     description: C(run) - sessions linking a chunk side by side.
     type: int
     default: 2
+  drain_may_leave:
+    description:
+      - C(drain) - succeed although entries an application transaction kept from the drain are
+        left (counted in C(left)), instead of failing.
+    type: bool
+    default: false
   reuse_rolled_back_window:
     type: bool
     default: false
@@ -176,8 +189,15 @@ batches_cancelled:
   returned: action is run
   type: int
 throttle:
-  description: C(run) - how long the throttle slowed down and paused the batches, and why.
-  returned: action is run
+  description: C(run), C(drain) - how long the throttle slowed down and paused the batches, and why.
+  returned: action is run or drain
+  type: dict
+drain:
+  description: >-
+    C(drain) - entries C(applied), C(calls), entries C(left) (queued before the drain began and
+    kept from it), the queue's C(depth) after it (entries queued since included),
+    C(drained_since) (the server's clock when it began) and C(seconds).
+  returned: action is drain
   type: dict
 """
 
@@ -200,6 +220,8 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     run_transactional,
     split_statements,
 )
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_queue import drain as drain_queue
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_queue import drain_or_fail, queue_state
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttle import (
     THROTTLE_ARG,
     BatchCut,
@@ -429,10 +451,34 @@ def run_chunk(p: dict, lock: dict) -> dict:
             "rows_per_second": int(linked / seconds) if seconds > 0 else linked}
 
 
+def run_drain(module, p: dict, lock: dict) -> dict:
+    """The drain action: the queue applied (or, in check mode, its depth read)."""
+    try:
+        conn = connect(p, "pgmigrate-drain")
+        try:
+            if module.check_mode:
+                state = queue_state(conn)
+                return {"changed": state["depth"] > 0, "drain": {"depth": state["depth"]},
+                        "msg": f"would drain the transition's queue ({state['depth']} entries)"}
+            fn = drain_queue if p["drain_may_leave"] else drain_or_fail
+            result = fn(conn, p, lock, p["throttle"], what="the transition's queue")
+        finally:
+            conn.close()
+    except MigrationError as exc:
+        module.fail_json(msg=str(exc))
+    except Exception as exc:  # noqa: BLE001 - psycopg2.Error and friends: name the step
+        module.fail_json(msg=f"draining the transition's queue failed: {str(exc).strip()}")
+    throttled = result.pop("throttle", {})
+    return {"changed": result["applied"] > 0, "drain": json_safe(result), "throttle": throttled,
+            "msg": f"drained the transition's queue: {result['applied']} entries applied in "
+                   f"{result['calls']} calls ({result['seconds']} s); {result['left']} left, depth now "
+                   f"{result['depth']}"}
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            action=dict(type="str", required=True, choices=["plan", "bounds", "run"]),
+            action=dict(type="str", required=True, choices=["plan", "bounds", "run", "drain"]),
             plan_table=dict(type="str", default="migration_ledger.phase3_override_plan"),
             plan_file=dict(type="path"),
             setup_files=dict(type="list", elements="path", default=[]),
@@ -448,6 +494,7 @@ def main():
             target_batch_ms=dict(type="int", default=25),
             workers=dict(type="int", default=2),
             reuse_rolled_back_window=dict(type="bool", default=False),
+            drain_may_leave=dict(type="bool", default=False),
             throttle=THROTTLE_ARG,
             **CONNECTION_ARGS,
             **LOCK_ARGS,
@@ -478,6 +525,8 @@ def main():
     if module.check_mode and p["action"] == "run":
         module.exit_json(changed=True, msg=f"would link the overrides planned on pages {p['lo']} to {p['hi']}")
     lock = {k: p[k] for k in LOCK_ARGS}
+    if p["action"] == "drain":
+        module.exit_json(**run_drain(module, p, lock))
     try:
         if p["action"] == "run":
             result = run_chunk(p, lock)

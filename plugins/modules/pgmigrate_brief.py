@@ -82,6 +82,13 @@ options:
     type: list
     elements: dict
     default: []
+  drain_method:
+    description: >-
+      What phase 3 will start to drain the transition's queue (C(drain_method) of the drain role):
+      C(auto) - pg_cron where the database has it, else a worker on the controller.
+    type: str
+    default: auto
+    choices: [auto, pg_cron, worker, none]
   channels:
     type: dict
     default: {}
@@ -143,6 +150,10 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     connect,
     fetch_dicts,
     json_safe,
+)
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_drain import (
+    pg_cron_version,
+    seconds_schedule,
 )
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
     report_pair_paths,
@@ -210,6 +221,7 @@ def read_database(conn) -> dict:
         cur.execute("SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
                     (f"{LEDGER_SCHEMA}.history", f"{LEDGER_SCHEMA}.approvals"))
         out["ledger_exists"], approvals_exist = cur.fetchone()
+        out["pg_cron_version"] = pg_cron_version(cur)
         out["history"] = fetch_dicts(cur, f"""
             SELECT phase, direction, status, started_at, finished_at
               FROM {LEDGER_SCHEMA}.history ORDER BY id DESC LIMIT 20""") if out["ledger_exists"] else []
@@ -311,7 +323,30 @@ def build(p: dict, db: dict, rehearsal: dict | None, rehearsal_path: str) -> dic
                          "overrides_linkable_to_installation": db["overrides_linkable_to_installation"],
                          "overrides": db["overrides"]},
         "channels": p["channels"],
+        "drain": drain_plan(p["drain_method"], db["pg_cron_version"]),
     })
+
+
+def drain_plan(method: str, cron_version: str | None) -> dict:
+    """What will drain the transition's queue from phase 3 until complete.yml."""
+    if method == "auto":
+        method = "pg_cron" if cron_version else "worker"
+    if method == "pg_cron" and cron_version:
+        every = "every second" if seconds_schedule(cron_version) else "every minute, each run draining for a minute"
+        says = (f"a pg_cron job in the database (pg_cron {cron_version}, {every}), scheduled by phase 3, "
+                "unscheduled by complete.yml or a rollback")
+    elif method == "pg_cron":
+        says = ("NOTHING YET: drain_method is pg_cron but this database has no pg_cron extension; phase 3 will "
+                "refuse to start the drain (install pg_cron, or drain_method: worker)")
+    elif method == "worker":
+        says = ("a worker process on this controller (playbooks/drain.yml), started by phase 3 and restarted "
+                "by a cron entry within a minute when it dies; the controller must stay up until complete.yml")
+    else:
+        says = ("NOTHING (drain_method: none): the queue grows until complete.yml or a rollback drains it; "
+                "what installations derive in other rows lags until then")
+    by = {"pg_cron": "a pg_cron job" if cron_version else "NOTHING (no pg_cron here)",
+          "worker": "a worker on the controller"}.get(method, "NOTHING (drain_method none)")
+    return {"method": method, "pg_cron_version": cron_version, "says": says, "by": by}
 
 
 def markdown(b: dict) -> str:
@@ -384,6 +419,10 @@ def markdown(b: dict) -> str:
             "overrides (the override stays).",
             "- The new tables: deleting a client deletes its workflows, their executions and its handover "
             "packages (`ON DELETE CASCADE`); deleting a workflow leaves its packages, unlinked (`SET NULL`).", ""]
+    out += ["## What drains the transition's queue", "",
+            f"From phase 3 until `complete.yml`: {b['drain']['says']}. `playbooks/status.yml` shows the "
+            "queue's depth, its oldest entry's age and what drains it; the watch alerts when the age passes "
+            "`watch_queue_age_alert_s`.", ""]
     ch = b["channels"]
     if ch:
         out += ["## Where messages go", "", ", ".join(f"{k}: {v}" for k, v in ch.items()), ""]
@@ -398,7 +437,8 @@ def summary(b: dict) -> str:
     return (f"pre-migration briefing: {win}; {len([x for x in b['phases'] if not x['applied']])} phase(s), "
             f"about {human_s(b['total_seconds'])} ({src}); sign-offs missing: {missing}; deleting an "
             f"installation will delete the client's override (fk_cao_installation ON DELETE CASCADE, "
-            f"{b['delete_rules']['overrides_linkable_to_installation']} overrides)")
+            f"{b['delete_rules']['overrides_linkable_to_installation']} overrides); the transition's queue is "
+            f"drained by {b['drain']['by']}")
 
 
 def main() -> None:
@@ -418,6 +458,7 @@ def main() -> None:
             valid_hours=dict(type="float", default=168),
             rollback_commands=dict(type="list", elements="dict", default=[]),
             channels=dict(type="dict", default={}),
+            drain_method=dict(type="str", default="auto", choices=["auto", "pg_cron", "worker", "none"]),
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),

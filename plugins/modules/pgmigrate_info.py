@@ -49,6 +49,12 @@ options:
     description: A directory to take the client programs of I(programs) from; empty - search the usual places.
     type: str
     default: ""
+  queue:
+    type: bool
+    default: false
+    description: >-
+      Also return C(transition_queue) - the transition's queue (its depth, the age of its oldest
+      entry) and what drains it (the pg_cron job, or the worker's session and heartbeat).
   refuse_pooler:
     type: bool
     default: true
@@ -146,6 +152,15 @@ ledger_size:
   returned: when I(status) is true
   type: dict
   sample: {bytes: 1589248, tables: {phase3_override_plan: 1048576, history: 65536}}
+transition_queue:
+  description: >-
+    The transition's queue - C(present), C(open) (the transition), C(depth), C(oldest_enqueued_at),
+    C(oldest_age_s), C(drained_by) (C(kind) pg_cron, worker or nothing, with the job's id and
+    schedule and last run, or the worker's server pid, application_name, heartbeat_at and
+    heartbeat_age_s) and C(says), one line.
+  returned: when I(queue) is true
+  type: dict
+  sample: {present: true, open: true, depth: 0, oldest_age_s: 0.0, drained_by: {kind: worker}}
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -163,6 +178,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     ledger_unfinished,
     refuse_transaction_pooler,
 )
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_drain import queue_state
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_dump import pg_program
 
 
@@ -198,6 +214,7 @@ def main():
             programs=dict(type="list", elements="str", default=[]),
             pg_bin_dir=dict(type="str", default=""),
             refuse_pooler=dict(type="bool", default=True),
+            queue=dict(type="bool", default=False),
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
@@ -229,6 +246,11 @@ def main():
             facts["phases"] = phase_states(state, ledger_unfinished(conn))
             facts["deferred"] = deferred_state(conn)
             facts["ledger_size"] = ledger_size(conn)
+        if p["queue"]:
+            facts["transition_queue"] = queue_state(conn)
+        if p["status"] and p["queue"] and facts["transition_queue"]["present"]:
+            # What drains the queue, as the drain sees it (a pg_cron job, a worker, or nothing).
+            facts["deferred"]["drained_by"] = facts["transition_queue"]["drained_by"]
     except MigrationError as exc:
         module.fail_json(msg=str(exc))
     finally:

@@ -281,6 +281,9 @@ def main():
         conn = connect(p, "pgmigrate-validate")
         try:
             params = dict(p["params"])
+            # Without the time a drain began, every entry of the transition's queue fails
+            # transition.queue_drained.
+            params.setdefault("queue_drained_since", "infinity")
             if p["events_since_from_ledger"]:
                 params["events_since"] = phase3_window(conn)
             checks = run_checks(conn, render(checks_template, params))

@@ -78,6 +78,13 @@ options:
     description: >-
       The application's figures read from Prometheus (M(agency.pgmigrate.pgmigrate_prometheus)
       C(query)).
+  queue_age_alert_s:
+    description: >-
+      Alert when the oldest entry of the transition's queue has waited longer than this, in
+      seconds (critical when nothing drains the queue); while the transition is open, nothing
+      draining it is an alert of its own.
+    type: float
+    default: 60
   plots:
     description: Draw a PNG per metric (needs matplotlib on the controller).
     type: bool
@@ -160,6 +167,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     ledger_exists,
     ledger_state,
 )
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_drain import queue_state
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
     DEFAULT_PROBE_SQL,
     DEFAULT_THRESHOLDS,
@@ -190,6 +198,8 @@ METRICS: list[tuple[str, str, str, str | None]] = [
     ("database_size_mib", "Database size", "MiB", None),
     ("migrated_dead_tuples", "Dead tuples of the migrated tables", "rows", None),
     ("app_checks_failed", "Application endpoint checks failing", "checks", None),
+    ("transition_queue_depth", "Transition queue depth (entries waiting)", "entries", None),
+    ("transition_queue_age_s", "Transition queue: oldest entry's age", "s", "queue_age_s"),
 ]
 PLOTTED = {m[0] for m in METRICS}
 
@@ -278,6 +288,17 @@ def watch_alerts(sample: dict, metrics: dict, p: dict, baseline: dict | None, pr
         elif reading["value"] > t[limit_key]:
             alert(f"prometheus_{key}", reading["value"], t[limit_key],
                   f"{label} {reading['value']:g} (Prometheus) is over {t[limit_key]:g}")
+    queue = p.get("_queue") or {}
+    if queue.get("present"):
+        nothing = queue["open"] and queue["drained_by"]["kind"] == "nothing"
+        if queue["oldest_age_s"] > p["queue_age_alert_s"]:
+            alert("transition_queue_age_s", queue["oldest_age_s"], p["queue_age_alert_s"],
+                  f"the transition's queue is behind: its oldest entry waits {queue['oldest_age_s']:g} s "
+                  f"(over {p['queue_age_alert_s']:g}), {queue['depth']} entries; {queue['says']}", critical=nothing)
+        elif nothing and queue["depth"]:
+            alert("transition_queue_drained", 0, 1,
+                  f"nothing drains the transition's queue ({queue['depth']} entries): start it with "
+                  "playbooks/drain.yml -e drain_state=started")
     before = {a["metric"]: int(a.get("repeat", 1)) for a in previous_alerts}
     for a in alerts:
         a["repeat"] = before.get(a["metric"], 0) + 1
@@ -297,6 +318,10 @@ def flatten(sample: dict, derived: dict, tables: dict, p: dict) -> dict:
          "app_checks_failed": sum(1 for c in p["app_checks"] if not c.get("ok")) if p["app_checks"] else None,
          "app_p95_ms": (prom.get("p95_ms") or {}).get("value") if prom else None,
          "app_error_pct": (prom.get("error_pct") or {}).get("value") if prom else None}
+    queue = p.get("_queue") or {}
+    if queue.get("present"):
+        m.update(transition_queue_depth=queue["depth"], transition_queue_age_s=queue["oldest_age_s"],
+                 transition_queue_drained=int(queue["drained_by"]["kind"] != "nothing"))
     return {**m, **tables}
 
 
@@ -328,7 +353,8 @@ def trend_report(p: dict, start: datetime.datetime, rows: list[dict], over: bool
     """Rewrite <report_dir>/watch-<host>.md and its plots from every sample of the watch so far."""
     base = os.path.join(p["report_dir"], f"watch-{p['host']}")
     os.makedirs(base, mode=0o750, exist_ok=True)
-    thresholds = {**DEFAULT_THRESHOLDS, **{k: float(v) for k, v in p["thresholds"].items()}}
+    thresholds = {**DEFAULT_THRESHOLDS, **{k: float(v) for k, v in p["thresholds"].items()},
+                  "queue_age_s": p["queue_age_alert_s"]}
     samples = [r for r in rows if r["kind"] == "sample"]
     end = start + datetime.timedelta(hours=p["hours"])
     out = [f"# The 48-hour watch: {p['host']}", "",
@@ -401,14 +427,16 @@ def main() -> None:
             app_checks=dict(type="list", elements="dict", default=[]),
             prometheus=dict(type="dict", default={}),
             plots=dict(type="bool", default=True),
+            queue_age_alert_s=dict(type="float", default=60),
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
         supports_check_mode=True,
     )
     p = module.params
-    if p["hours"] <= 0 or p["escalate_after"] < 1 or p["probe_runs"] < 1:
-        module.fail_json(msg="watch_hours must be positive, watch_escalate_after and probe_runs at least 1")
+    if p["hours"] <= 0 or p["escalate_after"] < 1 or p["probe_runs"] < 1 or p["queue_age_alert_s"] <= 0:
+        module.fail_json(msg="watch_hours and watch_queue_age_alert_s must be positive, watch_escalate_after and "
+                             "probe_runs at least 1")
     try:
         result = run(module)
     except MigrationError as exc:
@@ -460,6 +488,10 @@ def run(module: AnsibleModule) -> dict:
                                                               ["error_rate_min_xacts"]))
                 since = str(previous["taken_at"]) if previous else str(start)
                 tables_m, details = table_figures(cur, since)
+                # The transition's queue, while phase 3's transition defers work into it.
+                p["_queue"] = queue_state(conn)
+                if p["_queue"]["present"]:
+                    details["transition_queue"] = p["_queue"]
                 metrics = flatten(sample, derived, tables_m, p)
                 baseline = ((state.get("1") or {}).get("details") or {}).get("monitoring", {}).get("baseline")
                 alerts = watch_alerts(sample, derived, p, baseline, (previous or {}).get("alerts") or [])

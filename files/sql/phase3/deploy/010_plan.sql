@@ -45,7 +45,7 @@ UPDATE migration_ledger.phase3_override_plan AS p
 -- phase3_linkage puts together for one override, here as two hash joins over the tables once.
 -- Ordering by ctid writes the plan in the table's physical order. An override the transition's
 -- sync has already linked (007, opened before this) is left to it: its record is in
--- phase3_override_sync, and the backfill must not write it again.
+-- phase3_override_sync or still in its log, and the backfill must not write it again.
 INSERT INTO migration_ledger.phase3_override_plan
 SELECT cao.id,
        l.module_id,
@@ -65,6 +65,7 @@ CROSS JOIN LATERAL migration_ledger.phase3_linkage_choice(n.oldest, n.candidates
                                                          i.installation_id, cao.enabled) AS l
 WHERE NOT EXISTS (SELECT 1 FROM migration_ledger.phase3_override_plan p WHERE p.override_id = cao.id)
   AND NOT EXISTS (SELECT 1 FROM migration_ledger.phase3_override_sync s WHERE s.override_id = cao.id)
+  AND NOT EXISTS (SELECT 1 FROM migration_ledger.phase3_override_sync_log g WHERE g.override_id = cao.id)
 ORDER BY cao.ctid;
 
 -- The plan's key (a rerun's NOT EXISTS above, the rollback's joins) and the backfill's range

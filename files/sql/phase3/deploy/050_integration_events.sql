@@ -3,7 +3,7 @@
 -- is fixed once per run (:'events_since') and recorded in the ledger, so the validator checks
 -- against the same window. Guarded: an installation that already has a module_installed event
 -- gets no second one. The event itself is defined once (005, phase3_installed_event): the
--- transition's sync inserts the same for every installation recorded after the plan. The
+-- transition's drain inserts the same for every installation recorded after 007. The
 -- installation's status is ours, not the strategy's: read from the row as JSON, so a
 -- module_installations without that column gives "status": null.
 --
@@ -28,6 +28,11 @@ inserted AS (
      WHERE mi.installed_at >= :'events_since'::timestamptz
        AND NOT EXISTS (SELECT 1 FROM integration_events e
                         WHERE e.correlation_id = mi.id AND e.event_type = 'module_installed' OFFSET 0)
+       -- An installation recorded since the transition opened has its event from the drain,
+       -- which may be inserting it now: its queue entry is committed with the installation and
+       -- deleted with the event, so this snapshot sees the entry, or the event, or neither
+       -- (installed before the transition opened: this step's).
+       AND NOT EXISTS (SELECT 1 FROM migration_ledger.transition_queue q WHERE q.installation_id = mi.id)
     RETURNING id
 ),
 recorded AS (

@@ -70,6 +70,14 @@ BEGIN
     IF to_regclass('migration_ledger.phase3_override_sync') IS NOT NULL THEN
         TRUNCATE migration_ledger.phase3_override_sync;
     END IF;
+    -- The transition's queue and log: revert/005 applied or discarded every entry and folded the
+    -- log (both empty then); what a phase 2 rolled back in the same transaction leaves goes too.
+    IF to_regclass('migration_ledger.transition_queue') IS NOT NULL THEN
+        TRUNCATE migration_ledger.transition_queue;
+    END IF;
+    IF to_regclass('migration_ledger.phase3_override_sync_log') IS NOT NULL THEN
+        TRUNCATE migration_ledger.phase3_override_sync_log;
+    END IF;
 
     -- Executions the application attached to our workflows go with them (ON DELETE CASCADE).
     IF to_regclass('workflow_executions') IS NOT NULL AND to_regclass('orchestration_workflows') IS NOT NULL

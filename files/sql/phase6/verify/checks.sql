@@ -1,7 +1,13 @@
 -- Phase 6: the data integrity validator (the strategy's TypeScript validator, as SQL).
 -- Each statement returns rows of (check, passed, observed, expected); pgmigrate_validate runs
 -- them all, read-only, in one REPEATABLE READ snapshot, and writes the JSON report.
--- :'events_since' is the cutoff phase 3 recorded in the ledger.
+-- :'events_since' is the cutoff phase 3 recorded in the ledger; :'queue_drained_since' when the
+-- drain before this validation began (infinity: none ran).
+--
+-- What today's application's writes derive in other rows is consistent once the transition's
+-- queue is drained (docs/transition.md): transition.queue_drained fails when anything queued
+-- before that drain is left, and the checks of what the queue derives (the events, and the
+-- linkage a listing's change moves) leave out only what was queued since, still pending.
 
 SELECT 'schema.columns' AS check, count(*) = 4 AS passed, count(*)::text AS observed, '4' AS expected
   FROM information_schema.columns
@@ -35,9 +41,16 @@ SELECT 'constraints.foreign_keys_validated',
  WHERE conrelid = 'client_app_overrides'::regclass
    AND conname IN ('fk_cao_marketplace_module', 'fk_cao_installation');
 
+SELECT 'transition.queue_drained', count(*) FILTER (WHERE q.enqueued_at < :'queue_drained_since'::timestamptz) = 0,
+       count(*) FILTER (WHERE q.enqueued_at < :'queue_drained_since'::timestamptz)
+           || ' queued before the drain (depth ' || count(*) || ')',
+       '0 queued before the drain'
+  FROM migration_ledger.transition_queue q;
+
 SELECT 'linkage.module_name_matches', count(*) = 0, count(*)::text, '0'
   FROM client_app_overrides cao JOIN marketplace_modules mm ON mm.id = cao.marketplace_module_id
- WHERE mm.name <> cao.app_name;
+ WHERE mm.name <> cao.app_name
+   AND NOT EXISTS (SELECT 1 FROM migration_ledger.transition_queue q WHERE q.names && ARRAY[cao.app_name, mm.name]);
 
 SELECT 'linkage.installation_matches', count(*) = 0, count(*)::text, '0'
   FROM client_app_overrides cao JOIN module_installations mi ON mi.id = cao.installation_id
@@ -48,16 +61,19 @@ SELECT 'linkage.installation_matches', count(*) = 0, count(*)::text, '0'
 SELECT 'linkage.complete', count(*) = 0, count(*)::text, '0'
   FROM client_app_overrides cao
  WHERE cao.marketplace_module_id IS NULL
-   AND EXISTS (SELECT 1 FROM marketplace_modules mm WHERE mm.name = cao.app_name);
+   AND EXISTS (SELECT 1 FROM marketplace_modules mm WHERE mm.name = cao.app_name)
+   AND NOT EXISTS (SELECT 1 FROM migration_ledger.transition_queue q WHERE cao.app_name = ANY (q.names));
 
 -- While the transition is open (phase 3 to playbooks/complete.yml), its sync is in place: the
 -- three triggers, enabled, and their functions SECURITY DEFINER with a fixed search_path; the
--- relink they call runs in their context (no SET clause of its own), and nobody else may call it.
+-- relink runs in its caller's context (no SET clause of its own), and nobody else may call it;
+-- the queue's drain, state and the log's fold have a fixed search_path, and only their owner
+-- (the migration's login) may call them.
 SELECT 'transition.sync_in_place',
-       NOT t.open OR (x.triggers = 3 AND x.functions = 4),
+       NOT t.open OR (x.triggers = 3 AND x.functions = 7),
        CASE WHEN t.open THEN 'open: ' || x.triggers || ' triggers, ' || x.functions || ' functions'
             ELSE 'closed (cutover done)' END,
-       'open: 3 triggers, 4 functions (or closed)'
+       'open: 3 triggers, 7 functions (or closed)'
   FROM (SELECT EXISTS (SELECT 1 FROM migration_ledger.transition
                         WHERE completed_at IS NULL AND rolled_back_at IS NULL) AS open) AS t,
        (SELECT (SELECT count(*) FROM pg_trigger tg
@@ -70,7 +86,12 @@ SELECT 'transition.sync_in_place',
                    AND ((pr.prosecdef AND pr.proconfig IS NOT NULL
                          AND pr.proname IN ('transition_sync_override', 'transition_sync_installation',
                                             'transition_sync_listing'))
-                        OR (pr.proname = 'transition_relink'
+                        OR (pr.proname = 'transition_relink' AND pr.proconfig IS NULL AND NOT pr.prosecdef
+                            AND NOT EXISTS (SELECT 1 FROM aclexplode(coalesce(pr.proacl, acldefault('f', pr.proowner))) AS a
+                                             WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))
+                        OR (pr.proname IN ('transition_drain', 'transition_queue_state', 'transition_fold_sync_log')
+                            AND NOT pr.prosecdef
+                            AND array_to_string(pr.proconfig, ',') LIKE '%search_path=%'
                             AND NOT EXISTS (SELECT 1 FROM aclexplode(coalesce(pr.proacl, acldefault('f', pr.proowner))) AS a
                                              WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))))
                AS functions) AS x;
@@ -83,7 +104,8 @@ SELECT 'linkage.activation_status', count(*) = 0, count(*)::text, '0'
 SELECT 'linkage.unmatched_stay_pending', count(*) = 0, count(*)::text, '0'
   FROM client_app_overrides cao
  WHERE NOT EXISTS (SELECT 1 FROM marketplace_modules mm WHERE mm.name = cao.app_name)
-   AND (cao.marketplace_module_id IS NOT NULL OR cao.activation_status <> 'pending');
+   AND (cao.marketplace_module_id IS NOT NULL OR cao.activation_status <> 'pending')
+   AND NOT EXISTS (SELECT 1 FROM migration_ledger.transition_queue q WHERE cao.app_name = ANY (q.names));
 
 SELECT 'workflows.one_per_client', count(*) = 0, count(*)::text, '0 clients with none or several'
   FROM clients_enhanced c
@@ -104,7 +126,9 @@ SELECT 'events.one_per_recent_installation', count(*) = 0, count(*)::text, '0 re
   FROM module_installations mi
  WHERE mi.installed_at >= :'events_since'::timestamptz
    AND (SELECT count(*) FROM integration_events e
-         WHERE e.correlation_id = mi.id AND e.event_type = 'module_installed') <> 1;
+         WHERE e.correlation_id = mi.id AND e.event_type = 'module_installed')
+       NOT IN (1, CASE WHEN EXISTS (SELECT 1 FROM migration_ledger.transition_queue q
+                                     WHERE q.installation_id = mi.id) THEN 0 ELSE 1 END);
 
 SELECT 'security.rls_enabled', count(*) = 2, string_agg(relname, ', '), 'orchestration_workflows, handover_packages'
   FROM pg_class
