@@ -207,6 +207,9 @@ def app_db(cluster: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield target
     finally:
         drop_database(target)
+        # Roles are cluster-wide: the next test of the module finds none (the role the test
+        # created has no grant left once its database is gone).
+        query({**cluster, "dbname": "postgres"}, "DROP ROLE IF EXISTS authenticated")
 
 
 def public_only(snapshot: dict[str, Any]) -> dict[str, Any]:
@@ -238,6 +241,15 @@ def test_tables_in_app_with_decoys_in_public(app_db: dict[str, Any], tmp_path: P
     changed (before, with search_path = app, public, phase 6 failed: relation
     "orchestration_workflows" does not exist)."""
     dirs = {**out_dirs_in(tmp_path), "migration_db_schema": "app"}
+    # The tenant sessions reach app's tables only with USAGE on it: the schema owner's to grant.
+    assert_refused(
+        app_db,
+        lambda: run_playbook(MIGRATE, app_db, {"phase": "all", **dirs}),
+        "role authenticated, whose sessions phase 5's grants and policies serve, has no USAGE on schema app",
+        'CREATE ROLE authenticated NOLOGIN, then GRANT USAGE ON SCHEMA "app" TO authenticated',
+    )
+    query(app_db, "CREATE ROLE authenticated NOLOGIN")
+    query(app_db, "GRANT USAGE ON SCHEMA app TO authenticated")
     before = db_snapshot(app_db)
     decoys = public_only(before)
     _ok(run_playbook(MIGRATE, app_db, {"phase": "all", **dirs}))
@@ -248,11 +260,10 @@ def test_tables_in_app_with_decoys_in_public(app_db: dict[str, Any], tmp_path: P
     assert query(app_db, "SELECT to_regprocedure('app.tenant_client_id()') IS NOT NULL") == [(True,)]
     assert public_only(db_snapshot(app_db)) == decoys
     _ok(run_playbook(ROLLBACK, app_db, {"phase": "data", **dirs}))
-    assert applied(app_db) == ["1", "2", "4", "5"]
+    assert applied(app_db) == ["1", "2", "4", "5", "6"]
     assert public_only(db_snapshot(app_db)) == decoys
     _ok(run_playbook(ROLLBACK, app_db, {"phase": "all", **dirs}))
     assert applied(app_db) == []
     after = db_snapshot(app_db)
     assert public_only(after) == decoys
     assert snapshot_diff(outside_the_run(before), outside_the_run(after)) == []
-    assert query(app_db, "SELECT count(*) FROM pg_roles WHERE rolname = 'authenticated'") == [(0,)]

@@ -298,6 +298,21 @@ def check_access(cur, schema: str, views: list[str], functions: list[str]) -> li
             problems.append(f"auth.jwt() does not exist and login {user} lacks CREATE on schema auth "
                             f"(phase 5 creates the function there): as {owner}, GRANT CREATE ON SCHEMA "
                             f"auth TO {quote_ident(user)}")
+    # The tenant sessions phase 5 grants to (and phase 6 checks) reach the tables only through
+    # the schema: PUBLIC has USAGE on public, seldom on a schema of one's own (Supabase exposes
+    # one only when told). Granting on a schema is its owner's call, not the migration's.
+    cur.execute("""SELECT CASE WHEN to_regrole('authenticated') IS NOT NULL
+                               THEN has_schema_privilege('authenticated', n.oid, 'USAGE')
+                               ELSE EXISTS (SELECT 1 FROM aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+                                             WHERE a.grantee = 0 AND a.privilege_type = 'USAGE') END,
+                          pg_get_userbyid(n.nspowner)
+                     FROM pg_namespace n WHERE n.nspname = %s""", (schema,))
+    usage, schema_owner = cur.fetchone()
+    if not usage:
+        first = "" if has_role else "CREATE ROLE authenticated NOLOGIN, then "
+        problems.append(f"role authenticated, whose sessions phase 5's grants and policies serve, has no USAGE on "
+                        f"schema {schema}: as {schema_owner}, {first}GRANT USAGE ON SCHEMA {quote_ident(schema)} "
+                        f"TO authenticated")
     cur.execute("""SELECT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c
                      JOIN pg_namespace n ON n.oid = c.relnamespace
                     WHERE n.nspname = %s AND c.relname = ANY (%s) AND NOT pg_has_role(c.relowner, 'USAGE')
