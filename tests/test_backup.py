@@ -396,7 +396,7 @@ def test_backup_destination_without_space_is_refused(fresh_db: dict[str, Any], t
             fresh_db,
             {"migration_backup_dir": str(small / "backups"), "migration_report_dir": str(tmp_path / "reports")},
             f"the backup destination {small}/backups/testdb has",
-            "migration_backup_space_ratio 0.5",
+            "migration_backup_space_ratio 0.75",
             "point migration_backup_dir at a larger file system",
             "Nothing was changed",
         )
