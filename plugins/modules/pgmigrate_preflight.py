@@ -394,7 +394,7 @@ def probe_shapes(conn, schema: str, files: list[str], tables: list[str], extende
 
     def work(cur):
         cur.execute(f"CREATE SCHEMA {PROBE_SCHEMA}")
-        cur.execute(f"SET LOCAL search_path = {PROBE_SCHEMA}, {schema}")
+        cur.execute(f"SET LOCAL search_path = {PROBE_SCHEMA}, {quote_ident(schema)}")
         # A bare copy of the extended table, so ADD COLUMN IF NOT EXISTS shows the intended types.
         cur.execute(f"CREATE TABLE {PROBE_SCHEMA}.{extended} (id uuid)")
         for table in referenced:
@@ -447,7 +447,7 @@ def find_conflicts(cur, schema: str, shapes: dict, extended: str) -> tuple[list[
 def integrity_report(cur, schema: str, prerequisites: dict) -> dict:
     counts = {}
     for table in prerequisites:
-        cur.execute(f"SELECT count(*) FROM {schema}.{table}")
+        cur.execute(f"SELECT count(*) FROM {quote_ident(schema)}.{quote_ident(table)}")
         counts[table] = cur.fetchone()[0]
     report = fetch_dicts(cur, """
         SELECT
