@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import stat
 import subprocess
 import threading
@@ -360,3 +361,58 @@ def test_pg_dump_streams_into_pg_restore_from_the_snapshot(fresh_db: dict[str, A
     # pg_dump's end is reported too (a broken pipe, or success when the whole dump fit in the
     # pipe's buffer before pg_restore gave up): the clone names pg_restore's failure first.
     assert cut.stderr_path == str(tmp_path / "dump2.err")
+
+
+# --- room for phase 1's archive, checked before anything changes ------------------------------
+
+
+def _refused_unchanged(db: dict[str, Any], extra: dict[str, Any], *needles: str) -> str:
+    from helpers import db_snapshot, ledger_exists, snapshot_diff
+
+    before = db_snapshot(db)
+    result = run_playbook(MIGRATE, db, {"phase": "all", **extra})
+    text = " ".join(out_of(result).split())
+    assert result.returncode != 0, playbook_output(result)
+    for needle in needles:
+        assert needle in text, f"{needle!r} not in output\n{playbook_output(result)}"
+    assert snapshot_diff(before, db_snapshot(db)) == []
+    assert not ledger_exists(db)
+    return text
+
+
+def test_backup_destination_without_space_is_refused(fresh_db: dict[str, Any], tmp_path: Path) -> None:
+    """A real file system of 64 KiB (tmpfs, mounted as root) as the backup destination: the
+    preflight refuses, naming the free and the needed bytes and the variables, before phase 1
+    writes anything (before, pg_dump filled it and phase 1 failed with the ledger written)."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root (the variable's test below runs anyway)")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(small)], check=True)
+    try:
+        text = _refused_unchanged(
+            fresh_db,
+            {"migration_backup_dir": str(small / "backups"), "migration_report_dir": str(tmp_path / "reports")},
+            f"the backup destination {small}/backups/testdb has",
+            "migration_backup_space_ratio 0.75",
+            "point migration_backup_dir at a larger file system",
+            "Nothing was changed",
+        )
+        free, needed = map(int, re.search(r"has (\d+) bytes free .* needs about (\d+) ", text).groups())
+        assert free <= 65536 < needed
+        assert not any(small.rglob("*"))
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_backup_space_from_the_variable(fresh_db: dict[str, Any], tmp_path: Path) -> None:
+    """migration_backup_required_free_bytes beyond the destination's free space is refused by
+    name; -1 skips the check (check mode: nothing is written)."""
+    dirs = {"migration_backup_dir": str(tmp_path / "backups"), "migration_report_dir": str(tmp_path / "reports")}
+    _refused_unchanged(fresh_db, {**dirs, "migration_backup_required_free_bytes": 2**60},
+                       f"migration_backup_required_free_bytes={2**60}")
+    result = run_playbook(MIGRATE, fresh_db, {"phase": "all", **dirs, "migration_backup_required_free_bytes": -1},
+                          check=True)
+    assert result.returncode == 0, playbook_output(result)

@@ -45,6 +45,11 @@ CONNECTION_ARGS: dict[str, dict[str, Any]] = {
     # free for the application - on a small server a validation query fanning out into three
     # processes is what takes every core from it.
     "db_parallel_workers": {"type": "int", "default": 0},
+    # The schema of the application's tables (migration_db_schema): every session's search_path
+    # is that schema alone, so the SQL names tables and functions without a schema, creates in it,
+    # and never resolves a name to a same-named table of another schema (public's, say), which a
+    # DROP ... IF EXISTS of the rollback would otherwise find when the schema's own is gone.
+    "db_schema": {"type": "str", "default": "public"},
 }
 
 # The lock-safety options of every module that takes strong locks.
@@ -94,14 +99,18 @@ def connect(params: dict[str, Any], application_name: str = "pgmigrate") -> Any:
     except psycopg2.OperationalError as exc:
         raise MigrationError(explain_connect_error(str(exc), params)) from None
     workers = params.get("db_parallel_workers")
-    if workers is not None:
+    schema = params.get("db_schema")
+    if workers is not None or schema:
         # Session settings, outside any transaction (a rollback would undo them), and not as the
         # startup packet's `options`, which connection poolers such as PgBouncer refuse.
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute("SELECT set_config('max_parallel_workers_per_gather', %s, false), "
-                        "set_config('max_parallel_maintenance_workers', %s, false)",
-                        (str(workers), str(workers)))
+            if workers is not None:
+                cur.execute("SELECT set_config('max_parallel_workers_per_gather', %s, false), "
+                            "set_config('max_parallel_maintenance_workers', %s, false)",
+                            (str(workers), str(workers)))
+            if schema:
+                cur.execute("SELECT set_config('search_path', quote_ident(%s), false)", (schema,))
         conn.autocommit = False
     return conn
 

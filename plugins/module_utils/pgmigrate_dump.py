@@ -39,10 +39,11 @@ def table_key(schema: str, name: str) -> str:
     return f"{schema}.{name}"
 
 
-def public_counts(counts: dict[str, int]) -> dict[str, int]:
+def public_counts(counts: dict[str, int], schema: str = "public") -> dict[str, int]:
     """The manifest's row_counts as the restore reads them (since the first manifest): the tables
-    of public, by bare name. Every table, schema-qualified, is in row_counts_all."""
-    return {key.split(".", 1)[1]: n for key, n in counts.items() if key.startswith("public.")}
+    of the migrated schema (migration_db_schema, public by default), by bare name. Every table,
+    schema-qualified, is in row_counts_all."""
+    return {key.split(".", 1)[1]: n for key, n in counts.items() if key.startswith(f"{schema}.")}
 
 
 def count_rows(cur: Any) -> dict[str, int]:

@@ -259,10 +259,10 @@ def replication(cur: Any) -> dict[str, Any]:
 
 
 def event_lag(cur: Any) -> float | None:
-    if not _exists(cur, "public.integration_events", "processed_at"):
+    if not _exists(cur, "integration_events", "processed_at"):
         return None
     cur.execute("""SELECT extract(epoch FROM clock_timestamp() - min(created_at))
-                     FROM public.integration_events
+                     FROM integration_events
                     WHERE processed_at IS NULL AND status IN ('pending', 'processing')""")
     value = cur.fetchone()[0]
     return round(float(value), 1) if value is not None else 0.0
@@ -276,25 +276,25 @@ def event_lag(cur: Any) -> float | None:
 # (name, relation, column, SQL, the foreign key that guarantees it: (column, referenced table)).
 INTEGRITY_CHECKS: list[tuple[str, str, str | None, str, tuple[str, str]]] = [
     ("overrides linked to a marketplace module that does not exist",
-     "public.client_app_overrides", "marketplace_module_id",
-     """SELECT count(*) FROM public.client_app_overrides o
+     "client_app_overrides", "marketplace_module_id",
+     """SELECT count(*) FROM client_app_overrides o
          WHERE o.marketplace_module_id IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM public.marketplace_modules m WHERE m.id = o.marketplace_module_id)""",
-     ("marketplace_module_id", "public.marketplace_modules")),
+           AND NOT EXISTS (SELECT 1 FROM marketplace_modules m WHERE m.id = o.marketplace_module_id)""",
+     ("marketplace_module_id", "marketplace_modules")),
     ("overrides linked to an installation that does not exist",
-     "public.client_app_overrides", "installation_id",
-     """SELECT count(*) FROM public.client_app_overrides o
+     "client_app_overrides", "installation_id",
+     """SELECT count(*) FROM client_app_overrides o
          WHERE o.installation_id IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM public.module_installations i WHERE i.id = o.installation_id)""",
-     ("installation_id", "public.module_installations")),
-    ("workflows whose client does not exist", "public.orchestration_workflows", None,
-     """SELECT count(*) FROM public.orchestration_workflows w
-         WHERE NOT EXISTS (SELECT 1 FROM public.clients_enhanced c WHERE c.id = w.client_id)""",
-     ("client_id", "public.clients_enhanced")),
-    ("handover packages whose client does not exist", "public.handover_packages", None,
-     """SELECT count(*) FROM public.handover_packages h
-         WHERE NOT EXISTS (SELECT 1 FROM public.clients_enhanced c WHERE c.id = h.client_id)""",
-     ("client_id", "public.clients_enhanced")),
+           AND NOT EXISTS (SELECT 1 FROM module_installations i WHERE i.id = o.installation_id)""",
+     ("installation_id", "module_installations")),
+    ("workflows whose client does not exist", "orchestration_workflows", None,
+     """SELECT count(*) FROM orchestration_workflows w
+         WHERE NOT EXISTS (SELECT 1 FROM clients_enhanced c WHERE c.id = w.client_id)""",
+     ("client_id", "clients_enhanced")),
+    ("handover packages whose client does not exist", "handover_packages", None,
+     """SELECT count(*) FROM handover_packages h
+         WHERE NOT EXISTS (SELECT 1 FROM clients_enhanced c WHERE c.id = h.client_id)""",
+     ("client_id", "clients_enhanced")),
 ]
 
 # Is there a validated single-column foreign key from relation.column to referenced?

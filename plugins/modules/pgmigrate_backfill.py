@@ -232,7 +232,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttl
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttle import options as throttle_options
 
 # What the batches write: the throttle counts the lock waiters on these.
-THROTTLED_TABLES = ["public.client_app_overrides", "migration_ledger.phase3_override_plan"]
+THROTTLED_TABLES = ["client_app_overrides", "migration_ledger.phase3_override_plan"]
 
 STATS = ("planned", "ambiguous", "ambiguous_resolved_by_installation",
          "ambiguous_resolved_by_oldest_listing", "with_installation")

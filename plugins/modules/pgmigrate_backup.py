@@ -370,7 +370,7 @@ def do_dump(module: AnsibleModule) -> None:
                     # The contract the restore reads: public's tables by bare name (a superset of
                     # the five prerequisite tables the first manifests held); every table in
                     # row_counts_all, schema-qualified (the ledger's, phase 1's backup tables...).
-                    "row_counts": public_counts(counts),
+                    "row_counts": public_counts(counts, p.get("db_schema") or "public"),
                     "row_counts_all": counts,
                     "row_counts_exact": bool(p["row_counts"]),
                     "row_counts_source": "counted in the snapshot pg_dump read (pg_export_snapshot, "

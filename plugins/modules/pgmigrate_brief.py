@@ -202,7 +202,7 @@ def read_database(conn) -> dict:
             SELECT c.relname AS table, greatest(c.reltuples, 0)::bigint AS rows_estimate,
                    pg_total_relation_size(c.oid) AS total_bytes
               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname = ANY(%s)
+             WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname = ANY(%s)
              ORDER BY array_position(%s, c.relname::text)""", (TABLES, TABLES))
         cur.execute("SELECT count(*) FROM client_app_overrides")
         out["overrides"] = int(cur.fetchone()[0])
@@ -214,7 +214,7 @@ def read_database(conn) -> dict:
         out["overrides_linkable_to_installation"] = int(cur.fetchone()[0])
         cur.execute("""SELECT confdeltype FROM pg_constraint
                         WHERE conname = 'fk_cao_installation'
-                          AND conrelid = to_regclass('public.client_app_overrides')""")
+                          AND conrelid = to_regclass('client_app_overrides')""")
         row = cur.fetchone()
         out["fk_cao_installation"] = {"c": "ON DELETE CASCADE", "n": "ON DELETE SET NULL", "a": "NO ACTION",
                                       "r": "RESTRICT", "d": "SET DEFAULT"}.get(row[0], row[0]) if row else None

@@ -437,7 +437,7 @@ def resolve_mask(p: dict, columns: dict[str, dict[str, str]]) -> dict[str, dict[
     problems = []
     for rule in p["mask_rules"]:
         table, column, kind = str(rule.get("table", "")), str(rule.get("column", "")), str(rule.get("rule", ""))
-        key = table if "." in table else f"public.{table}"
+        key = table if "." in table else f"{p.get('db_schema') or 'public'}.{table}"
         if kind not in MASK_RULES:
             problems.append(f"{table}.{column}: rule {kind!r} is none of {', '.join(MASK_RULES)}")
         elif key not in columns or column not in columns[key]:

@@ -204,8 +204,9 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor
 
 SYSTEM = "nspname !~ '^pg_' AND nspname <> 'information_schema'"
 # What the full rollback keeps on purpose: the ledger (the record of the rehearsal itself) and
-# phase 1's backup tables (the strategy keeps them 7 days; playbooks/cleanup.yml drops them).
-DEFAULT_IGNORE = ["migration_ledger.", "public.migration_backup_"]
+# phase 1's backup tables (the strategy keeps them 7 days; playbooks/cleanup.yml drops them), in
+# whichever schema the migrated tables are: "*." stands for any schema.
+DEFAULT_IGNORE = ["migration_ledger.", "*.migration_backup_"]
 
 CATALOG: dict[str, str] = {
     "schemas": f"SELECT nspname, pg_get_userbyid(nspowner) || ' ' || coalesce(nspacl::text, '') "
@@ -294,7 +295,8 @@ def fingerprint(conn) -> dict:
 
 
 def ignored(key: str, prefixes: list[str]) -> bool:
-    return any(key.startswith(p) or key == p.rstrip(".") for p in prefixes)
+    return any(key.partition(".")[2].startswith(p[2:]) if p.startswith("*.")
+               else key.startswith(p) or key == p.rstrip(".") for p in prefixes)
 
 
 def differences(before: dict, after: dict, prefixes: list[str]) -> list[str]:

@@ -172,7 +172,7 @@ def read_schema(cur) -> dict:
     tables = fetch_dicts(cur, """
         SELECT c.relname AS table, obj_description(c.oid, 'pg_class') AS comment, c.relrowsecurity AS rls
           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname = ANY(%s)
+         WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname = ANY(%s)
          ORDER BY array_position(%s, c.relname::text)""", (NEW_TABLES + ["client_app_overrides"],
                                                            NEW_TABLES + ["client_app_overrides"]))
     for t in tables:
@@ -182,26 +182,26 @@ def read_schema(cur) -> dict:
                    pg_get_expr(d.adbin, d.adrelid) AS default, col_description(a.attrelid, a.attnum) AS comment
               FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
              WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""",
-                              (f"public.{t['table']}",))
+                              (t["table"],))
         t["columns"] = [c for c in columns if only is None or c["column"] in only]
         t["constraints"] = fetch_dicts(cur, """
             SELECT conname AS name, contype AS type, pg_get_constraintdef(oid) AS definition, confdeltype
-              FROM pg_constraint WHERE conrelid = %s::regclass ORDER BY contype, conname""", (f"public.{t['table']}",))
+              FROM pg_constraint WHERE conrelid = %s::regclass ORDER BY contype, conname""", (t["table"],))
         if only is not None:
             t["constraints"] = [c for c in t["constraints"] if any(col in c["definition"] for col in only)]
         t["indexes"] = fetch_dicts(cur, """
             SELECT c.relname AS name, pg_get_indexdef(i.indexrelid) AS definition
               FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-             WHERE i.indrelid = %s::regclass AND NOT i.indisprimary ORDER BY c.relname""", (f"public.{t['table']}",))
+             WHERE i.indrelid = %s::regclass AND NOT i.indisprimary ORDER BY c.relname""", (t["table"],))
         if only is not None:
             t["indexes"] = [i for i in t["indexes"] if any(col in i["definition"] for col in only)]
         t["policies"] = fetch_dicts(cur, """
             SELECT policyname AS name, cmd, roles::text AS roles, qual, with_check FROM pg_policies
-             WHERE schemaname = 'public' AND tablename = %s ORDER BY policyname""", (t["table"],))
+             WHERE schemaname = current_schema() AND tablename = %s ORDER BY policyname""", (t["table"],))
     views = fetch_dicts(cur, """
         SELECT c.relname AS view, obj_description(c.oid, 'pg_class') AS comment, c.reloptions AS options
           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = 'public' AND c.relkind = 'v' AND c.relname = ANY(%s) ORDER BY c.relname""", (VIEWS,))
+         WHERE n.nspname = current_schema() AND c.relkind = 'v' AND c.relname = ANY(%s) ORDER BY c.relname""", (VIEWS,))
     return json_safe({"tables": tables, "views": views})
 
 

@@ -254,7 +254,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttl
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttle import options as throttle_options
 
 # What the rollback's batches write: the throttle counts the lock waiters on these.
-THROTTLED_TABLES = ["public.client_app_overrides", "migration_ledger.phase3_override_plan"]
+THROTTLED_TABLES = ["client_app_overrides", "migration_ledger.phase3_override_plan"]
 
 NOTICE = re.compile(r"pgmigrate: (\w+)=(.*)")
 # Raised before each revert file of a transaction: whose notices follow (run_group).

@@ -253,7 +253,7 @@ def table_figures(cur, since: str | None) -> tuple[dict, dict]:
                coalesce(s.n_dead_tup, 0) AS dead_tuples, coalesce(s.n_live_tup, 0) AS live_tuples
           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
           LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
-         WHERE n.nspname = 'public' AND c.relname = ANY(%s) ORDER BY c.relname""", (MIGRATED,))
+         WHERE n.nspname = current_schema() AND c.relname = ANY(%s) ORDER BY c.relname""", (MIGRATED,))
     d["tables"] = tables
     m["migrated_dead_tuples"] = sum(int(t["dead_tuples"]) for t in tables)
     return m, d

@@ -42,7 +42,7 @@ dropped_col AS (
 dropped_fn AS (
     SELECT f.oid FROM (
         SELECT to_regprocedure(p)::oid AS oid
-          FROM unnest(ARRAY['public.tenant_client_id()', 'public.tenant_sees_all()']) AS p
+          FROM unnest(ARRAY['tenant_client_id()', 'tenant_sees_all()']) AS p
          WHERE '5' IN (SELECT phase FROM rolled)) AS f
      WHERE f.oid IS NOT NULL
 ),

@@ -37,13 +37,13 @@ $$;
 
 -- The tenant rule, once: the client id of the session's JWT, at the claim path
 -- :'claim_path' (migration_tenant_claim_path). NULL when absent, so nothing matches.
-CREATE OR REPLACE FUNCTION public.tenant_client_id() RETURNS uuid
+CREATE OR REPLACE FUNCTION tenant_client_id() RETURNS uuid
     LANGUAGE sql STABLE
     AS $fn$ SELECT nullif(auth.jwt() #>> :'claim_path', '')::uuid $fn$;
 
 -- Whether the session sees every tenant's rows, with row-level security's own rule: superusers
 -- and BYPASSRLS roles do; everyone else sees only their own client's rows.
-CREATE OR REPLACE FUNCTION public.tenant_sees_all() RETURNS boolean
+CREATE OR REPLACE FUNCTION tenant_sees_all() RETURNS boolean
     LANGUAGE sql STABLE
     AS $fn$ SELECT coalesce((SELECT rolsuper OR rolbypassrls FROM pg_catalog.pg_roles
                               WHERE rolname = current_user), false) $fn$;

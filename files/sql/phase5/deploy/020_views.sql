@@ -19,7 +19,7 @@ SELECT c.id AS client_id,
   FROM clients_enhanced c
   LEFT JOIN orchestration_workflows ow
     ON ow.client_id = c.id AND ow.workflow_type = 'client_onboarding'
- WHERE (SELECT public.tenant_sees_all()) OR c.id = (SELECT public.tenant_client_id());
+ WHERE (SELECT tenant_sees_all()) OR c.id = (SELECT tenant_client_id());
 
 CREATE OR REPLACE VIEW module_integration_view WITH (security_barrier = true) AS
 SELECT cao.id AS override_id,
@@ -36,7 +36,7 @@ SELECT cao.id AS override_id,
   FROM client_app_overrides cao
   LEFT JOIN marketplace_modules mm ON mm.id = cao.marketplace_module_id
   LEFT JOIN module_installations mi ON mi.id = cao.installation_id
- WHERE (SELECT public.tenant_sees_all()) OR cao.client_id = (SELECT public.tenant_client_id());
+ WHERE (SELECT tenant_sees_all()) OR cao.client_id = (SELECT tenant_client_id());
 
 CREATE OR REPLACE VIEW workflow_progress_view WITH (security_barrier = true) AS
 SELECT ow.id AS workflow_id,
@@ -52,4 +52,4 @@ SELECT ow.id AS workflow_id,
        ow.created_at,
        ow.updated_at
   FROM orchestration_workflows ow
- WHERE (SELECT public.tenant_sees_all()) OR ow.client_id = (SELECT public.tenant_client_id());
+ WHERE (SELECT tenant_sees_all()) OR ow.client_id = (SELECT tenant_client_id());

@@ -6,11 +6,11 @@ ALTER TABLE handover_packages ENABLE ROW LEVEL SECURITY;
 DROP POLICY IF EXISTS orchestration_client_isolation ON orchestration_workflows;
 CREATE POLICY orchestration_client_isolation ON orchestration_workflows
     FOR ALL TO authenticated
-    USING (client_id = (SELECT public.tenant_client_id()))
-    WITH CHECK (client_id = (SELECT public.tenant_client_id()));
+    USING (client_id = (SELECT tenant_client_id()))
+    WITH CHECK (client_id = (SELECT tenant_client_id()));
 
 DROP POLICY IF EXISTS handover_client_isolation ON handover_packages;
 CREATE POLICY handover_client_isolation ON handover_packages
     FOR ALL TO authenticated
-    USING (client_id = (SELECT public.tenant_client_id()))
-    WITH CHECK (client_id = (SELECT public.tenant_client_id()));
+    USING (client_id = (SELECT tenant_client_id()))
+    WITH CHECK (client_id = (SELECT tenant_client_id()));

@@ -4,4 +4,4 @@
 GRANT SELECT, INSERT, UPDATE, DELETE ON orchestration_workflows TO authenticated;
 GRANT SELECT ON handover_packages TO authenticated;
 GRANT SELECT ON unified_client_dashboard TO authenticated;
-GRANT EXECUTE ON FUNCTION public.tenant_client_id(), public.tenant_sees_all() TO authenticated;
+GRANT EXECUTE ON FUNCTION tenant_client_id(), tenant_sees_all() TO authenticated;

@@ -53,7 +53,7 @@ $$;
 
 -- 3. The views (their grants go with them), then the tenant rule they used.
 DROP VIEW IF EXISTS unified_client_dashboard, module_integration_view, workflow_progress_view;
-DROP FUNCTION IF EXISTS public.tenant_client_id(), public.tenant_sees_all();
+DROP FUNCTION IF EXISTS tenant_client_id(), tenant_sees_all();
 
 -- 4. What phase 5 created because it was absent: auth.jwt(), the auth schema, the authenticated
 -- role - each only if recorded, and only if nothing else uses it now; a kept one stays recorded
