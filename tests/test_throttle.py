@@ -124,7 +124,8 @@ def waiters(fresh_db: dict[str, Any]) -> Iterator[Waiters]:
 QUIET = {"probe_max_ms": 60000, "probe_critical_ms": 120000, "active_sessions_max": 1000,
          "active_sessions_critical": 1000, "lock_waiters_max": 1000, "lock_waiters_critical": 1000,
          "replication_lag_max_s": 1000, "replication_lag_critical_s": 1000,
-         "check_interval_ms": 50, "slow_pause_ms": 20}
+         "cpu_sessions_max": 1000, "cpu_sessions_critical": 1000, "app_cpu_sessions_critical": 1000,
+         "duty_cycle": 1, "check_interval_ms": 50, "slow_pause_ms": 20}
 
 
 def run_through(db: dict[str, Any], opts: dict[str, Any], signal: str,
@@ -372,7 +373,15 @@ def test_limits_derive_from_the_baseline() -> None:
     limits = throttle_mod.derive_limits(throttle_mod.options({}),
                                         {"probe_ms": 4.0, "active_sessions": 2, "lock_waiters": 0})
     assert limits["probe"] == (8.0, 34.0)  # max(2x, +3 ms), max(6x, +30 ms)
-    assert limits["active_sessions"] == (8.0, 24.0)
+    # Running statements against the cores (the default 2 here): + the cores, + twice the cores.
+    assert limits["active_sessions"] == (4.0, 6.0)
+    # A pool of 4 connections reaches its limits: over half busy slows down, all busy pauses
+    # (2x the baseline + 4 and 4x + 16, the old limits, were out of its reach).
+    pool = throttle_mod.derive_limits(throttle_mod.options({}), {"active_sessions": 0}, 2, 4)
+    assert pool["active_sessions"] == (2.0, 3.0)
+    assert pool["cpu_sessions"] == (2.0, 4.0) and pool["app_cpu_sessions"] == (2.0, 2.0)
+    assert throttle_mod.derive_limits(throttle_mod.options({}), {"active_sessions": 1}, 8, 100)["active_sessions"] \
+        == (9.0, 17.0)
     assert limits["lock_waiters"] == (2.0, 8.0)
     assert throttle_mod.derive_limits(throttle_mod.options({"probe_max_ms": 50}), {"probe_ms": 4.0})["probe"][0] == 50
 
