@@ -479,13 +479,18 @@ def test_phase3_and_its_rollback_record_how_long_they_throttled(fresh_db: dict[s
     too."""
     dirs = {"migration_backup_dir": str(tmp_path / "backups"), "migration_report_dir": str(tmp_path / "reports")}
     forced = {"migration_throttle_probe_max_ms": 0.001, "migration_throttle_check_interval_ms": 20,
-              "migration_throttle_slow_pause_ms": 10, "migration_abort_degradation_pct": 100000}
+              "migration_throttle_slow_pause_ms": 10, "migration_abort_degradation_pct": 100000,
+              "migration_throttle_duty_cycle": 0.8}
     for phase in (1, 2):
         result = run_playbook("playbooks/migrate.yml", fresh_db, {"phase": phase, **dirs})
         assert result.returncode == 0, playbook_output(result)
     result = run_playbook("playbooks/migrate.yml", fresh_db, {"phase": 3, **dirs, **forced})
     assert result.returncode == 0, playbook_output(result)
     assert "Throttle: the batches throttled" in result.stdout and "because of probe" in result.stdout, \
+        playbook_output(result)
+    # Why, with the probe's worst reading and its limits, and the duty cycle's rest.
+    assert "Why, where the batches throttled longest:" in result.stdout, playbook_output(result)
+    assert "against max 0.001 ms" in result.stdout and "duty cycle 0.8: rested" in result.stdout, \
         playbook_output(result)
     details = query(fresh_db, """SELECT details FROM migration_ledger.history
                                   WHERE phase = '3' AND direction = 'apply' ORDER BY id DESC LIMIT 1""")[0][0]
@@ -498,6 +503,8 @@ def test_phase3_and_its_rollback_record_how_long_they_throttled(fresh_db: dict[s
     assert "batches_cut" in details and int(details["batches_cancelled"]) == 0, details
     report = sorted(Path(dirs["migration_report_dir"]).glob("*-migrate-*.md"))[-1].read_text()
     assert "## Throttle" in report and "| 3 | apply | backfill batches |" in report, report
+    why = next(line for line in report.splitlines() if line.startswith("- Phase 3 apply, backfill batches: "))
+    assert "because of probe" in why and "against max 0.001 ms" in why and "duty cycle 0.8" in why, why
 
     rolled = run_playbook("playbooks/rollback.yml", fresh_db, {"phase": "data", **dirs, **forced})
     assert rolled.returncode == 0, playbook_output(rolled)
