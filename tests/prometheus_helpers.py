@@ -77,9 +77,12 @@ class Exporter:
     def target(self) -> str:
         return f"127.0.0.1:{self._server.server_address[1]}"
 
-    def set(self, latency_s: float | None = None, error_ratio: float | None = None) -> None:
+    def set(self, latency_s: float | None = None, error_ratio: float | None = None,
+            rate: float | None = None) -> None:
         with self._lock:
             self._advance()
+            if rate is not None:
+                self.rate = rate
             if latency_s is not None:
                 self.latency_s = latency_s
             if error_ratio is not None:

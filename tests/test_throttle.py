@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any
 import psycopg2
 import pytest
 from helpers import connect, make_cluster_tempdir, pgcluster, playbook_output, plugin, query, run_playbook
+from prometheus_helpers import prometheus_fixture  # noqa: F401 - the fixture
 
 DEADLINE_S = 30.0
 FAST_LOCK = {"lock_timeout_ms": 50, "lock_attempts": 60, "backoff_initial_ms": 50,
@@ -48,9 +50,10 @@ class Batches(threading.Thread):
     """A batch loop as the modules run it: throttle.wait() between batches (the batches here do
     nothing: what is measured is the throttle's word)."""
 
-    def __init__(self, throttle: Any) -> None:
+    def __init__(self, throttle: Any, idle: bool = False) -> None:
         super().__init__(daemon=True)
         self.throttle = throttle
+        self.idle = idle  # between batches the loop says it is idle: its time is no batch
         self.shares: list[tuple[float, float]] = []
         self.stop = threading.Event()
         self.error: BaseException | None = None
@@ -59,6 +62,8 @@ class Batches(threading.Thread):
         try:
             while not self.stop.is_set():
                 self.shares.append((time.monotonic(), self.throttle.wait()))
+                if self.idle:
+                    self.throttle.idle()
                 time.sleep(0.005)
         except BaseException as exc:  # noqa: BLE001 - the test reports it
             self.error = exc
@@ -124,17 +129,19 @@ def waiters(fresh_db: dict[str, Any]) -> Iterator[Waiters]:
 QUIET = {"probe_max_ms": 60000, "probe_critical_ms": 120000, "active_sessions_max": 1000,
          "active_sessions_critical": 1000, "lock_waiters_max": 1000, "lock_waiters_critical": 1000,
          "replication_lag_max_s": 1000, "replication_lag_critical_s": 1000,
-         "check_interval_ms": 50, "slow_pause_ms": 20}
+         "cpu_sessions_max": 1000, "cpu_sessions_critical": 1000, "app_cpu_sessions_critical": 1000,
+         "duty_cycle": 1, "check_interval_ms": 50, "slow_pause_ms": 20}
 
 
-def run_through(db: dict[str, Any], opts: dict[str, Any], signal: str,
-                steps: list[tuple[Callable[[], None], int, str]]) -> dict[str, Any]:
+def run_through(db: dict[str, Any], opts: dict[str, Any], signal: str | set[str],
+                steps: list[tuple[Callable[[], None], int, str]], idle: bool = False) -> dict[str, Any]:
     """The batches at full speed, then each step's action and the throttle level it must bring:
     1, a batch runs at half its target; 2, no batch runs; 0 (the load ended), a batch runs at
-    full speed again. The summary must name `signal` alone; it is returned."""
+    full speed again. The summary must name `signal` alone (or the signals of a set); it is
+    returned."""
     throttle = throttle_mod.Throttle(params(db), {**QUIET, **opts}, ["public.client_app_overrides"],
                                      "the test's batches")
-    batches = Batches(throttle)
+    batches = Batches(throttle, idle)
     batches.start()
     try:
         until(lambda: len(batches.shares) > 20, "the batches run at full speed before any load")
@@ -159,10 +166,11 @@ def run_through(db: dict[str, Any], opts: dict[str, Any], signal: str,
         summary = throttle.summary()
         throttle.close()
     assert batches.error is None, batches.error
-    assert set(summary["by_signal_s"]) == {signal}, summary
+    signals = signal if isinstance(signal, set) else {signal}
+    assert set(summary["by_signal_s"]) == signals, summary
     states = [e["state"] for e in summary["episodes"]]
     assert states[-1] == "running", states
-    assert f"because of {signal}" in summary["line"]
+    assert all(f"{s} " in summary["line"].split("because of ", 1)[1] for s in signals), summary["line"]
     return summary
 
 
@@ -372,7 +380,15 @@ def test_limits_derive_from_the_baseline() -> None:
     limits = throttle_mod.derive_limits(throttle_mod.options({}),
                                         {"probe_ms": 4.0, "active_sessions": 2, "lock_waiters": 0})
     assert limits["probe"] == (8.0, 34.0)  # max(2x, +3 ms), max(6x, +30 ms)
-    assert limits["active_sessions"] == (8.0, 24.0)
+    # Running statements against the cores (the default 2 here): + the cores, + twice the cores.
+    assert limits["active_sessions"] == (4.0, 6.0)
+    # A pool of 4 connections reaches its limits: over half busy slows down, all busy pauses
+    # (2x the baseline + 4 and 4x + 16, the old limits, were out of its reach).
+    pool = throttle_mod.derive_limits(throttle_mod.options({}), {"active_sessions": 0}, 2, 4)
+    assert pool["active_sessions"] == (2.0, 3.0)
+    assert pool["cpu_sessions"] == (2.0, 4.0) and pool["app_cpu_sessions"] == (2.0, 2.0)
+    assert throttle_mod.derive_limits(throttle_mod.options({}), {"active_sessions": 1}, 8, 100)["active_sessions"] \
+        == (9.0, 17.0)
     assert limits["lock_waiters"] == (2.0, 8.0)
     assert throttle_mod.derive_limits(throttle_mod.options({"probe_max_ms": 50}), {"probe_ms": 4.0})["probe"][0] == 50
 
@@ -463,7 +479,8 @@ def test_phase3_and_its_rollback_record_how_long_they_throttled(fresh_db: dict[s
     too."""
     dirs = {"migration_backup_dir": str(tmp_path / "backups"), "migration_report_dir": str(tmp_path / "reports")}
     forced = {"migration_throttle_probe_max_ms": 0.001, "migration_throttle_check_interval_ms": 20,
-              "migration_throttle_slow_pause_ms": 10, "migration_abort_degradation_pct": 100000}
+              "migration_throttle_slow_pause_ms": 10, "migration_abort_degradation_pct": 100000,
+              "migration_throttle_duty_cycle": 0.8}
     for phase in (1, 2):
         result = run_playbook("playbooks/migrate.yml", fresh_db, {"phase": phase, **dirs})
         assert result.returncode == 0, playbook_output(result)
@@ -471,6 +488,9 @@ def test_phase3_and_its_rollback_record_how_long_they_throttled(fresh_db: dict[s
     assert result.returncode == 0, playbook_output(result)
     assert "Throttle: the batches throttled" in result.stdout and "because of probe" in result.stdout, \
         playbook_output(result)
+    # Why, with the probe's worst reading and its limits.
+    assert "Why, where the batches throttled longest:" in result.stdout, playbook_output(result)
+    assert "against max 0.001 ms" in result.stdout, playbook_output(result)
     details = query(fresh_db, """SELECT details FROM migration_ledger.history
                                   WHERE phase = '3' AND direction = 'apply' ORDER BY id DESC LIMIT 1""")[0][0]
     for part in ("backfill", "inserts"):
@@ -478,10 +498,16 @@ def test_phase3_and_its_rollback_record_how_long_they_throttled(fresh_db: dict[s
         assert float(t["throttled_s"]) > 0 and t["because"] == ["probe"], (part, t)
     chunk = details["throttle"]["backfill"]["chunks"][0]
     assert chunk["baseline"]["source"] == "phase 1's ledger record"
+    # The role's variables reach the module: the duty cycle, the cores (the test cluster is local).
+    # (a chunk's batches here may be one: a batch is counted at the next wait(), after it)
+    assert chunk["duty_cycle"]["limit"] == 0.8, chunk["duty_cycle"]
+    assert chunk["db_cpus"]["source"].startswith("this host's"), chunk["db_cpus"]
     assert chunk["limits"]["probe"]["max"] == 0.001
     assert "batches_cut" in details and int(details["batches_cancelled"]) == 0, details
     report = sorted(Path(dirs["migration_report_dir"]).glob("*-migrate-*.md"))[-1].read_text()
     assert "## Throttle" in report and "| 3 | apply | backfill batches |" in report, report
+    why = next(line for line in report.splitlines() if line.startswith("- Phase 3 apply, backfill batches: "))
+    assert "because of probe" in why and "against max 0.001 ms" in why, why
 
     rolled = run_playbook("playbooks/rollback.yml", fresh_db, {"phase": "data", **dirs, **forced})
     assert rolled.returncode == 0, playbook_output(rolled)
@@ -490,3 +516,233 @@ def test_phase3_and_its_rollback_record_how_long_they_throttled(fresh_db: dict[s
     t = details["batches"]["throttle"]
     assert t["throttled_s"] > 0 and "probe" in t["by_signal_s"], json.dumps(t)
     assert "the batches throttled" in details["summary"]
+
+
+# A statement that keeps one core busy until cancelled: an aggregate over a set-returning
+# function in the target list (streamed row by row, never materialised), running on CPU
+# (state active, no wait event) the whole time.
+BURN = "SELECT count(*) FROM (SELECT generate_series(1, 100000000000)) AS burn"
+
+
+def test_throttle_slows_down_then_pauses_while_the_cpu_is_saturated(fresh_db: dict[str, Any]) -> None:
+    """Real sessions burning CPU, as many as the cores the throttle found (this host's: the
+    test cluster is local). The application's and one migration session together reach the
+    cores: the batches slow down. The application's alone fill them: they pause. The burners
+    cancelled, the batches go on at full size. The summary and the episodes say which signal,
+    its value, whose sessions, and the limit."""
+    cores = int(os.cpu_count() or 1)
+    probe = throttle_mod.Throttle(params(fresh_db), QUIET, [], "the test's batches")
+    found = probe.summary()["db_cpus"]
+    probe.close()
+    assert found["value"] == cores and found["source"].startswith("this host's (os.cpu_count()"), found
+    burners = Sleepers(fresh_db)
+    cpu_limits = {"cpu_sessions_max": 0, "cpu_sessions_critical": 0, "app_cpu_sessions_critical": 0}
+
+    def on_cpu(app: str) -> int:
+        return int(query(fresh_db, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                                   "AND wait_event IS NULL AND application_name = %s", (app,))[0][0])
+
+    def with_the_migration() -> None:
+        # One of the migration's sessions (a backfill worker) and the application's on the
+        # cores left: together they fill the cores.
+        burners.add(1, BURN, app="pgmigrate-backfill")
+        if cores > 1:
+            burners.add(cores - 1, BURN)
+        until(lambda: on_cpu("pgmigrate-backfill") == 1 and on_cpu("the-application") == cores - 1,
+              "the burners run on CPU")
+
+    def the_application_alone() -> None:
+        burners.add(1, BURN)
+        until(lambda: on_cpu("the-application") == cores, "the application's burners fill the cores")
+
+    try:
+        # The loop says it is idle between its (empty) batches: only the burners are on CPU.
+        summary = run_through(fresh_db, cpu_limits, {"cpu_sessions", "app_cpu_sessions"},
+                              [(with_the_migration, 1, "the throttle slows down"),
+                               (the_application_alone, 2, "the throttle pauses"),
+                               (burners.stop, 0, "the batches go on at full size")], idle=True)
+    finally:
+        burners.stop()
+    assert summary["slowed_s"] > 0 and summary["paused_s"] > 0, summary
+    assert summary["limits"]["cpu_sessions"] == {"max": cores, "critical": 2 * cores}
+    assert summary["limits"]["app_cpu_sessions"]["critical"] == cores
+    slowed = next(e for e in summary["episodes"] if e["state"] == "slowed down")
+    assert slowed["because"]["cpu_sessions"]["limit"] == cores, slowed
+    assert slowed["because"]["cpu_sessions"]["migration"] > 0, slowed
+    paused = next(e for e in summary["episodes"] if e["state"] == "paused")
+    assert paused["because"]["app_cpu_sessions"]["value"] >= cores, paused
+    assert paused["because"]["app_cpu_sessions"]["limit"] == cores, paused
+    assert summary["worst"]["app_cpu_sessions"] >= cores
+    assert f"app_cpu_sessions {summary['by_signal_s']['app_cpu_sessions']:g} s (up to" in summary["line"]
+    assert f"critical {cores:g})" in summary["line"], summary["line"]
+    # The report's throttle section says why, with the values and the limits.
+    section = "\n".join(plugin("modules", "pgmigrate_report").throttle_section(
+        [{"phase": "3", "direction": "apply", "details": {"throttle": {"backfill": summary}}}]))
+    assert "app_cpu_sessions" in section and f"against max {cores:g}" in section, section
+
+
+def test_a_long_pause_names_the_cpu_and_whose_sessions_fill_it(fresh_db: dict[str, Any]) -> None:
+    burners = Sleepers(fresh_db)
+    try:
+        burners.add(1, BURN)
+        until(lambda: burners.running() == 1, "the burner runs")
+        throttle = throttle_mod.Throttle(params(fresh_db), {**QUIET, "db_cpus": 1, "app_cpu_sessions_critical": 0,
+                                                            "max_pause_s": 0.3}, [], "the test's batches")
+        try:
+            with pytest.raises(throttle_mod.MigrationError, match=(
+                    r"paused for more than 0.3 s because app_cpu_sessions 1 \(application 1, migration 0\) "
+                    r"at or over critical 1")):
+                throttle.wait()
+        finally:
+            throttle.close()
+    finally:
+        burners.stop()
+
+
+def test_the_cores_come_from_the_option_this_host_prometheus_or_a_stated_default(
+        prometheus: dict[str, Any]) -> None:
+    opts = throttle_mod.options({})
+    assert throttle_mod.detect_cpus({**opts, "db_cpus": 16}, "db.example.internal")[:2] == \
+        (16.0, "migration_throttle_db_cpus")
+    for local in ("", "/var/run/postgresql", "localhost", "127.0.0.1", "::1"):
+        assert throttle_mod.detect_cpus(opts, local)[0] == float(os.cpu_count() or 2), local
+    cores, source, note = throttle_mod.detect_cpus(opts, "db.example.internal")
+    assert cores == 2 and "set migration_throttle_db_cpus" in source and note is None
+    # A real Prometheus answers the node-exporter query (here a constant: no node exporter runs).
+    asked = {**opts, "prometheus_url": prometheus["url"], "db_cpus_query": "vector(6)"}
+    assert throttle_mod.detect_cpus(asked, "db.example.internal")[:2] == (6.0, "Prometheus (vector(6))")
+    # A query that gives nothing: the default, and the summary will say why.
+    cores, _source, note = throttle_mod.detect_cpus(
+        {**asked, "db_cpus_query": 'count(node_cpu_seconds_total{mode="idle"})'}, "db.example.internal")
+    assert cores == 2 and note is not None and "returned nothing" in note, note
+
+
+class Work:
+    """The batches' real work: a CPU-bound statement on a session of the migration's."""
+
+    def __init__(self, db: dict[str, Any]) -> None:
+        self.conn = connect(db)
+        self.conn.autocommit = True
+        with self.conn.cursor() as cur:
+            cur.execute("SET application_name = 'pgmigrate-backfill'")
+
+    def batch(self) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM (SELECT generate_series(1, 200000)) AS batch")
+            cur.fetchone()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def test_the_duty_cycle_caps_the_batches_share_whatever_the_signals_say(fresh_db: dict[str, Any]) -> None:
+    """No signal over its limit; the duty cycle alone rests the loop after each batch in
+    proportion to the batch: its own accounting shows the batches working at most the duty
+    cycle's share of the time (rests / work = (1 - d) / d). Off (1), it never rests; and a loop
+    that says it is idle between batches is owed no rest for its idle time."""
+    work = Work(fresh_db)
+    try:
+        for duty, batches in ((0.25, 12), (1.0, 12)):
+            throttle = throttle_mod.Throttle(params(fresh_db), {**QUIET, "duty_cycle": duty}, [], "the test's batches")
+            try:
+                for _batch in range(batches):
+                    assert throttle.wait() == 1.0
+                    work.batch()
+                throttle.wait()
+                summary = throttle.summary()
+            finally:
+                throttle.close()
+            d = summary["duty_cycle"]
+            assert d["limit"] == duty and d["batches"] == batches and d["work_s"] > 0, d
+            if duty < 1:
+                # The time the signals took counts towards the rest (the checks, here).
+                assert d["rested_s"] > 0 and d["rested_s"] + d["waited_s"] >= d["work_s"] * (1 - duty) / duty * 0.99, d
+                assert d["share"] <= duty + 0.005, d
+                assert f"duty cycle {duty:g}: rested {d['rested_s']:g} s after {d['work_s']:g} s of batches" \
+                    in summary["line"], summary["line"]
+            else:
+                assert d["rested_s"] == 0, d
+                assert "duty cycle" not in summary["line"]
+        throttle = throttle_mod.Throttle(params(fresh_db), {**QUIET, "duty_cycle": 0.5}, [], "the test's batches")
+        try:
+            throttle.wait()
+            work.batch()
+            throttle.idle()  # waiting for work, as a drain loop does between drains
+            time.sleep(0.5)
+            throttle.wait()
+            d = throttle.summary()["duty_cycle"]
+        finally:
+            throttle.close()
+        assert d["batches"] == 0 and d["work_s"] == 0 and d["rested_s"] == 0, d
+    finally:
+        work.close()
+    with pytest.raises(throttle_mod.MigrationError, match="duty_cycle must be over 0 and at most 1"):
+        throttle_mod.options({"duty_cycle": 0})
+    with pytest.raises(throttle_mod.MigrationError, match="duty_cycle must be over 0 and at most 1"):
+        throttle_mod.options({"duty_cycle": 1.5})
+
+
+# The application's latency p95 in ms and its request rate, over a window short enough for a
+# test (the role's defaults use a minute).
+APP_LATENCY = "1000 * histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket[4s])))"
+APP_RATE = "sum(rate(http_requests_total[4s]))"
+
+
+def prometheus_reads(url: str, promql: str) -> float | None:
+    return plugin("module_utils", "pgmigrate_monitor").prometheus_query(url, promql, 2)["value"]
+
+
+def test_throttle_yields_when_the_applications_own_latency_and_rate_say_it_falls_behind(
+        fresh_db: dict[str, Any], prometheus: dict[str, Any]) -> None:
+    """A real Prometheus scraping the application's exporter (a latency histogram and a request
+    counter): its latency over its reading at the start by more than the max slows the batches
+    down, by more than critical pauses them, back to normal they go on; its request rate
+    collapsing pauses them too. A query that gives nothing is not watched, and said so."""
+    exporter = prometheus["exporter"]
+    exporter.set(latency_s=0.03, error_ratio=0.0, rate=20)
+    until(lambda: (prometheus_reads(prometheus["url"], APP_LATENCY) or 0) > 0
+          and abs((prometheus_reads(prometheus["url"], APP_RATE) or 0) - 20) < 2,
+          "Prometheus has the application's healthy figures", deadline_s=60)
+    app = {"prometheus_url": prometheus["url"], "prometheus_interval_s": 0.2, "app_latency_query": APP_LATENCY}
+
+    def latency(seconds: float, p95_over: float | None = None, under: float | None = None) -> Callable[[], None]:
+        def action() -> None:
+            exporter.set(latency_s=seconds)
+            until(lambda: (p95_over is None or (prometheus_reads(prometheus["url"], APP_LATENCY) or 0) > p95_over)
+                  and (under is None or (prometheus_reads(prometheus["url"], APP_LATENCY) or 1e9) < under),
+                  f"Prometheus sees the application answer in {seconds:g} s", deadline_s=60)
+        return action
+
+    # Healthy p95 47.5 ms (the 50 ms bucket): max 71.25 ms (+50%), critical 142.5 ms (+200%);
+    # 80 ms answers read 97.5 ms, 300 ms answers 487.5 ms.
+    summary = run_through(fresh_db, app, "app_latency", [
+        (latency(0.08, p95_over=90), 1, "the throttle slows down as the application slows"),
+        (latency(0.3, p95_over=400), 2, "the throttle pauses as the application falls behind"),
+        (latency(0.03, under=50), 0, "the batches go on once the application is back")])
+    assert summary["baseline"]["app_latency_ms"] == pytest.approx(47.5, abs=1), summary["baseline"]
+    assert summary["limits"]["app_latency"] == {"max": pytest.approx(71.25, abs=1.5),
+                                                "critical": pytest.approx(142.5, abs=3)}
+    paused = next(e for e in summary["episodes"] if e["state"] == "paused")
+    assert paused["because"]["app_latency"]["value"] > 142.5, paused
+    assert "app_latency" in summary["line"] and " ms against max " in summary["line"], summary["line"]
+
+    def rate(per_s: float) -> Callable[[], None]:
+        def action() -> None:
+            exporter.set(rate=per_s)
+            until(lambda: abs((prometheus_reads(prometheus["url"], APP_RATE) or -100) - per_s) < 1.5,
+                  f"Prometheus sees {per_s:g} requests/s", deadline_s=60)
+        return action
+
+    summary = run_through(fresh_db, {**app, "app_latency_query": "", "app_rate_query": APP_RATE},
+                          "app_rate_drop", [(rate(3), 2, "the throttle pauses as the request rate collapses"),
+                                            (rate(20), 0, "the batches go on once the requests come back")])
+    paused = next(e for e in summary["episodes"] if e["state"] == "paused")
+    assert paused["because"]["app_rate_drop"]["value"] > 70 and paused["because"]["app_rate_drop"]["limit"] == 70
+
+    blind = throttle_mod.Throttle(params(fresh_db), {**QUIET, **app, "app_latency_query": "sum(rate(no_such[4s]))"},
+                                  [], "the test's batches")
+    told = blind.summary()
+    blind.close()
+    assert told["unwatched"] == ["app_latency: the query returned nothing (no such series, or no traffic in its "
+                                 "window) (sum(rate(no_such[4s])))"], told
+    assert "app_latency" not in told["limits"]

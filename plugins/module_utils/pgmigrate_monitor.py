@@ -10,8 +10,12 @@ import json
 import math
 import os
 import time
+import urllib.error
+import urllib.parse
 from typing import Any
 
+from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
+from ansible.module_utils.urls import open_url
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     MigrationError,
     connect,
@@ -601,3 +605,50 @@ def phase_monitoring(before: dict, sampled: dict | None) -> dict:
             "baseline": before.get("baseline"), "background_samples": sampler.get("samples", 0),
             "alerts": [*(before.get("before_alerts") or []), *(sampler.get("alerts") or []),
                        *(sampled.get("alerts") or [])]}
+
+
+# --- Prometheus: the application's own signals ---------------------------------------------------
+
+def finite_number(value) -> float | None:
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def prometheus_query(url: str, promql: str, timeout_s: float) -> dict:
+    """One PromQL instant query; {value, error, query}. Only a single finite sample is a value.
+    The one home of the mechanic: the pgmigrate_prometheus module's readings (the checkpoints,
+    the watch) and the throttle's application signals."""
+    reading: dict = {"query": promql, "value": None, "error": None}
+    target = url.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    try:
+        with open_url(target, http_agent="pgmigrate", timeout=timeout_s) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            reading["error"] = f"Prometheus answered {exc.code}: {json.load(exc).get('error')}"
+        except ValueError:
+            reading["error"] = f"Prometheus answered {exc.code}"
+        return reading
+    except (urllib.error.URLError, OSError, ValueError, UrlsConnectionError) as exc:
+        reading["error"] = f"Prometheus unreachable or unreadable: {getattr(exc, 'reason', exc)}"
+        return reading
+    data = body.get("data") or {}
+    result = data.get("result")
+    if body.get("status") != "success":
+        reading["error"] = f"query failed: {body.get('error')}"
+    elif data.get("resultType") == "scalar":
+        reading["value"] = finite_number(result[1])
+    elif not result:
+        reading["error"] = "the query returned nothing (no such series, or no traffic in its window)"
+    elif len(result) > 1:
+        reading["error"] = f"the query returned {len(result)} series; it must return one (aggregate it)"
+    else:
+        reading["value"] = finite_number(result[0]["value"][1])
+        if reading["value"] is None:
+            reading["error"] = f"the query returned {result[0]['value'][1]} (no traffic in its window?)"
+    return reading

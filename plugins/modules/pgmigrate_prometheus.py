@@ -2,7 +2,8 @@
 # The migration in Prometheus (issue 15): `publish` renders figures in Prometheus' text
 # exposition format and pushes them to a Pushgateway (PUT, one group per job and instance)
 # and/or writes them as a node_exporter textfile (atomically: node_exporter never reads half a
-# file); `query` reads the application's own signals with PromQL instant queries. A query that
+# file); `query` reads the application's own signals with PromQL instant queries (module_utils/
+# pgmigrate_monitor.prometheus_query, which the throttle shares). A query that
 # fails or returns no sample gives value None and the reason, never a healthy figure. Changes
 # no database.
 from __future__ import annotations
@@ -112,8 +113,6 @@ readings:
   sample: {p95_ms: {value: 41.5, error: null, query: "..."}}
 """
 
-import json
-import math
 import os
 import re
 import urllib.error
@@ -122,6 +121,8 @@ import urllib.parse
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
 from ansible.module_utils.urls import open_url
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import finite_number as _number
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import prometheus_query as query
 
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -138,16 +139,6 @@ def _labels(labels: dict) -> str:
     if not labels:
         return ""
     return "{" + ",".join(f'{_NAME.sub("_", str(k))}="{_label_value(v)}"' for k, v in sorted(labels.items())) + "}"
-
-
-def _number(value) -> float | None:
-    if isinstance(value, bool):
-        return 1.0 if value else 0.0
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def exposition(metrics: dict, labels: dict) -> tuple[str, int]:
@@ -192,39 +183,6 @@ def write_textfile(directory: str, name: str, text: str) -> str:
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path
-
-
-def query(url: str, promql: str, timeout_s: float) -> dict:
-    """One instant query; {value, error, query}. Only a single finite sample is a value."""
-    reading: dict = {"query": promql, "value": None, "error": None}
-    target = url.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-    try:
-        with open_url(target, http_agent="pgmigrate", timeout=timeout_s) as response:
-            body = json.load(response)
-    except urllib.error.HTTPError as exc:
-        try:
-            reading["error"] = f"Prometheus answered {exc.code}: {json.load(exc).get('error')}"
-        except ValueError:
-            reading["error"] = f"Prometheus answered {exc.code}"
-        return reading
-    except (urllib.error.URLError, OSError, ValueError, UrlsConnectionError) as exc:
-        reading["error"] = f"Prometheus unreachable or unreadable: {getattr(exc, 'reason', exc)}"
-        return reading
-    data = body.get("data") or {}
-    result = data.get("result")
-    if body.get("status") != "success":
-        reading["error"] = f"query failed: {body.get('error')}"
-    elif data.get("resultType") == "scalar":
-        reading["value"] = _number(result[1])
-    elif not result:
-        reading["error"] = "the query returned nothing (no such series, or no traffic in its window)"
-    elif len(result) > 1:
-        reading["error"] = f"the query returned {len(result)} series; it must return one (aggregate it)"
-    else:
-        reading["value"] = _number(result[0]["value"][1])
-        if reading["value"] is None:
-            reading["error"] = f"the query returned {result[0]['value'][1]} (no traffic in its window?)"
-    return reading
 
 
 def main() -> None:

@@ -161,6 +161,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor
     write_report_pair,
 )
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_notify import read_log
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttle import merge_summaries
 
 # What each result asks of whoever reads the report (docs/operations.md#how-a-run-ended).
 RESULT_NEXT = {
@@ -253,9 +254,18 @@ def throttle_section(phases: list[dict]) -> list[str]:
         because = t.get("because") or list((t.get("by_signal_s") or {}).keys())
         out.append(f"| {p['phase']} | {p['direction']} | {what} | {fmt(t.get('throttled_s'))} | "
                    f"{fmt(t.get('slowed_s'))} | {fmt(t.get('paused_s'))} | {', '.join(because) or '-'} |")
+    # Why, per row: each signal's seconds, its worst value and its limits, and the duty cycle's
+    # rest (phase 3's chunks and files merged into one account).
+    why = []
+    for p, what, t in rows:
+        parts = t.get("chunks") or t.get("files")
+        line = merge_summaries(parts)["line"] if isinstance(parts, list) and parts else t.get("line")
+        if line and (float(t.get("throttled_s") or 0) > 0 or "duty cycle" in line):
+            why.append(f"- Phase {p['phase']} {p['direction']}, {what}: {line}.")
     # Signals the batches could not watch (a replica's lag hidden from the login).
     unwatched = list(dict.fromkeys(u for _p, _w, t in rows for u in t.get("unwatched") or []))
-    return [*out, "", *(f"Not watched: {u}." for u in unwatched), *([""] if unwatched else [])]
+    return [*out, "", *why, *([""] if why else []),
+            *(f"Not watched: {u}." for u in unwatched), *([""] if unwatched else [])]
 
 
 def fmt(value, unit: str = "") -> str:
