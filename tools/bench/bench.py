@@ -356,6 +356,28 @@ def run_playbook(db: dict[str, Any], workdir: Path, repo: Path, extra_vars: dict
     return {"spans": spans, "steps": steps}
 
 
+def remove_drain_supervisors() -> None:
+    """(b)'s phase 3 starts the transition's drain worker and, in this user's crontab, its
+    supervisor (roles/drain). The bench drops every copy it migrated, which ends the workers;
+    their supervisors' entries go with the bench too (inventory host "bench")."""
+    found = subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=False)
+    if found.returncode != 0:
+        return
+    lines = found.stdout.splitlines(keepends=True)
+    kept: list[str] = []
+    skip_next = False
+    for line in lines:
+        if skip_next:
+            skip_next = False
+            continue
+        if line.strip() == "#Ansible: pgmigrate transition drain bench":
+            skip_next = True
+            continue
+        kept.append(line)
+    if len(kept) != len(lines):
+        subprocess.run(["crontab", "-"], input="".join(kept), text=True, check=False)
+
+
 def pgcluster_table_exists(db: dict[str, Any], name: str) -> bool:
     return bool(execute(db, db["dbname"], f"SELECT to_regclass('{name}') IS NOT NULL")[0][0])
 
@@ -1127,6 +1149,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir.mkdir(parents=True)
             fixed = measure_fixed(info, workdir, procedures["b"])
     finally:
+        remove_drain_supervisors()
         if not args.datadir:
             pgcluster.destroy_cluster(datadir)
         shutil.rmtree(base_dir, ignore_errors=True)
