@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # Phase 6's validator: the integrity checks (files/sql/phase6/checks.sql), the access check
-# (files/sql/phase5/verify/access.sql), tenant isolation as real authenticated sessions, and the strategy's cross-system queries timed for their p95
-# (server-side, under EXPLAIN ANALYZE).
+# (files/sql/phase5/verify/access.sql), tenant isolation as real authenticated sessions, and
+# the strategy's cross-system queries timed for their p95 (server-side, under EXPLAIN ANALYZE).
 # Read-only: everything runs in transactions that are rolled back.
 from __future__ import annotations
 
