@@ -20,8 +20,9 @@ BEGIN
           FROM migration_ledger.created_objects o
          WHERE o.phase = '5' AND o.kind IN ('view', 'function')
            AND o.name <> 'auth.jwt()'
+           -- each name resolved only as its kind (to_regprocedure raises on a grant's name)
            AND CASE o.kind WHEN 'view' THEN to_regclass(o.name)::oid
-                           ELSE to_regprocedure(o.name)::oid END IS NOT NULL
+                           WHEN 'function' THEN to_regprocedure(o.name)::oid END IS NOT NULL
          ORDER BY o.kind, o.name
     LOOP
         IF item.kind = 'view' THEN

@@ -21,7 +21,7 @@ BEGIN
             SELECT split_part(o.name, ' ', 1) AS tbl, split_part(o.name, ' ', 2) AS priv
               FROM migration_ledger.created_objects o
              WHERE o.kind = 'grant' AND o.phase = '5'
-               AND to_regclass(split_part(o.name, ' ', 1)) IS NOT NULL
+               AND CASE WHEN o.kind = 'grant' THEN to_regclass(split_part(o.name, ' ', 1)) END IS NOT NULL
              ORDER BY o.name
         LOOP
             EXECUTE format('REVOKE %s ON TABLE %I FROM authenticated', g.priv, g.tbl);

@@ -146,8 +146,8 @@ mutable_path AS (
 ledger_users AS (
     SELECT g AS who
       FROM unnest(ARRAY['public', 'anon', 'authenticated']) AS g
-     WHERE (g = 'public' OR to_regrole(g) IS NOT NULL)
-       AND has_schema_privilege(g, 'migration_ledger', 'USAGE')
+     WHERE CASE WHEN g = 'public' OR to_regrole(g) IS NOT NULL
+                THEN has_schema_privilege(g, 'migration_ledger', 'USAGE') END
 )
 SELECT 'access.privileges' AS check, count(*) = 0 AS passed,
        coalesce(string_agg(finding, '; ' ORDER BY finding), 'none beyond phase 5''s grants') AS observed,
