@@ -10,7 +10,7 @@ SCENARIOS ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule
 # Clients generated in the demo sandbox.
 SCALE ?= 200
 
-.PHONY: help venv postgres pg-versions ansible-versions prometheus demo sandbox-stop lint sanity pytest molecule test clean
+.PHONY: help venv postgres pg-versions ansible-versions prometheus dblint demo sandbox-stop lint sanity pytest molecule test clean
 
 help:
 	@echo "make demo    set up, start the sandbox, run the whole migration, print its summary"
@@ -45,6 +45,11 @@ ansible-versions: venv
 prometheus:
 	@tools/ensure-prometheus.sh
 
+# Supabase's database linter (npm's @postgres-language-server/cli, into .tools/dblint/) for
+# tests/test_supabase.py.
+dblint:
+	@tools/ensure-dblint.sh
+
 demo: venv postgres
 	ansible-playbook playbooks/sandbox.yml -e sandbox_action=reset -e sandbox_scale=$(SCALE)
 	ansible-playbook playbooks/migrate.yml -e phase=all
@@ -63,7 +68,7 @@ lint: venv
 sanity: venv
 	$(BIN)/python tools/sanity.py
 
-pytest: venv postgres pg-versions ansible-versions prometheus
+pytest: venv postgres pg-versions ansible-versions prometheus dblint
 	pytest -q -n 2 --dist loadfile tests
 
 molecule: venv postgres

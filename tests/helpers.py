@@ -238,6 +238,10 @@ _CATALOG_QUERIES: dict[str, str] = {
           JOIN pg_class c ON c.oid = t.tgrelid
           JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE {SYSTEM_SCHEMA_FILTER} AND NOT t.tgisinternal""",
+    "default_acls": """
+        SELECT pg_get_userbyid(d.defaclrole) || ' ' || coalesce(n.nspname, '*') || ' ' || d.defaclobjtype::text,
+               d.defaclacl::text
+          FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace""",
     "extensions": "SELECT extname, extversion FROM pg_extension",
     "sequences": """
         SELECT schemaname || '.' || sequencename, coalesce(last_value::text, 'unused')

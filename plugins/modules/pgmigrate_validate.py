@@ -1,7 +1,7 @@
 #!/usr/bin/python
-# Phase 6's validator: the integrity checks (files/sql/phase6/checks.sql), tenant isolation as
-# real authenticated sessions, and the strategy's cross-system queries timed for their p95
-# (server-side, under EXPLAIN ANALYZE).
+# Phase 6's validator: the integrity checks (files/sql/phase6/checks.sql), the access check
+# (files/sql/phase5/verify/access.sql), tenant isolation as real authenticated sessions, and
+# the strategy's cross-system queries timed for their p95 (server-side, under EXPLAIN ANALYZE).
 # Read-only: everything runs in transactions that are rolled back.
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ short_description: Validate the migrated database and time the cross-system quer
 version_added: 1.0.0
 author: Agency platform team (@agency)
 description:
-  - Phase 6's validator - the integrity checks of I(checks_file), tenant isolation as real
-    authenticated sessions (row-level security), and the strategy's cross-system queries of
+  - Phase 6's validator - the integrity checks of I(checks_file), the access check of
+    I(access_file) (what PUBLIC, anon and authenticated may use of what the migration created,
+    row-level security, fixed search_paths), tenant isolation as real authenticated sessions
+    (row-level security), and the strategy's cross-system queries of
     I(queries_file) timed for their p95 (server-side, under EXPLAIN ANALYZE).
   - Read-only - everything runs in transactions that are rolled back.
   - Returns every check with passed, observed and expected, and the names of the failed ones.
@@ -22,6 +24,11 @@ options:
     description: The integrity checks (C(files/sql/phase6/verify/checks.sql)).
     type: path
     required: true
+  access_file:
+    description:
+      - The access check (C(files/sql/phase5/verify/access.sql)), run like I(checks_file); phase 5
+        runs it too. Omitted, no access check.
+    type: path
   queries_file:
     description: The cross-system queries to time (C(files/sql/phase6/verify/cross_system_queries.sql)).
     type: path
@@ -71,6 +78,7 @@ EXAMPLES = r"""
 - name: Validate the migrated database
   agency.pgmigrate.pgmigrate_validate:
     checks_file: files/sql/phase6/verify/checks.sql
+    access_file: files/sql/phase5/verify/access.sql
     queries_file: files/sql/phase6/verify/cross_system_queries.sql
     events_since_from_ledger: true
     report_file: reports/validation.json
@@ -258,6 +266,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             checks_file=dict(type="path", required=True),
+            access_file=dict(type="path"),
             queries_file=dict(type="path", required=True),
             params=dict(type="dict", default={}),
             query_runs=dict(type="int", default=20),
@@ -277,6 +286,10 @@ def main():
         checks_template = handle.read()
     with open(p["queries_file"], encoding="utf-8") as handle:
         queries_sql = handle.read()
+    access_sql = ""
+    if p["access_file"]:
+        with open(p["access_file"], encoding="utf-8") as handle:
+            access_sql = handle.read()
     try:
         conn = connect(p, "pgmigrate-validate")
         try:
@@ -287,6 +300,8 @@ def main():
             if p["events_since_from_ledger"]:
                 params["events_since"] = phase3_window(conn)
             checks = run_checks(conn, render(checks_template, params))
+            if access_sql:
+                checks += run_checks(conn, access_sql)
             checks += isolation_checks(conn, p["tenant_role"], p["claim_path"])
             checks += time_queries(conn, queries_sql, p["query_runs"], p["p95_target_ms"])
         finally:

@@ -48,7 +48,8 @@ dropped_fn AS (
 ),
 our_policies AS (
     SELECT p.oid FROM pg_policy p
-     WHERE p.polname IN ('orchestration_client_isolation', 'handover_client_isolation')
+     WHERE p.polname IN ('orchestration_client_isolation', 'handover_client_isolation',
+                         'workflow_executions_client_isolation', 'integration_events_client_isolation')
        AND '5' IN (SELECT phase FROM rolled)
 ),
 deps AS (

@@ -53,3 +53,22 @@ SELECT ow.id AS workflow_id,
        ow.updated_at
   FROM orchestration_workflows ow
  WHERE (SELECT tenant_sees_all()) OR ow.client_id = (SELECT tenant_client_id());
+
+-- The dashboard is the one view granted to authenticated (040). Where authenticated may read
+-- every application table it reads (040 grants it the two new ones; Supabase: the application's tables are granted to it, under their own
+-- row-level security), it runs as its caller (security_invoker, PostgreSQL 15 and later): the
+-- application's policies apply on top of the view's own filter, and Supabase's linter has no
+-- view running with its owner's rights to report. Elsewhere (authenticated created by phase 5,
+-- granted none of the application's tables) it keeps its owner's rights and its own filter.
+DO $$
+BEGIN
+    IF current_setting('server_version_num')::int >= 150000
+       AND to_regrole('authenticated') IS NOT NULL
+       AND (SELECT bool_and(to_regclass(t) IS NOT NULL
+                            AND has_table_privilege('authenticated', to_regclass(t), 'SELECT'))
+              FROM unnest(ARRAY['clients_enhanced', 'client_app_overrides', 'module_installations',
+                                'client_deployments']) AS t) THEN
+        ALTER VIEW unified_client_dashboard SET (security_invoker = true);
+    END IF;
+END
+$$;

@@ -1,18 +1,31 @@
 -- Rollback of phase 5 (strategy 3.5; 5.1 step 2 drops the views): the grants, the policies and
--- row-level security, the three views, the tenant rule, and the role, schema and function phase
--- 5 created where absent - only those it recorded in migration_ledger.created_objects, and only
--- when nothing else uses them. On Supabase (role, auth schema and auth.jwt() already there) they
+-- row-level security (as its deploy recorded them), the three views, the tenant rule, and the
+-- role, schema and function phase 5 created where absent - only those it recorded in
+-- migration_ledger.created_objects, and only when nothing else uses them. On Supabase (role, auth schema and auth.jwt() already there) they
 -- stay. One transaction, brief locks under the runner's lock_timeout. RESTRICT throughout: an
 -- application view on our views is named by the rollback's plan, never dropped with them.
 
--- 1. Grants: revoke what phase 5 granted, except what the table owner's default privileges
--- grant every new table anyway (Supabase grants tables in public to authenticated): that was
--- there before phase 5 and stays.
+-- 1. Grants: revoke what phase 5 granted. Its deploy recorded each privilege authenticated did
+-- not hold before ('grant'); a ledger from before that record ('record' row of phase 5 absent)
+-- falls back to the earlier rule: every grant of 040 except what the table owner's default
+-- privileges grant every new table anyway (Supabase grants tables in public to authenticated).
 DO $$
 DECLARE
     g record;
 BEGIN
     IF to_regrole('authenticated') IS NULL THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM migration_ledger.created_objects WHERE kind = 'record' AND name = 'phase 5') THEN
+        FOR g IN
+            SELECT split_part(o.name, ' ', 1) AS tbl, split_part(o.name, ' ', 2) AS priv
+              FROM migration_ledger.created_objects o
+             WHERE o.kind = 'grant' AND o.phase = '5'
+               AND CASE WHEN o.kind = 'grant' THEN to_regclass(split_part(o.name, ' ', 1)) END IS NOT NULL
+             ORDER BY o.name
+        LOOP
+            EXECUTE format('REVOKE %s ON TABLE %I FROM authenticated', g.priv, g.tbl);
+        END LOOP;
         RETURN;
     END IF;
     FOR g IN
@@ -37,17 +50,38 @@ BEGIN
 END
 $$;
 
--- 2. Policies and row-level security on the two tenant tables.
+-- 2. Policies on the new tables, and row-level security where phase 5 turned it on ('rls'
+-- records; a ledger from before them: on the two tenant tables, the earlier rule).
 DO $$
+DECLARE
+    recorded constant boolean := EXISTS (
+        SELECT 1 FROM migration_ledger.created_objects WHERE kind = 'record' AND name = 'phase 5');
+    item text;
 BEGIN
     IF to_regclass('orchestration_workflows') IS NOT NULL THEN
         DROP POLICY IF EXISTS orchestration_client_isolation ON orchestration_workflows;
-        ALTER TABLE orchestration_workflows DISABLE ROW LEVEL SECURITY;
     END IF;
     IF to_regclass('handover_packages') IS NOT NULL THEN
         DROP POLICY IF EXISTS handover_client_isolation ON handover_packages;
-        ALTER TABLE handover_packages DISABLE ROW LEVEL SECURITY;
     END IF;
+    IF to_regclass('workflow_executions') IS NOT NULL THEN
+        DROP POLICY IF EXISTS workflow_executions_client_isolation ON workflow_executions;
+    END IF;
+    IF to_regclass('integration_events') IS NOT NULL THEN
+        DROP POLICY IF EXISTS integration_events_client_isolation ON integration_events;
+    END IF;
+    FOREACH item IN ARRAY ARRAY['orchestration_workflows', 'workflow_executions', 'handover_packages',
+                                'integration_events'] LOOP
+        IF to_regclass(item) IS NOT NULL AND (
+               (recorded AND EXISTS (SELECT 1 FROM migration_ledger.created_objects
+                                      WHERE kind = 'rls' AND name = item))
+               OR (NOT recorded AND item IN ('orchestration_workflows', 'handover_packages'))) THEN
+            EXECUTE format('ALTER TABLE %I DISABLE ROW LEVEL SECURITY', item);
+        END IF;
+    END LOOP;
+    DELETE FROM migration_ledger.created_objects
+     WHERE phase = '5' AND (kind IN ('grant', 'rls', 'view', 'record')
+                            OR (kind = 'function' AND name <> 'auth.jwt()'));
 END
 $$;
 
