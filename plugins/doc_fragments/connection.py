@@ -44,6 +44,13 @@ options:
         others to the application.
     type: int
     default: 0
+  db_schema:
+    description:
+      - The schema of the application's tables (C(migration_db_schema)). Every session's
+        C(search_path) is that schema alone, so the migration's SQL creates its objects there and
+        never resolves a name to a same-named object of another schema.
+    type: str
+    default: public
 requirements:
   - psycopg2 (or psycopg2-binary) on the host that runs the module (the controller)
 """

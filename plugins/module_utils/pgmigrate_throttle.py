@@ -437,8 +437,8 @@ class Throttle:
         busy = min(float(len(self.working) + 1), self.work_since_check / since)
         self.work_since_check = 0.0
         self.cpu_samples.append((float(app_cpu), max(float(own_cpu), busy)))
-        app = statistics.fmean(a for a, _ in self.cpu_samples)
-        own = statistics.fmean(m for _, m in self.cpu_samples)
+        app = statistics.fmean(sample[0] for sample in self.cpu_samples)
+        own = statistics.fmean(sample[1] for sample in self.cpu_samples)
         self.cpu_now = {"application": round(app, 2), "migration": round(own, 2)}
         # The median of the last three probes: one slow read is noise, three are load.
         return {"probe": round(statistics.median(self.probes), 3), "active_sessions": float(active),
