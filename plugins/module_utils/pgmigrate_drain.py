@@ -312,7 +312,10 @@ def _now() -> str:
 
 
 def _log(message: str) -> None:
-    print(f"{_now()} {APP_NAME}[{os.getpid()}] {message}", flush=True)
+    # The worker's log is its stdout, which its supervisor appends to a file (a command-line
+    # program, not a module: no module.log to call).
+    sys.stdout.write(f"{_now()} {APP_NAME}[{os.getpid()}] {message}\n")
+    sys.stdout.flush()
 
 
 class Worker:
@@ -534,7 +537,7 @@ def stop(config_path: str | None, state_file: str, check: bool, wait_s: float = 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] not in ("run", "ensure"):
-        print(f"usage: python -m {ENTRY} run|ensure CONFIG", file=sys.stderr)
+        sys.stderr.write(f"usage: python -m {ENTRY} run|ensure CONFIG\n")
         return 2
     try:
         if argv[0] == "run":
@@ -549,4 +552,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    raise SystemExit(main(sys.argv[1:]))
