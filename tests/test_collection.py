@@ -24,7 +24,7 @@ BIN = Path(sys.executable).parent
 # a stray dump would be hundreds.
 MAX_ARCHIVE_BYTES = 2_000_000
 # Never in the archive: the checkout's machinery and what runs leave behind.
-NOT_PACKED = (".venv", ".pg", ".ansible-core", ".git", ".sandbox", ".pytest_cache", ".ruff_cache",
+NOT_PACKED = (".venv", ".pg", ".ansible-core", ".tools", ".git", ".sandbox", ".pytest_cache", ".ruff_cache",
               "reports", "backups", "collections")
 
 

@@ -57,7 +57,9 @@ def test_production_needs_every_required_approval(fresh_db: dict[str, Any], out_
     assert approved_by == "DBA: Jane; Backend lead: Bob; DevOps lead: Ada; Product owner: Sam"
     assert [a["role"] for a in details["approvals"]] == ROLES
     assert all(a["recorded_at"] and a["decision"] == "go" for a in details["approvals"])
-    report = next(Path(out_dirs["migration_report_dir"]).glob("*-production-migrate-testdb.md")).read_text()
+    # Three runs wrote a report each (named by run id, in no order): the last one is the approved run's.
+    reports = Path(out_dirs["migration_report_dir"]).glob("*-production-migrate-testdb.md")
+    report = max(reports, key=lambda p: p.stat().st_mtime_ns).read_text()
     assert "| pre | Product owner | Sam | go |" in report
 
 

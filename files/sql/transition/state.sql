@@ -9,12 +9,10 @@ SELECT t.id, t.opened_at, t.events_since, t.completed_at, t.completed_by, t.roll
        (SELECT count(*) FROM pg_proc p
          WHERE p.pronamespace = 'migration_ledger'::regnamespace
            AND (p.proname LIKE 'transition\_%' OR p.proname LIKE 'phase3\_%')) AS functions,
-       -- NULL once cleanup.yml's finalize dropped the sync's records (a table that may be gone
-       -- cannot be named in the query itself: counted through query_to_xml, only when present).
-       CASE WHEN to_regclass('migration_ledger.phase3_override_sync') IS NOT NULL
-            THEN (xpath('/row/n/text()', query_to_xml(
-                    'SELECT count(*) AS n FROM migration_ledger.phase3_override_sync', false, true, '')))[1]::text::bigint
-       END AS overrides_synced
+       -- false once cleanup.yml's finalize dropped the sync's records; the caller counts them only
+       -- when present (a table that may be gone cannot be named in this query, and query_to_xml
+       -- would need a server built with libxml, which some are not).
+       to_regclass('migration_ledger.phase3_override_sync') IS NOT NULL AS sync_records
   FROM migration_ledger.transition t
  ORDER BY t.id DESC
  LIMIT 1;
