@@ -171,7 +171,7 @@ def playbook_output(result: subprocess.CompletedProcess[str]) -> str:
 
 SYSTEM_SCHEMA_FILTER = "nspname !~ '^pg_' AND nspname <> 'information_schema'"
 # collections/ holds the link that makes the copy the collection agency.pgmigrate (copied as a link).
-REPO_COPY_ITEMS = ("ansible.cfg", "collections", "meta", "playbooks", "roles", "plugins", "files")
+REPO_COPY_ITEMS = ("ansible.cfg", "collections", "meta", "playbooks", "roles", "plugins", "files", "migrations")
 
 # Each catalog query returns rows of (key, value); keys are unique within a query.
 _CATALOG_QUERIES: dict[str, str] = {
@@ -371,7 +371,8 @@ def drop_database(db: dict[str, Any]) -> None:
 
 
 def copy_repository(dest: Path) -> Path:
-    """Copy what ansible-playbook needs (ansible.cfg, the collection link, playbooks, roles, plugins, files).
+    """Copy what ansible-playbook needs (ansible.cfg, the collection link, playbooks, roles, plugins, files and
+    migrations: the SQL and the manifest).
 
     Returns the copy's root, which run_playbook_at() and start_playbook() accept.
     """

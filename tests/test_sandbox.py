@@ -20,7 +20,7 @@ from helpers import PLAYBOOK_TIMEOUT_S, REPO_ROOT, _ansible_env_at, _ansible_pla
 
 # What `ansible-playbook playbooks/sandbox.yml` needs of the checkout (tools/ for pgcluster.py and
 # the seed, inventories/ for the default inventory).
-CLONE_ITEMS = ("ansible.cfg", "collections", "meta", "playbooks", "roles", "plugins", "files", "tools",
+CLONE_ITEMS = ("ansible.cfg", "collections", "meta", "playbooks", "roles", "plugins", "files", "migrations", "tools",
                "inventories")
 
 
