@@ -68,7 +68,7 @@ def test_the_archive_holds_the_collection_and_nothing_else(installed: dict[str, 
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
     for wanted in ("MANIFEST.json", "meta/runtime.yml", "playbooks/migrate.yml",
-                   "playbooks/common/require_databases.yml",
+                   "playbooks/common/require_databases.yml", "playbooks/plan.yml", "migrations/ht036/manifest.yml",
                    "roles/migration/tasks/run_phase.yml", "files/sql/ledger/ledger.sql",
                    "plugins/modules/pgmigrate_sql.py", "plugins/module_utils/pgmigrate.py",
                    "plugins/action/pgmigrate_direct.py", "plugins/action/pgmigrate_sql.py"):
