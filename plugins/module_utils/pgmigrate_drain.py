@@ -15,8 +15,9 @@
 #            so only one ever drains it, yields under the migration's throttle, and exits when the
 #            transition closes.
 #
-# queue_state() is the one read of the queue and of what drains it: status.yml (pgmigrate_info),
-# the watch, the Prometheus metrics and the briefing take it from here.
+# queue_read() is the one read of the queue and of what drains it: status.yml (pgmigrate_info),
+# the watch, the Prometheus metrics, the briefing, the migration's drain (pgmigrate_queue) and the
+# backfill's check mode take it from here (queue_state: its first half).
 #
 # The worker's configuration file holds the connection (password included): written 0600 into a
 # 0700 directory, never passed on a command line, never logged. This file runs as
