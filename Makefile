@@ -17,7 +17,7 @@ help:
 	@echo "make test    linters, ansible-test sanity, pytest and every Molecule scenario ($(SCENARIOS))"
 	@echo "make lint    yamllint, ansible-lint (production profile, offline), ruff"
 	@echo "make sanity  ansible-test sanity on the built collection (tools/sanity.py)"
-	@echo "make sandbox-stop   stop the sandbox cluster"
+	@echo "make sandbox-stop   stop the sandbox's drain (worker, cron entry), then its cluster"
 
 # The virtualenv, rebuilt when requirements.txt changes.
 $(VENV)/.installed: requirements.txt
@@ -50,12 +50,24 @@ prometheus:
 dblint:
 	@tools/ensure-dblint.sh
 
+# The demo leaves the transition open, and with it what phase 3 started to drain its queue until
+# complete.yml: on the sandbox a worker process and a cron entry of this user that restarts it.
+# It says so at its end; `make sandbox-stop` stops them before the cluster.
 demo: venv postgres
 	ansible-playbook playbooks/sandbox.yml -e sandbox_action=reset -e sandbox_scale=$(SCALE)
 	ansible-playbook playbooks/migrate.yml -e phase=all
 	ansible-playbook playbooks/status.yml
+	@echo
+	@echo "Left running: the sandbox cluster (127.0.0.1:54329) and the transition's drain - a worker"
+	@echo "process of this user and a cron entry that restarts it every minute (crontab -l: 'pgmigrate"
+	@echo "transition drain sandbox'; ansible-playbook playbooks/drain.yml shows them)."
+	@echo "  make sandbox-stop                                            stops the drain, then the cluster"
+	@echo "  ansible-playbook playbooks/drain.yml -e drain_state=stopped  stops the drain only"
 
+# The drain first (its worker and cron entry would otherwise retry a stopped cluster every
+# minute); a sandbox that is not running has no drain to stop, so its failure is ignored.
 sandbox-stop: venv
+	-ansible-playbook playbooks/drain.yml -e drain_state=stopped
 	ansible-playbook playbooks/sandbox.yml -e sandbox_action=stop
 
 lint: venv

@@ -20,6 +20,7 @@ test module; test modules import the fixtures they use).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -241,6 +242,26 @@ def assert_consistent(db: dict[str, Any]) -> None:
 # --- playbooks in the background, killed like an operator's laptop dying -------------------
 
 
+def _process_tree(root: int) -> list[int]:
+    """`root` and its descendants, from /proc (each process's parent: the 4th field of its stat)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
 class Background:
     """ansible-playbook in its own session (process group), so that killing it kills the
     modules it started too; output goes to files."""
@@ -258,9 +279,28 @@ class Background:
         return self.proc.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL the whole process group: ansible-playbook, its workers, the modules."""
+        """SIGKILL ansible-playbook and every process it started: its workers and the modules
+        they run. Not only the process group: ansible's WorkerProcess calls setsid() (its own
+        session), so a worker outlived a killpg, still running its module; the test's
+        terminate_backends then failed its statement, and the module marked the ledger rows
+        'failed' on a new connection instead of leaving them 'running' (a flaky
+        test_full_rollback_killed_changes_nothing_until_rerun). Stopped first, so that none
+        forks or reparents while the tree is read."""
         if self.running():
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            seen: set[int] = set()
+            for _ in range(3):
+                tree = set(_process_tree(self.proc.pid)) - seen
+                if not tree:
+                    break
+                for pid in tree:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGSTOP)
+                seen |= tree
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            for pid in seen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
 
     def output(self) -> str:

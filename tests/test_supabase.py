@@ -194,8 +194,7 @@ def _anon_sees_and_writes_nothing(supabase: dict[str, Any], db: dict[str, Any]) 
         for function in NEW_FUNCTIONS:
             verdict, _ = _try(conn, f"SELECT {function.replace('()', '')}()")
             assert verdict == "denied", f"anon may call {function}"
-        for function in ("migration_ledger.phase3_linkage(NULL, NULL, NULL)",
-                         "migration_ledger.transition_relink(NULL, NULL)"):
+        for function in ("migration_ledger.phase3_linkage(NULL, NULL, NULL)",):
             verdict, _ = _try(conn, f"SELECT * FROM {function}")
             assert verdict == "denied", f"anon may call {function}"
     finally:
@@ -295,12 +294,11 @@ def dblint(db: dict[str, Any]) -> list[dict[str, Any]]:
 
 # Supabase's linter reports these of ours, and they stay: the linkage rule's LANGUAGE sql
 # functions are inlined into their callers only without a SET clause (the transition's sync calls
-# them at every write), and transition_relink runs inside its trigger's SECURITY DEFINER context
-# with that function's fixed search_path. None is usable by anon or authenticated: the ledger's
-# schema grants them no USAGE (docs/design.md, departures).
+# them at every write). None is usable by anon or authenticated: the ledger's schema grants them
+# no USAGE (docs/design.md, departures).
 ACCEPTED = {("splinter/security/functionSearchPathMutable", "migration_ledger." + name)
             for name in ("phase3_listings", "phase3_installed_listings", "phase3_linkage_choice",
-                         "phase3_linkage", "phase3_installed_event", "transition_relink")}
+                         "phase3_linkage", "phase3_installed_event")}
 
 
 def security_findings_on(findings: list[dict[str, Any]], ours: set[str]) -> set[tuple[str, str]]:

@@ -579,31 +579,6 @@ def applied_phases(state: dict[str, dict[str, Any]]) -> list[str]:
     return sorted(p for p, row in state.items() if row["direction"] == "apply")
 
 
-# What a transition's deferred work looks like when the ledger has no queue to read: every field
-# present, so that a pipeline reading status.yml's JSON finds the same keys either way.
-DEFERRED_FIELDS = ("depth", "oldest_age_s", "drained_by")
-
-
-def deferred_state(conn: Any) -> dict[str, Any]:
-    """The transition's deferred work, as migration_ledger.transition_queue_state() says when the
-    ledger has it (its columns, or the object it returns, as they are); otherwise every field None
-    and available false. Read-only; the function is looked up, never created."""
-    state: dict[str, Any] = {"available": False, **dict.fromkeys(DEFERRED_FIELDS)}
-    with conn.cursor() as cur:
-        cur.execute("SELECT to_regprocedure(%s) IS NOT NULL", (f"{LEDGER_SCHEMA}.transition_queue_state()",))
-        if cur.fetchone()[0]:
-            cur.execute(f"SELECT to_jsonb(q) FROM {LEDGER_SCHEMA}.transition_queue_state() q")
-            row = cur.fetchone()
-            found = row[0] if row else None
-            state["available"] = True
-            if isinstance(found, dict):
-                state.update(found)
-            elif found is not None:
-                state["value"] = found
-    conn.rollback()
-    return json_safe(state)
-
-
 def ledger_size(conn: Any, lock_timeout_ms: int = 100) -> dict[str, Any]:
     """The space the ledger's tables hold (pg_total_relation_size: heap, indexes, TOAST), table by
     table, largest first. Sizing a table takes ACCESS SHARE: with a short lock_timeout a table being

@@ -15,8 +15,9 @@
 #            so only one ever drains it, yields under the migration's throttle, and exits when the
 #            transition closes.
 #
-# queue_state() is the one read of the queue and of what drains it: status.yml (pgmigrate_info),
-# the watch, the Prometheus metrics and the briefing take it from here.
+# queue_read() is the one read of the queue and of what drains it: status.yml (pgmigrate_info),
+# the watch, the Prometheus metrics, the briefing, the migration's drain (pgmigrate_queue) and the
+# backfill's check mode take it from here (queue_state: its first half).
 #
 # The worker's configuration file holds the connection (password included): written 0600 into a
 # 0700 directory, never passed on a command line, never logged. This file runs as
@@ -93,9 +94,16 @@ def transition_open(cur) -> bool:
                                 FROM {LEDGER_SCHEMA}.transition ORDER BY id DESC LIMIT 1"""))
 
 
+STATE_FUNCTION = f"{LEDGER_SCHEMA}.transition_queue_state()"
+DRAIN_FUNCTION = f"{LEDGER_SCHEMA}.transition_drain(integer)"
+# What `deferred` (status.yml) holds when the ledger has no queue to read: every field present,
+# so that a pipeline reading status.yml's JSON finds the same keys either way.
+DEFERRED_FIELDS = ("depth", "oldest_age_s", "drained_by")
+
+
 def queue_present(cur) -> bool:
     return bool(_one(cur, "SELECT to_regprocedure(%s) IS NOT NULL AND to_regprocedure(%s) IS NOT NULL",
-                     (f"{LEDGER_SCHEMA}.transition_queue_state()", f"{LEDGER_SCHEMA}.transition_drain(integer)")))
+                     (STATE_FUNCTION, DRAIN_FUNCTION)))
 
 
 def pg_cron_version(cur) -> str | None:
@@ -130,24 +138,31 @@ def cron_job(cur) -> dict[str, Any] | None:
     return job
 
 
-def queue_state(conn) -> dict[str, Any]:
-    """Read-only: the queue's depth and the age of its oldest entry, and what drains it.
+def queue_read(conn) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The one read of the queue (status.yml, the watch, Prometheus, the briefing, the drain and
+    the backfill's check mode all take it from here), read-only. Returns (state, deferred).
 
-    present   the queue exists (phase 3 opened a transition that defers work)
-    open      the transition is open
-    depth, oldest_enqueued_at, oldest_age_s
-    drained_by  {"kind": "pg_cron"|"worker"|"nothing", ...}: the pg_cron job, or the worker's
-                session (its pid on the server, its application_name naming the controller and
-                the process, its heartbeat: when its last call ended)
-    says      one line for an operator
+    state     present   the queue exists (phase 3 opened a transition that defers work)
+              open      the transition is open
+              depth, oldest_enqueued_at, oldest_age_s
+              drained_by  {"kind": "pg_cron"|"worker"|"nothing", ...}: the pg_cron job, or the
+                        worker's session (its pid on the server, its application_name naming the
+                        controller and the process, its heartbeat: when its last call ended)
+              says      one line for an operator
+    deferred  status.yml's `deferred`: available (the ledger has transition_queue_state()), and
+              whatever that function returns, its columns as they are (DEFERRED_FIELDS None when
+              it returns none of them); drained_by the drain's, where the queue is present.
     """
     with conn.cursor() as cur:
-        out: dict[str, Any] = {"present": queue_present(cur), "open": transition_open(cur)}
-        if out["present"]:
-            cur.execute(f"SELECT depth, oldest_enqueued_at, oldest_age_s FROM {LEDGER_SCHEMA}.transition_queue_state()")
-            depth, oldest, age = cur.fetchone()
-            out.update(depth=int(depth or 0), oldest_enqueued_at=None if oldest is None else oldest.isoformat(),
-                       oldest_age_s=round(float(age or 0.0), 3))
+        state: dict[str, Any] = {"present": queue_present(cur), "open": transition_open(cur)}
+        reported: Any = None
+        available = bool(_one(cur, "SELECT to_regprocedure(%s) IS NOT NULL", (STATE_FUNCTION,)))
+        if available:
+            reported = _one(cur, f"SELECT to_jsonb(q) FROM {STATE_FUNCTION} AS q")
+        if state["present"]:
+            columns = reported if isinstance(reported, dict) else {}
+            state.update(depth=int(columns.get("depth") or 0), oldest_enqueued_at=columns.get("oldest_enqueued_at"),
+                         oldest_age_s=round(float(columns.get("oldest_age_s") or 0.0), 3))
         job = cron_job(cur)
         workers = _dicts(cur, _LOCK_HOLDER_SQL)
     conn.rollback()
@@ -161,9 +176,21 @@ def queue_state(conn) -> dict[str, Any]:
                       "heartbeat_at": w["heartbeat_at"], "heartbeat_age_s": w["heartbeat_age_s"]}
     else:
         drained_by = {"kind": "nothing"}
-    out["drained_by"] = _jsonable(drained_by)
-    out["says"] = describe(out)
-    return out
+    state["drained_by"] = _jsonable(drained_by)
+    state["says"] = describe(state)
+    deferred: dict[str, Any] = {"available": available, **dict.fromkeys(DEFERRED_FIELDS)}
+    if isinstance(reported, dict):
+        deferred.update(reported)
+    elif reported is not None:
+        deferred["value"] = reported
+    if state["present"]:
+        deferred["drained_by"] = state["drained_by"]
+    return state, _jsonable(deferred)
+
+
+def queue_state(conn) -> dict[str, Any]:
+    """The queue's state (queue_read's first half)."""
+    return queue_read(conn)[0]
 
 
 def describe(state: dict[str, Any]) -> str:

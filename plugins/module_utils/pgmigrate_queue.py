@@ -17,6 +17,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     MigrationError,
     backoff_delays,
 )
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_drain import queue_present, queue_state
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttle import (
     BatchCut,
     BatchSizer,
@@ -25,42 +26,11 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttl
     run_capped,
 )
 
-DRAIN_FUNCTION = f"{LEDGER_SCHEMA}.transition_drain(integer)"
 # What the drain writes: the throttle counts the lock waiters on these.
 THROTTLED_TABLES = ["client_app_overrides", f"{LEDGER_SCHEMA}.transition_queue"]
 # Entries per call: the first call's, the bounds a call's size adapts within, and its target.
 DRAIN_DEFAULTS: dict[str, int] = {"batch_size": 200, "min_batch_size": 10, "max_batch_size": 5000,
                                   "target_batch_ms": 50}
-
-
-def queue_exists(conn) -> bool:
-    """Whether this database has the transition's drain (phase 3 opened a transition whose sync
-    is still in place)."""
-    autocommit = conn.autocommit
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT to_regprocedure(%s) IS NOT NULL", (DRAIN_FUNCTION,))
-            return bool(cur.fetchone()[0])
-    finally:
-        conn.autocommit = autocommit
-
-
-def queue_state(conn) -> dict[str, Any]:
-    """{depth, oldest_enqueued_at, oldest_age_s} (transition_queue_state()); depth 0 without a
-    queue."""
-    if not queue_exists(conn):
-        return {"depth": 0, "oldest_enqueued_at": None, "oldest_age_s": 0.0}
-    autocommit = conn.autocommit
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT depth, oldest_enqueued_at::text, oldest_age_s "
-                        f"FROM {LEDGER_SCHEMA}.transition_queue_state()")
-            depth, oldest, age = cur.fetchone()
-    finally:
-        conn.autocommit = autocommit
-    return {"depth": int(depth), "oldest_enqueued_at": oldest, "oldest_age_s": round(float(age or 0), 3)}
 
 
 def _left_before(conn, since: str) -> int:
@@ -82,11 +52,13 @@ def drain(conn, params: dict, lock: dict, throttle_opts: dict | None = None,
     sizes = {**DRAIN_DEFAULTS, **(sizes or {})}
     result: dict[str, Any] = {"applied": 0, "calls": 0, "left": 0, "depth": 0, "drained_since": None,
                               "seconds": 0.0, "cut": 0, "cancelled": 0, "lock_retries": 0}
-    if not queue_exists(conn):
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        present = queue_present(cur)
+    if not present:
         result["skipped"] = "no transition queue (phase 3 not applied, or the cutover done)"
         return result
     started = time.monotonic()
-    conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("SELECT clock_timestamp()::text")
         since = cur.fetchone()[0]
@@ -125,7 +97,7 @@ def drain(conn, params: dict, lock: dict, throttle_opts: dict | None = None,
         result["throttle"] = throttle.summary()
         throttle.close()
         end_batches(conn)
-    result["depth"] = queue_state(conn)["depth"]
+    result["depth"] = queue_state(conn).get("depth", 0)
     result["cut"] = sizer.cut
     result["seconds"] = round(time.monotonic() - started, 3)
     return result

@@ -220,8 +220,9 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     run_transactional,
     split_statements,
 )
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_drain import queue_state
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_queue import drain as drain_queue
-from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_queue import drain_or_fail, queue_state
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_queue import drain_or_fail
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttle import (
     THROTTLE_ARG,
     BatchCut,
@@ -457,9 +458,9 @@ def run_drain(module, p: dict, lock: dict) -> dict:
         conn = connect(p, "pgmigrate-drain")
         try:
             if module.check_mode:
-                state = queue_state(conn)
-                return {"changed": state["depth"] > 0, "drain": {"depth": state["depth"]},
-                        "msg": f"would drain the transition's queue ({state['depth']} entries)"}
+                depth = queue_state(conn).get("depth", 0)
+                return {"changed": depth > 0, "drain": {"depth": depth},
+                        "msg": f"would drain the transition's queue ({depth} entries)"}
             fn = drain_queue if p["drain_may_leave"] else drain_or_fail
             result = fn(conn, p, lock, p["throttle"], what="the transition's queue")
         finally:

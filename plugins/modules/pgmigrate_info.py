@@ -170,7 +170,6 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     MigrationError,
     applied_phases,
     connect,
-    deferred_state,
     describe_target,
     ledger_exists,
     ledger_size,
@@ -178,7 +177,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     ledger_unfinished,
     refuse_transaction_pooler,
 )
-from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_drain import queue_state
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_drain import queue_read
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_dump import pg_program
 
 
@@ -240,17 +239,18 @@ def main():
             state = ledger_state(conn)
             facts["ledger"] = {"changed": False, "state": state, "applied": applied_phases(state),
                                "unfinished": ledger_unfinished(conn), "ledger_exists": ledger_exists(conn)}
+        if p["status"] or p["queue"]:
+            # The queue read once (module_utils/pgmigrate_drain.queue_read): status's `deferred`
+            # and the queue's state, what drains it included, are two views of it.
+            queue, deferred = queue_read(conn)
         if p["status"]:
             state = ledger_state(conn)
             facts["applied"] = applied_phases(state)
             facts["phases"] = phase_states(state, ledger_unfinished(conn))
-            facts["deferred"] = deferred_state(conn)
+            facts["deferred"] = deferred
             facts["ledger_size"] = ledger_size(conn)
         if p["queue"]:
-            facts["transition_queue"] = queue_state(conn)
-        if p["status"] and p["queue"] and facts["transition_queue"]["present"]:
-            # What drains the queue, as the drain sees it (a pg_cron job, a worker, or nothing).
-            facts["deferred"]["drained_by"] = facts["transition_queue"]["drained_by"]
+            facts["transition_queue"] = queue
     except MigrationError as exc:
         module.fail_json(msg=str(exc))
     finally:

@@ -111,68 +111,9 @@ CREATE TABLE IF NOT EXISTS migration_ledger.transition_queue (
     status           text
 );
 
--- Link again, by the rule, the overrides of p_names (of client p_client_id; of every client
--- when it is NULL) and record what changed. Called only by transition_drain, which holds the
--- client's advisory lock (an override inserted or moved into the client takes it shared), and
--- runs in its context (owner, search_path, plan_cache_mode, enable_seqscan: no SET clause or
--- SECURITY DEFINER here). The overrides are locked first (id order) without waiting for an
--- application transaction (NOWAIT: the caller leaves the entry queued), then derived in a
--- fresh snapshot: nothing can change them or enter the set meanwhile.
-CREATE OR REPLACE FUNCTION migration_ledger.transition_relink(p_client_id uuid, p_names text[])
-RETURNS integer
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    n integer;
-    clients uuid[] := ARRAY[p_client_id];
-BEGIN
-    -- A listing (p_client_id NULL) relinks every client with overrides of its names: one
-    -- statement for both cases, on the client index (a generic plan). The clients are looked
-    -- up only then: as a branch of the declaration, the generic plan's hash table, sized for
-    -- every client, was allocated and zeroed at every call.
-    IF p_client_id IS NULL THEN
-        clients := ARRAY(SELECT DISTINCT o.client_id FROM client_app_overrides AS o
-                          WHERE o.app_name = ANY (p_names));
-        -- A rare administrative write: it may wait for the application's row locks, under the
-        -- caller's lock_timeout.
-        PERFORM 1 FROM client_app_overrides AS cao
-          WHERE cao.client_id = ANY (clients) AND cao.app_name = ANY (p_names)
-          ORDER BY cao.id FOR UPDATE;
-    ELSE
-        PERFORM 1 FROM client_app_overrides AS cao
-          WHERE cao.client_id = p_client_id AND cao.app_name = ANY (p_names)
-          ORDER BY cao.id FOR UPDATE NOWAIT;
-    END IF;
-    -- Most installations are of a module the client has no override of: nothing to link (and
-    -- none can enter meanwhile: an override inserted or moved into the client waits for the
-    -- advisory lock the caller holds).
-    IF NOT FOUND THEN
-        RETURN 0;
-    END IF;
-    WITH changed AS (
-        UPDATE client_app_overrides AS cao
-           SET (marketplace_module_id, installation_id, activation_status) =
-               (SELECT r.module_id, r.installation_id, r.activation_status
-                  FROM migration_ledger.phase3_linkage(cao.client_id, cao.app_name, cao.enabled) AS r)
-          FROM client_app_overrides AS prior
-         CROSS JOIN LATERAL migration_ledger.phase3_linkage(prior.client_id, prior.app_name, prior.enabled) AS l
-         WHERE prior.id = cao.id
-           AND prior.client_id = ANY (clients) AND prior.app_name = ANY (p_names)
-           AND (l.module_id, l.installation_id, l.activation_status)
-               IS DISTINCT FROM (prior.marketplace_module_id, prior.installation_id, prior.activation_status)
-        RETURNING cao.id, prior.marketplace_module_id AS old_module_id,
-                  prior.installation_id AS old_installation_id, prior.activation_status AS old_status,
-                  cao.marketplace_module_id, cao.installation_id, cao.activation_status,
-                  l.candidates, l.chosen_by
-    )
-    INSERT INTO migration_ledger.phase3_override_sync_log
-           (override_id, old_module_id, old_installation_id, old_status,
-            module_id, installation_id, new_status, candidates, chosen_by)
-    SELECT * FROM changed;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
-END
-$$;
+-- The relink is transition_drain's own statement (one home); a transition opened by an earlier
+-- release had it as a function of its own, without a fixed search_path: gone on a rerun.
+DROP FUNCTION IF EXISTS migration_ledger.transition_relink(uuid, text[]);
 
 -- Fold up to p_limit rows of the log (all: NULL), oldest first, into phase3_override_sync: per
 -- override, the values before its first write (when it has no record yet), the status it
@@ -197,47 +138,37 @@ BEGIN
     ELSIF NOT pg_try_advisory_xact_lock(hashtext('pgmigrate:transition-fold'), 0) THEN
         RETURN 0;
     END IF;
-    WITH batch AS (
+    -- Per override, the ids of its first and last log rows and of its last derived one (not
+    -- 'kept_linkage'), then those rows' values by id: plain aggregates and three hash lookups,
+    -- where thirteen ordered array_agg sorted the batch once each (docs/benchmarks.md).
+    WITH batch AS MATERIALIZED (
         DELETE FROM migration_ledger.phase3_override_sync_log AS g
          WHERE g.ctid = ANY (ARRAY(SELECT l.ctid FROM migration_ledger.phase3_override_sync_log AS l
                                     ORDER BY l.id LIMIT p_limit))
         RETURNING g.*
     ), per_override AS (
-        SELECT b.override_id,
-               (array_agg(b.old_module_id ORDER BY b.id))[1] AS old_module_id,
-               (array_agg(b.old_installation_id ORDER BY b.id))[1] AS old_installation_id,
-               (array_agg(b.old_status ORDER BY b.id))[1] AS old_status,
-               bool_or(b.chosen_by IS DISTINCT FROM 'kept_linkage') AS derived,
-               (array_agg(b.module_id ORDER BY b.id DESC)
-                    FILTER (WHERE b.chosen_by IS DISTINCT FROM 'kept_linkage'))[1] AS last_module_id,
-               (array_agg(b.installation_id ORDER BY b.id DESC)
-                    FILTER (WHERE b.chosen_by IS DISTINCT FROM 'kept_linkage'))[1] AS last_installation_id,
-               (array_agg(b.candidates ORDER BY b.id DESC)
-                    FILTER (WHERE b.chosen_by IS DISTINCT FROM 'kept_linkage'))[1] AS last_candidates,
-               (array_agg(b.chosen_by ORDER BY b.id DESC)
-                    FILTER (WHERE b.chosen_by IS DISTINCT FROM 'kept_linkage'))[1] AS last_chosen_by,
-               (array_agg(b.module_id ORDER BY b.id))[1] AS first_module_id,
-               (array_agg(b.installation_id ORDER BY b.id))[1] AS first_installation_id,
-               (array_agg(b.candidates ORDER BY b.id))[1] AS first_candidates,
-               (array_agg(b.chosen_by ORDER BY b.id))[1] AS first_chosen_by,
-               (array_agg(b.new_status ORDER BY b.id DESC))[1] AS new_status,
-               count(*)::integer AS writes,
-               min(b.synced_at) AS first_synced_at,
-               max(b.synced_at) AS synced_at
+        SELECT b.override_id, min(b.id) AS first_id, max(b.id) AS last_id,
+               max(b.id) FILTER (WHERE b.chosen_by IS DISTINCT FROM 'kept_linkage') AS derived_id,
+               count(*)::integer AS writes, min(b.synced_at) AS first_synced_at, max(b.synced_at) AS synced_at
           FROM batch AS b
          GROUP BY b.override_id
     ), merged AS (
+        -- The module, installation and rule of the last derived write; a batch of status-only
+        -- writes carries its first row's (chosen_by 'kept_linkage'), which the record keeps.
         INSERT INTO migration_ledger.phase3_override_sync AS s
                (override_id, old_module_id, old_installation_id, old_status, module_id, installation_id,
                 new_status, candidates, chosen_by, writes, first_synced_at, synced_at)
-        SELECT o.override_id, o.old_module_id, o.old_installation_id, o.old_status,
-               CASE WHEN o.derived THEN o.last_module_id ELSE o.first_module_id END,
-               CASE WHEN o.derived THEN o.last_installation_id ELSE o.first_installation_id END,
-               o.new_status,
-               CASE WHEN o.derived THEN o.last_candidates ELSE o.first_candidates END,
-               CASE WHEN o.derived THEN o.last_chosen_by ELSE o.first_chosen_by END,
+        SELECT o.override_id, f.old_module_id, f.old_installation_id, f.old_status,
+               CASE WHEN o.derived_id IS NULL THEN f.module_id ELSE d.module_id END,
+               CASE WHEN o.derived_id IS NULL THEN f.installation_id ELSE d.installation_id END,
+               l.new_status,
+               CASE WHEN o.derived_id IS NULL THEN f.candidates ELSE d.candidates END,
+               CASE WHEN o.derived_id IS NULL THEN f.chosen_by ELSE d.chosen_by END,
                o.writes, o.first_synced_at, o.synced_at
           FROM per_override AS o
+          JOIN batch AS f ON f.id = o.first_id
+          JOIN batch AS l ON l.id = o.last_id
+          LEFT JOIN batch AS d ON d.id = o.derived_id
         -- A status-only batch ('kept_linkage') keeps the record's module, installation and rule.
         ON CONFLICT (override_id) DO UPDATE
            SET module_id = CASE WHEN excluded.chosen_by = 'kept_linkage' THEN s.module_id ELSE excluded.module_id END,
@@ -265,8 +196,9 @@ $$;
 -- snapshot), which sees every override committed before; none can enter meanwhile. The work
 -- of the whole batch is done set-wise, a few statements for all its entries: a statement's
 -- start-up, not its rows, was most of the cost of an entry applied on its own. A listing's
--- entry (rare: every client of its names) is applied on its own, waiting for row locks under
--- the caller's lock_timeout, in a subtransaction (one that times out is left queued).
+-- entry (rare: every client of its names) has its overrides locked on its own, waiting for row
+-- locks under the caller's lock_timeout, in a subtransaction (one that times out is left
+-- queued); the relink that follows is the same statement for both kinds (its one home).
 -- When no transition is open (a rollback closed it, revert/first/), entries are deleted
 -- without being applied, as the triggers derive nothing then. Also folds the sync's log
 -- (transition_fold_sync_log). Its plans are generic (planned once per session), never a table
@@ -284,6 +216,8 @@ DECLARE
     clients uuid[];
     held uuid[];
     blocked uuid[];
+    relink uuid[];
+    locked uuid[];
     done bigint[];
     e record;
     n integer;
@@ -311,54 +245,73 @@ BEGIN
     END IF;
     held := ARRAY(SELECT c FROM unnest(clients) AS c
                    WHERE pg_try_advisory_xact_lock(hashtext('pgmigrate:transition'), hashtext(c::text)));
-    -- The overrides those entries relink, locked without waiting; a client with one held by an
-    -- application transaction is left (its entries stay queued).
-    WITH pairs AS (
-        SELECT DISTINCT q.client_id, mm.name
-          FROM migration_ledger.transition_queue AS q
-          JOIN marketplace_modules AS mm ON mm.id = q.module_id
-         WHERE q.id = ANY (ids) AND q.client_id = ANY (held)
+    -- The overrides those entries relink, found once (the client index, one probe per client
+    -- and name) and then locked by id without waiting; a client with one held by an
+    -- application transaction is left (its entries stay queued, the locks taken on its other
+    -- rows go with this transaction). One probe instead of two: finding and locking the rows
+    -- in two scans of the client index was 40% of a call.
+    WITH present AS MATERIALIZED (
+        SELECT cao.id, cao.client_id
+          FROM (SELECT DISTINCT q.client_id, mm.name
+                  FROM migration_ledger.transition_queue AS q
+                  JOIN marketplace_modules AS mm ON mm.id = q.module_id
+                 WHERE q.id = ANY (ids) AND q.client_id = ANY (held)) AS p
+          JOIN client_app_overrides AS cao ON cao.client_id = p.client_id AND cao.app_name = p.name
     ), locked AS (
-        SELECT cao.client_id FROM client_app_overrides AS cao
-          JOIN pairs AS p ON cao.client_id = p.client_id AND cao.app_name = p.name
+        SELECT cao.id FROM client_app_overrides AS cao
+         WHERE cao.id IN (SELECT pr.id FROM present AS pr)
          ORDER BY cao.id
            FOR UPDATE OF cao SKIP LOCKED
-    ), present AS (
-        SELECT cao.client_id FROM client_app_overrides AS cao
-          JOIN pairs AS p ON cao.client_id = p.client_id AND cao.app_name = p.name
     )
-    SELECT array_agg(x.client_id) INTO blocked
-      FROM (SELECT pr.client_id, count(*) AS n FROM present AS pr GROUP BY pr.client_id) AS x
-      LEFT JOIN (SELECT l.client_id, count(*) AS n FROM locked AS l GROUP BY l.client_id) AS y
-             ON y.client_id = x.client_id
-     WHERE coalesce(y.n, 0) < x.n;
-    held := ARRAY(SELECT c FROM unnest(held) AS c WHERE NOT (c = ANY (coalesce(blocked, '{}'))));
-    -- Relink them, by the rule, in a snapshot taken after the locks; record what changed.
-    WITH pairs AS (
-        SELECT DISTINCT q.client_id, mm.name
-          FROM migration_ledger.transition_queue AS q
-          JOIN marketplace_modules AS mm ON mm.id = q.module_id
-         WHERE q.id = ANY (ids) AND q.client_id = ANY (held)
-    ), changed AS (
-        UPDATE client_app_overrides AS cao
-           SET (marketplace_module_id, installation_id, activation_status) =
-               (SELECT r.module_id, r.installation_id, r.activation_status
-                  FROM migration_ledger.phase3_linkage(cao.client_id, cao.app_name, cao.enabled) AS r)
-          FROM pairs AS p
-          JOIN client_app_overrides AS prior ON prior.client_id = p.client_id AND prior.app_name = p.name
-         CROSS JOIN LATERAL migration_ledger.phase3_linkage(prior.client_id, prior.app_name, prior.enabled) AS l
-         WHERE prior.id = cao.id
-           AND (l.module_id, l.installation_id, l.activation_status)
-               IS DISTINCT FROM (prior.marketplace_module_id, prior.installation_id, prior.activation_status)
-        RETURNING cao.id, prior.marketplace_module_id AS old_module_id,
-                  prior.installation_id AS old_installation_id, prior.activation_status AS old_status,
-                  cao.marketplace_module_id, cao.installation_id, cao.activation_status,
-                  l.candidates, l.chosen_by
-    )
-    INSERT INTO migration_ledger.phase3_override_sync_log
-           (override_id, old_module_id, old_installation_id, old_status,
-            module_id, installation_id, new_status, candidates, chosen_by)
-    SELECT * FROM changed;
+    SELECT array_agg(pr.id) FILTER (WHERE l.id IS NOT NULL),
+           array_agg(DISTINCT pr.client_id) FILTER (WHERE l.id IS NULL)
+      INTO relink, blocked
+      FROM present AS pr LEFT JOIN locked AS l ON l.id = pr.id;
+    IF blocked IS NOT NULL THEN
+        held := ARRAY(SELECT c FROM unnest(held) AS c WHERE NOT (c = ANY (blocked)));
+        relink := ARRAY(SELECT o.id FROM client_app_overrides AS o
+                         WHERE o.id = ANY (relink) AND NOT (o.client_id = ANY (blocked)));
+    END IF;
+    done := ARRAY(SELECT q.id FROM migration_ledger.transition_queue AS q
+                   WHERE q.id = ANY (ids) AND q.client_id = ANY (held));
+    -- A listing's entries (rare: every client's overrides of its names), each locked on its
+    -- own, waiting for the application's row locks under the caller's lock_timeout, in a
+    -- subtransaction: one that times out is left queued, and the rows it had locked released.
+    FOR e IN SELECT q.id, q.names FROM migration_ledger.transition_queue AS q
+              WHERE q.id = ANY (ids) AND q.client_id IS NULL ORDER BY q.id LOOP
+        BEGIN
+            locked := ARRAY(SELECT cao.id FROM client_app_overrides AS cao
+                             WHERE cao.app_name = ANY (e.names) ORDER BY cao.id FOR UPDATE);
+            relink := coalesce(relink, '{}') || locked;
+            done := done || e.id;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;
+        END;
+    END LOOP;
+    -- The one relink: every override locked above, derived by the rule in a snapshot taken
+    -- after the locks (none can change or enter meanwhile), rewritten where it differs, each
+    -- change recorded. The rule runs once per override (the same values set as compared: the
+    -- row is locked, so it is the row read).
+    IF relink IS NOT NULL THEN
+        WITH changed AS (
+            UPDATE client_app_overrides AS cao
+               SET (marketplace_module_id, installation_id, activation_status) =
+                   (l.module_id, l.installation_id, l.activation_status)
+              FROM client_app_overrides AS prior
+             CROSS JOIN LATERAL migration_ledger.phase3_linkage(prior.client_id, prior.app_name, prior.enabled) AS l
+             WHERE prior.id = ANY (relink) AND cao.id = prior.id
+               AND (l.module_id, l.installation_id, l.activation_status)
+                   IS DISTINCT FROM (prior.marketplace_module_id, prior.installation_id, prior.activation_status)
+            RETURNING cao.id, prior.marketplace_module_id AS old_module_id,
+                      prior.installation_id AS old_installation_id, prior.activation_status AS old_status,
+                      cao.marketplace_module_id, cao.installation_id, cao.activation_status,
+                      l.candidates, l.chosen_by
+        )
+        INSERT INTO migration_ledger.phase3_override_sync_log
+               (override_id, old_module_id, old_installation_id, old_status,
+                module_id, installation_id, new_status, candidates, chosen_by)
+        SELECT * FROM changed;
+    END IF;
     -- Each installation's one module_installed event, as phase 3's step 050 makes it, in the
     -- window of the open transition; guarded, so never twice.
     WITH inserted AS (
@@ -375,18 +328,6 @@ BEGIN
     )
     INSERT INTO migration_ledger.phase3_inserted (table_name, row_id)
     SELECT 'integration_events', id FROM inserted;
-    done := ARRAY(SELECT q.id FROM migration_ledger.transition_queue AS q
-                   WHERE q.id = ANY (ids) AND q.client_id = ANY (held));
-    -- A listing's entries, each on its own.
-    FOR e IN SELECT q.id, q.names FROM migration_ledger.transition_queue AS q
-              WHERE q.id = ANY (ids) AND q.client_id IS NULL ORDER BY q.id LOOP
-        BEGIN
-            PERFORM migration_ledger.transition_relink(NULL, e.names);
-            done := done || e.id;
-        EXCEPTION WHEN lock_not_available THEN
-            NULL;
-        END;
-    END LOOP;
     DELETE FROM migration_ledger.transition_queue AS q WHERE q.id = ANY (done);
     PERFORM migration_ledger.transition_fold_sync_log(greatest(p_limit, 1) * 20);
     RETURN cardinality(done);
@@ -514,7 +455,6 @@ END
 $$;
 
 -- Only the triggers and the migration's login (their owner) call them: nobody else may.
-REVOKE ALL ON FUNCTION migration_ledger.transition_relink(uuid, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION migration_ledger.transition_fold_sync_log(integer, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION migration_ledger.transition_drain(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION migration_ledger.transition_queue_state() FROM PUBLIC;

@@ -66,14 +66,13 @@ SELECT 'linkage.complete', count(*) = 0, count(*)::text, '0'
 
 -- While the transition is open (phase 3 to playbooks/complete.yml), its sync is in place: the
 -- three triggers, enabled, and their functions SECURITY DEFINER with a fixed search_path; the
--- relink runs in its caller's context (no SET clause of its own), and nobody else may call it;
--- the queue's drain, state and the log's fold have a fixed search_path, and only their owner
--- (the migration's login) may call them.
+-- queue's drain, state and the log's fold have a fixed search_path, and only their owner (the
+-- migration's login) may call them.
 SELECT 'transition.sync_in_place',
-       NOT t.open OR (x.triggers = 3 AND x.functions = 7),
+       NOT t.open OR (x.triggers = 3 AND x.functions = 6),
        CASE WHEN t.open THEN 'open: ' || x.triggers || ' triggers, ' || x.functions || ' functions'
             ELSE 'closed (cutover done)' END,
-       'open: 3 triggers, 7 functions (or closed)'
+       'open: 3 triggers, 6 functions (or closed)'
   FROM (SELECT EXISTS (SELECT 1 FROM migration_ledger.transition
                         WHERE completed_at IS NULL AND rolled_back_at IS NULL) AS open) AS t,
        (SELECT (SELECT count(*) FROM pg_trigger tg
@@ -86,9 +85,6 @@ SELECT 'transition.sync_in_place',
                    AND ((pr.prosecdef AND pr.proconfig IS NOT NULL
                          AND pr.proname IN ('transition_sync_override', 'transition_sync_installation',
                                             'transition_sync_listing'))
-                        OR (pr.proname = 'transition_relink' AND pr.proconfig IS NULL AND NOT pr.prosecdef
-                            AND NOT EXISTS (SELECT 1 FROM aclexplode(coalesce(pr.proacl, acldefault('f', pr.proowner))) AS a
-                                             WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))
                         OR (pr.proname IN ('transition_drain', 'transition_queue_state', 'transition_fold_sync_log')
                             AND NOT pr.prosecdef
                             AND array_to_string(pr.proconfig, ',') LIKE '%search_path=%'
