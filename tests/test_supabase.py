@@ -319,8 +319,13 @@ def test_api_roles_linter_and_rollback(supabase: dict[str, Any], project: dict[s
     _clients_see_and_write_their_own(supabase, project, clients)
     _policies_isolate_once_granted(supabase, project, clients)
 
+    # A canary, not ours (made after `after`, dropped before the rollback): the linter must report
+    # it, or an empty answer would say nothing.
+    query(project, "CREATE FUNCTION lint_canary() RETURNS integer LANGUAGE sql AS 'SELECT 1'")
     findings = dblint(project)
-    assert any("/security/" in f.get("category", "") for f in findings), "the linter ran its security rules"
+    query(project, "DROP FUNCTION lint_canary()")
+    assert security_findings_on(findings, {"public.lint_canary"}) == {
+        ("splinter/security/functionSearchPathMutable", "public.lint_canary")}, "the linter ran its security rules"
     # Nothing of ours: no finding of its security rules on any relation or function the migration
     # created (the linkage rule's sets are views, its functions have a fixed search_path: phase 3's
     # 005, docs/design.md's departures).
