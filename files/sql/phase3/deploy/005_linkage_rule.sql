@@ -24,11 +24,17 @@
 --     session (search_path = migration_db_schema), not when it is read. A view has no
 --     search_path to set, and the linter checks none. As functions (LANGUAGE sql, inlined only
 --     without a SET clause) they had to leave the search_path to the caller.
+--     While they exist (until the cutover or a rollback of phase 3), the columns they read
+--     cannot be dropped or retyped: the application's DDL on them waits for the cutover.
 --   * the choice, the one-override rule and the event are functions with SET search_path = ''
 --     (they name nothing unqualified). A function with a SET clause is never inlined: the choice
---     costs a call per override (measured in docs/transition.md), phase3_linkage one plpgsql call
---     per write of the sync (its statement planned once per session, generic under the sync's
---     plan_cache_mode, with the views inlined into it), the event one call per installation.
+--     costs a call per override in the plan (the plan step about twice as long, 1-5 s more per
+--     million overrides; docs/transition.md), phase3_linkage one plpgsql call per write of the
+--     sync (its statement planned once per session, generic under the sync's plan_cache_mode,
+--     with the views inlined into it; about 15% more per new override), the event one call per
+--     installation. The choice cannot be a view: it takes the override's values, and the
+--     override the sync links (NEW, in a BEFORE trigger) is in no table a view could read; a
+--     second copy of it inline in the plan is what this file exists to prevent.
 -- Who may read or call them: only their owner (the ledger's schema is granted to no one).
 CREATE OR REPLACE VIEW migration_ledger.phase3_listings AS
 SELECT mm.name, count(*)::integer AS candidates, (array_agg(mm.id ORDER BY mm.created_at, mm.id))[1] AS oldest
