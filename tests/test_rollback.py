@@ -55,11 +55,22 @@ def rollback(db: dict[str, Any], phase: Any, tmp_path: Path, **extra: Any) -> An
     return run_playbook(ROLLBACK, db, {"phase": phase, **out_dirs_in(tmp_path), **extra})
 
 
+# The linkage rule's two sets (phase 3's 005), views in the ledger's schema.
+RULE_VIEWS = ("migration_ledger.phase3_listings", "migration_ledger.phase3_installed_listings")
+
+
 def without_sync(catalog: dict[str, Any]) -> dict[str, Any]:
-    """A catalog without the transition's sync: its triggers, and the functions phase 3 creates
-    in the ledger's schema (the linkage rule, the event, the sync)."""
+    """A catalog without the transition's sync: its triggers, and the functions and views phase 3
+    creates in the ledger's schema (the linkage rule, the event, the sync)."""
+    def rule_view(key: str) -> bool:
+        return any(key == v or key.startswith((v + ".", v + " ")) for v in RULE_VIEWS)
+
     return {**catalog,
-            "functions": {k: v for k, v in catalog["functions"].items() if not k.startswith("migration_ledger.")},
+            **{section: {k: v for k, v in catalog[section].items() if not rule_view(k)}
+               for section in ("relations", "columns", "views", "table_grants") if section in catalog},
+            # the ledger's own functions (revoke_default_grants) stay with the ledger
+            "functions": {k: v for k, v in catalog["functions"].items()
+                          if not k.startswith(("migration_ledger.phase3_", "migration_ledger.transition_"))},
             "triggers": {k: v for k, v in catalog["triggers"].items() if ".pgmigrate_transition_" not in k}}
 
 

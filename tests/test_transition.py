@@ -196,6 +196,19 @@ def test_old_application_writes_stay_consistent(migrated: dict[str, Any]) -> Non
                          ORDER BY proname""") == [
         ("transition_drain", False, True, False), ("transition_fold_sync_log", False, True, False),
         ("transition_queue_state", False, True, False)]
+    # The linkage rule (phase 3's 005): its two sets are views, its functions have a fixed
+    # search_path (Supabase's linter, function_search_path_mutable), and only their owner may use
+    # either.
+    assert query(db, """SELECT proname, prosecdef, array_to_string(proconfig, ',') LIKE 'search_path=%%',
+                               has_function_privilege('public', oid, 'EXECUTE')
+                          FROM pg_proc WHERE pronamespace = 'migration_ledger'::regnamespace
+                           AND proname LIKE 'phase3%%' ORDER BY proname""") == [
+        ("phase3_installed_event", False, True, False), ("phase3_linkage", False, True, False),
+        ("phase3_linkage_choice", False, True, False)]
+    assert query(db, """SELECT relname, relkind, has_table_privilege('public', oid, 'SELECT')
+                          FROM pg_class WHERE relnamespace = 'migration_ledger'::regnamespace
+                           AND relname LIKE 'phase3%%listings' ORDER BY relname""") == [
+        ("phase3_installed_listings", "v", False), ("phase3_listings", "v", False)]
 
 
 def test_installations_never_scan_the_events_when_their_plan_was_made_on_an_empty_table(

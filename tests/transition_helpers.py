@@ -136,7 +136,8 @@ def inconsistent(db: dict[str, Any]) -> dict[str, tuple[int, str | None]]:
 
 
 def sync_leftovers(db: dict[str, Any]) -> list[str]:
-    """Triggers and functions of the migration still in the database."""
+    """Triggers, functions and views of the transition (its sync, phase 3's linkage rule) still in
+    the database. The ledger's own function (revoke_default_grants) stays with the ledger."""
     conn = connect(db)
     try:
         with conn.cursor() as cur:
@@ -145,8 +146,12 @@ def sync_leftovers(db: dict[str, Any]) -> list[str]:
                            UNION ALL
                            SELECT 'function ' || n.nspname || '.' || p.proname
                              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-                            WHERE n.nspname = 'migration_ledger'
-                               OR p.proname LIKE 'transition%%' OR p.proname LIKE 'phase3%%'""")
+                            WHERE (n.nspname = 'migration_ledger' AND p.proname <> 'revoke_default_grants')
+                               OR p.proname LIKE 'transition%%' OR p.proname LIKE 'phase3%%'
+                           UNION ALL
+                           SELECT 'view ' || c.relnamespace::regnamespace || '.' || c.relname
+                             FROM pg_class c
+                            WHERE c.relkind = 'v' AND c.relnamespace = to_regnamespace('migration_ledger')""")
             rows = [r[0] for r in cur.fetchall()]
         conn.rollback()
     finally:

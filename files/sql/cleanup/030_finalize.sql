@@ -8,3 +8,7 @@
 DROP TABLE IF EXISTS migration_ledger.phase3_override_plan;
 DROP TABLE IF EXISTS migration_ledger.phase3_override_sync;
 DROP TABLE IF EXISTS migration_ledger.phase3_inserted;
+-- The linkage rule went with the sync at the cutover (phase3/revert/005, which the finalize
+-- requires); its views, should one be left, go now: nothing reads them once the sync is gone.
+DROP VIEW IF EXISTS migration_ledger.phase3_listings;
+DROP VIEW IF EXISTS migration_ledger.phase3_installed_listings;

@@ -39,3 +39,33 @@ CREATE TABLE IF NOT EXISTS migration_ledger.phase3_inserted (
     row_id      uuid NOT NULL,
     PRIMARY KEY (table_name, row_id)
 );
+
+-- What default privileges gave PUBLIC, anon and authenticated on the relations and functions
+-- named, taken back (REVOKE ALL; the API roles only where they exist). The one home of that
+-- loop: phase 2 (027_private.sql, its new tables) and phase 5 (040_grants.sql, its views and
+-- functions) each pass what they created. service_role keeps what the defaults gave it
+-- (027_private.sql says why). The names arrive resolved (regclass, regprocedure), so nothing
+-- here depends on a search_path (its own is empty); only the ledger's owner may call it.
+CREATE OR REPLACE FUNCTION migration_ledger.revoke_default_grants(p_relations regclass[],
+                                                                  p_functions regprocedure[] DEFAULT '{}')
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+DECLARE
+    grantees text;
+    rel regclass;
+    fn regprocedure;
+BEGIN
+    SELECT string_agg(', ' || quote_ident(r), '') INTO grantees
+      FROM unnest(ARRAY['anon', 'authenticated']) AS r
+     WHERE to_regrole(r) IS NOT NULL;
+    FOREACH rel IN ARRAY coalesce(p_relations, '{}') LOOP
+        EXECUTE format('REVOKE ALL ON TABLE %s FROM PUBLIC%s', rel, coalesce(grantees, ''));
+    END LOOP;
+    FOREACH fn IN ARRAY coalesce(p_functions, '{}') LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC%s', fn, coalesce(grantees, ''));
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION migration_ledger.revoke_default_grants(regclass[], regprocedure[]) FROM PUBLIC;

@@ -7,24 +7,12 @@
 -- trusted server key that bypasses row-level security on every table of the schema.
 -- Only the tables phase 2 created (005 recorded them): an adopted table keeps the grants it had.
 -- Their rollback drops them, grants and all, so nothing of this needs undoing.
-DO $$
-DECLARE
-    grantees text;
-    item record;
-BEGIN
-    SELECT string_agg(', ' || quote_ident(r), '') INTO grantees
-      FROM unnest(ARRAY['anon', 'authenticated']) AS r
-     WHERE to_regrole(r) IS NOT NULL;
-    FOR item IN
-        SELECT o.name
-          FROM migration_ledger.created_objects o
-         WHERE o.kind = 'table' AND o.phase = '2'
-           -- a guard, not a filter: the planner may test a row of any kind first ('phase 2' is
-           -- no relation name, and to_regclass raises on it)
-           AND CASE WHEN o.kind = 'table' THEN to_regclass(o.name) END IS NOT NULL
-         ORDER BY o.name
-    LOOP
-        EXECUTE format('REVOKE ALL ON TABLE %I FROM PUBLIC%s', item.name, coalesce(grantees, ''));
-    END LOOP;
-END
-$$;
+-- The loop itself is the ledger's (migration_ledger.revoke_default_grants), shared with phase 5.
+SELECT migration_ledger.revoke_default_grants(ARRAY(
+    SELECT to_regclass(o.name)
+      FROM migration_ledger.created_objects o
+     WHERE o.kind = 'table' AND o.phase = '2'
+       -- a guard, not a filter: the planner may test a row of any kind first ('phase 2' is
+       -- no relation name, and to_regclass raises on it)
+       AND CASE WHEN o.kind = 'table' THEN to_regclass(o.name) END IS NOT NULL
+     ORDER BY o.name));

@@ -58,8 +58,8 @@ SELECT cao.id,
        l.chosen_by,
        cao.ctid
 FROM client_app_overrides cao
-JOIN migration_ledger.phase3_listings() AS n ON n.name = cao.app_name
-LEFT JOIN migration_ledger.phase3_installed_listings() AS i
+JOIN migration_ledger.phase3_listings AS n ON n.name = cao.app_name
+LEFT JOIN migration_ledger.phase3_installed_listings AS i
        ON i.client_id = cao.client_id AND i.name = cao.app_name
 CROSS JOIN LATERAL migration_ledger.phase3_linkage_choice(n.oldest, n.candidates, i.module_id,
                                                          i.installation_id, cao.enabled) AS l

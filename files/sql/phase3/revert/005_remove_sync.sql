@@ -43,6 +43,9 @@ DROP FUNCTION IF EXISTS migration_ledger.transition_relink(uuid, text[]);
 DROP FUNCTION IF EXISTS migration_ledger.transition_open();
 DROP FUNCTION IF EXISTS migration_ledger.phase3_linkage(uuid, text, boolean);
 DROP FUNCTION IF EXISTS migration_ledger.phase3_linkage_choice(uuid, integer, uuid, uuid, boolean);
+DROP VIEW IF EXISTS migration_ledger.phase3_listings;
+DROP VIEW IF EXISTS migration_ledger.phase3_installed_listings;
+-- the sets as functions, made by earlier versions of 005
 DROP FUNCTION IF EXISTS migration_ledger.phase3_listings();
 DROP FUNCTION IF EXISTS migration_ledger.phase3_installed_listings();
 DROP FUNCTION IF EXISTS migration_ledger.phase3_installed_event(uuid, uuid, uuid, timestamptz, text);

@@ -92,6 +92,29 @@ SELECT 'transition.sync_in_place',
                                              WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))))
                AS functions) AS x;
 
+-- While it is open, the linkage rule the sync derives by (phase 3's 005): its two sets, views
+-- nobody but their owner reads, and its three functions, each with a fixed search_path and
+-- callable by their owner only (nothing of it with a search_path its caller chose).
+SELECT 'transition.linkage_rule',
+       NOT t.open OR (x.views = 2 AND x.functions = 3),
+       CASE WHEN t.open THEN 'open: ' || x.views || ' views, ' || x.functions || ' functions'
+            ELSE 'closed (cutover done)' END,
+       'open: 2 views, 3 functions with a fixed search_path, private (or closed)'
+  FROM (SELECT EXISTS (SELECT 1 FROM migration_ledger.transition
+                        WHERE completed_at IS NULL AND rolled_back_at IS NULL) AS open) AS t,
+       (SELECT (SELECT count(*) FROM pg_class c
+                 WHERE c.relnamespace = 'migration_ledger'::regnamespace AND c.relkind = 'v'
+                   AND c.relname IN ('phase3_listings', 'phase3_installed_listings')
+                   AND NOT EXISTS (SELECT 1 FROM aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) AS a
+                                    WHERE a.grantee <> c.relowner)) AS views,
+               (SELECT count(*) FROM pg_proc pr
+                 WHERE pr.pronamespace = 'migration_ledger'::regnamespace
+                   AND pr.proname IN ('phase3_linkage', 'phase3_linkage_choice', 'phase3_installed_event')
+                   AND NOT pr.prosecdef
+                   AND array_to_string(pr.proconfig, ',') LIKE '%search_path=%'
+                   AND NOT EXISTS (SELECT 1 FROM aclexplode(coalesce(pr.proacl, acldefault('f', pr.proowner))) AS a
+                                    WHERE a.grantee <> pr.proowner)) AS functions) AS x;
+
 SELECT 'linkage.activation_status', count(*) = 0, count(*)::text, '0'
   FROM client_app_overrides cao
  WHERE cao.marketplace_module_id IS NOT NULL
