@@ -60,7 +60,7 @@ demo: venv postgres
 	@echo
 	@echo "Left running: the sandbox cluster (127.0.0.1:54329) and the transition's drain - a worker"
 	@echo "process of this user and a cron entry that restarts it every minute (crontab -l: 'pgmigrate"
-	@echo "transition drain sandbox'; ansible-playbook playbooks/drain.yml shows them)."
+	@echo "transition drain sandbox-...'; ansible-playbook playbooks/drain.yml shows them)."
 	@echo "  make sandbox-stop                                            stops the drain, then the cluster"
 	@echo "  ansible-playbook playbooks/drain.yml -e drain_state=stopped  stops the drain only"
 

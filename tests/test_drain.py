@@ -25,8 +25,10 @@ from typing import Any
 import pytest
 from helpers import (
     REPO_ROOT,
+    clone_database,
     connect,
     db_snapshot,
+    drop_database,
     make_cluster_tempdir,
     pgcluster,
     playbook_output,
@@ -52,8 +54,21 @@ def said(result: subprocess.CompletedProcess[str]) -> str:
     return " ".join(result.stdout.split())
 
 
-def worker_pid(tmp_path: Path) -> int | None:
-    state = tmp_path / "drain" / "testdb.state.json"
+def worker_file(tmp_path: Path, suffix: str, db: dict[str, Any] | None = None) -> Path:
+    """The worker's file (.json, .state.json, .log): named by the inventory host (testdb) and a
+    digest of the database's address; with db, that database's, else the only one there is."""
+    named = sorted((tmp_path / "drain").glob(f"testdb-*{suffix}"))
+    named = [f for f in named if f.name.count(".") == suffix.count(".")]
+    if db is not None:
+        named = [f for f in named if f.with_name(f.name[:-len(suffix)] + ".json").exists()
+                 and json.loads(f.with_name(f.name[:-len(suffix)] + ".json").read_text())["connection"]["db_name"]
+                 == db["dbname"]]
+    assert len(named) <= 1, named
+    return named[0] if named else tmp_path / "drain" / f"testdb-none{suffix}"
+
+
+def worker_pid(tmp_path: Path, db: dict[str, Any] | None = None) -> int | None:
+    state = worker_file(tmp_path, ".state.json", db)
     return json.loads(state.read_text()).get("pid") if state.exists() else None
 
 
@@ -72,14 +87,15 @@ def alive(pid: int | None) -> bool:
 @pytest.fixture
 def drained_db(migrated_db: dict[str, Any], tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A migrated database (the transition open) whose drain worker this test starts; whatever
-    worker the test started is stopped after it (by its pid, from the state file)."""
+    worker the test started is stopped after it (by its pid, from its state file)."""
     yield migrated_db
-    pid = worker_pid(tmp_path)
-    if alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+    for state in (tmp_path / "drain").glob("*.state.json"):
+        pid = json.loads(state.read_text()).get("pid")
+        if alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
 
 
 def start(db: dict[str, Any], tmp_path: Path, **more: Any) -> subprocess.CompletedProcess[str]:
@@ -152,9 +168,9 @@ def test_the_worker_drains_under_traffic_and_keeps_the_age_low(drained_db: dict[
     # Credentials never on a command line: the worker's argv names only its configuration file.
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert not any(drained_db["password"].encode() in a for a in argv)
-    config = tmp_path / "drain" / "testdb.json"
+    config = worker_file(tmp_path, ".json")
     assert config.stat().st_mode & 0o777 == 0o600
-    log = (tmp_path / "drain" / "testdb.log").read_text()
+    log = worker_file(tmp_path, ".log").read_text()
     assert drained_db["password"] not in log
 
     sampler = AgeSampler(drained_db)
@@ -174,7 +190,7 @@ def test_the_worker_drains_under_traffic_and_keeps_the_age_low(drained_db: dict[
           f"{statistics.median(ages):.3f} s, p99 {p99:.3f} s, max {ages[-1]:.3f} s over {len(ages)} samples; "
           f"drained to zero {time.monotonic() - stopped:.2f} s after the traffic stopped ({to_zero:.2f} s of polling)")
     assert done["failed"] == 0, done["errors"]
-    state = json.loads((tmp_path / "drain" / "testdb.state.json").read_text())
+    state = json.loads(worker_file(tmp_path, ".state.json").read_text())
     assert state["pid"] == pid and state["status"] == "running" and state["applied"] > 0, state
     # Nothing draining, the oldest entry would be as old as the traffic (20 s) by its end.
     assert ages[-1] < 10, ages[-10:]
@@ -239,7 +255,7 @@ def test_one_worker_per_database(drained_db: dict[str, Any], tmp_path: Path) -> 
     again = start(drained_db, tmp_path)
     assert "already drained" in said(again) and worker_pid(tmp_path) == pid
     # A second worker started by hand on the same configuration refuses: the lock is held.
-    second = subprocess.run([sys.executable, "-m", ENTRY, "run", str(tmp_path / "drain" / "testdb.json")],
+    second = subprocess.run([sys.executable, "-m", ENTRY, "run", str(worker_file(tmp_path, ".json"))],
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "collections")},
                             capture_output=True, text=True, timeout=60, check=False)
     assert second.returncode == 3, second.stdout + second.stderr
@@ -247,12 +263,42 @@ def test_one_worker_per_database(drained_db: dict[str, Any], tmp_path: Path) -> 
     assert alive(pid) and worker_pid(tmp_path) == pid  # the refused one left the state file alone
 
 
+def test_two_databases_named_alike_get_a_worker_each(drained_db: dict[str, Any], tmp_path: Path) -> None:
+    """Staging's and production's inventories may both call their database testdb: each database
+    gets its own worker, configuration and cron entry on the controller, and stopping one leaves
+    the other draining."""
+    other = clone_database({k: v for k, v in drained_db.items() if k != "reports"}, f"test_{uuid.uuid4().hex[:12]}")
+    pids: list[int | None] = []
+    try:
+        start(drained_db, tmp_path)
+        start(other, tmp_path)
+        pids = [worker_pid(tmp_path, drained_db), worker_pid(tmp_path, other)]
+        assert all(alive(pid) for pid in pids) and pids[0] != pids[1], pids
+        cron = (tmp_path / "cron-pgmigrate-drain").read_text()
+        assert cron.count(f"{ENTRY} ensure") == 2, cron
+
+        stopped = run_playbook(DRAIN, other, {**drain_vars(tmp_path), "drain_state": "stopped"})
+        assert stopped.returncode == 0, playbook_output(stopped)
+        assert not alive(pids[1]) and alive(pids[0])
+        assert worker_pid(tmp_path, drained_db) == pids[0]
+        cron = (tmp_path / "cron-pgmigrate-drain").read_text()
+        assert cron.count(f"{ENTRY} ensure") == 1 and worker_file(tmp_path, ".json").name in cron, cron
+        ids = install(drained_db, 200)
+        wait_drained(drained_db, 60)
+        assert events_per_installation(drained_db, ids) == {1: 200}
+    finally:
+        for pid in pids[1:]:
+            if alive(pid):
+                os.kill(pid, signal.SIGTERM)
+        drop_database(other)
+
+
 def test_check_mode_tells_the_truth(migrated_db: dict[str, Any], tmp_path: Path) -> None:
     before = db_snapshot(migrated_db)
     would = run_playbook(DRAIN, migrated_db, {**drain_vars(tmp_path), "drain_state": "started"}, check=True)
     assert would.returncode == 0, playbook_output(would)
     assert "would start a drain worker" in said(would)
-    assert not (tmp_path / "drain" / "testdb.json").exists() and worker_pid(tmp_path) is None
+    assert not (worker_file(tmp_path, ".json")).exists() and worker_pid(tmp_path) is None
     assert not (tmp_path / "cron-pgmigrate-drain").exists()
     assert snapshot_diff(before, db_snapshot(migrated_db)) == []
 
@@ -326,7 +372,7 @@ def test_pg_cron_drains_and_complete_and_rollback_unschedule_it(cron_cluster: di
     assert len(jobs) == 1 and jobs[0][1] == "* * * * *", jobs  # Debian's 1.4: by the minute
     assert query(db, """SELECT count(*) FROM migration_ledger.created_objects
                          WHERE kind = 'cron_job' AND name = 'pgmigrate_transition_drain'""")[0][0] == 1
-    assert not (tmp_path / "drain" / "testdb.json").exists()  # no worker where pg_cron drains
+    assert not (worker_file(tmp_path, ".json")).exists()  # no worker where pg_cron drains
     again = run_playbook(DRAIN, db, {**base, "drain_state": "started"})
     assert again.returncode == 0 and "already scheduled" in said(again), playbook_output(again)
     assert cron_jobs(db) == jobs

@@ -41,7 +41,9 @@ options:
     type: path
     required: true
   host:
-    description: The inventory host; names the files in I(state_dir).
+    description: >-
+      The inventory host; with a digest of I(db_host), I(db_port) and I(db_name) it names the worker's
+      files in I(state_dir) and its supervisor (C(name)).
     type: str
     required: true
   python:
@@ -116,6 +118,13 @@ supervise:
     worker drains (I(state=started)) and the transition is open.
   returned: always
   type: bool
+name:
+  description: >-
+    The worker's name on this controller - I(host), a dash and 8 hex digits of the database's address - which
+    names its files and its supervisor's cron entry.
+  returned: always
+  type: str
+  sample: db1-3f9a2c41
 files:
   description: The worker's configuration, state and log paths; and the supervisor's command (for the cron entry).
   returned: always
@@ -126,6 +135,7 @@ msg:
   type: str
 """
 
+import hashlib
 import json
 import os
 import shlex
@@ -153,8 +163,16 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_drain i
 CONNECTION_KEYS = ("db_host", "db_port", "db_name", "db_user", "db_password", "db_sslmode", "connect_timeout")
 
 
+def worker_name(p: dict) -> str:
+    """The worker's name on this controller: the inventory host and its database, so that two
+    inventories naming different databases alike (staging's and production's db1) never share a
+    configuration, a heartbeat or a cron entry."""
+    where = f"{p['db_host']}:{p['db_port']}/{p['db_name']}"
+    return f"{p['host']}-{hashlib.sha256(where.encode()).hexdigest()[:8]}"
+
+
 def files(p: dict) -> dict:
-    base = os.path.join(p["state_dir"], p["host"])
+    base = os.path.join(p["state_dir"], worker_name(p))
     out = {"config": base + ".json", "state": base + ".state.json", "log": base + ".log"}
     python = p["python"] or sys.executable
     path = f"PYTHONPATH={shlex.quote(p['collections_path'])} " if p["collections_path"] else ""
@@ -162,6 +180,16 @@ def files(p: dict) -> dict:
     out["supervise"] = (f"{path}{shlex.quote(python)} -m {ENTRY} ensure {shlex.quote(out['config'])} "
                         f">> {shlex.quote(out['log'])} 2>&1")
     return out
+
+
+def same_database(config: str, p: dict) -> bool:
+    """Whether a worker's configuration file names this database."""
+    try:
+        with open(config, encoding="utf-8") as handle:
+            seen = json.load(handle).get("connection", {})
+    except (OSError, ValueError):
+        return False
+    return all(str(seen.get(k, "")) == str(p.get(k) or "") for k in ("db_host", "db_port", "db_name"))
 
 
 def worker_state(paths: dict) -> dict:
@@ -224,7 +252,7 @@ def run(module: AnsibleModule) -> dict:
             raise MigrationError("drain_method is pg_cron but the pg_cron extension is not installed in this "
                                  "database (CREATE EXTENSION pg_cron where cron.database_name points, or "
                                  "drain_method: worker); nothing was changed")
-        result: dict = {"changed": False, "method": method, "queue": state, "files": paths}
+        result: dict = {"changed": False, "method": method, "queue": state, "files": paths, "name": worker_name(p)}
         if p["state"] == "status":
             result["msg"] = state["says"]
         elif p["state"] == "started":
@@ -291,6 +319,16 @@ def halt(module: AnsibleModule, conn, state: dict, paths: dict, check: bool) -> 
     if removed and not check:
         os.remove(paths["config"])  # it holds the password
     said = []
+    # A worker started before its files were named by their database too (<host>.json): stopped
+    # and its configuration removed when it drains this database.
+    legacy = os.path.join(p["state_dir"], p["host"])
+    if same_database(legacy + ".json", p):
+        old = stop(legacy + ".json", legacy + ".state.json", check)
+        if not check:
+            os.remove(legacy + ".json")
+        said.append(f"{'would stop' if check else 'stopped'} the worker of an earlier version "
+                    f"({legacy}.json): {old['msg']}")
+        removed = True
     if job["changed"]:
         said.append(f"{'would unschedule' if check else 'unscheduled'} the pg_cron job "
                     f"{job['jobid'] if job['jobid'] is not None else ''} and dropped its procedure".replace("  ", " "))

@@ -370,7 +370,7 @@ def remove_drain_supervisors() -> None:
         if skip_next:
             skip_next = False
             continue
-        if line.strip() == "#Ansible: pgmigrate transition drain bench":
+        if line.strip().startswith("#Ansible: pgmigrate transition drain bench-"):
             skip_next = True
             continue
         kept.append(line)
