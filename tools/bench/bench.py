@@ -19,7 +19,10 @@ capacity pgbench measures for the same mix on a fresh copy at the start of the b
             what p99 becomes on this machine when that much of it is taken, whoever takes it;
   (b)       ansible-playbook playbooks/migrate.yml -e phase=all, monitoring included; only its
             degradation abort criterion is relaxed, as in the test inventory (tests/helpers.py):
-            on a shared machine, under the bench's own traffic, it trips on noise.
+            on a shared machine, under the bench's own traffic, it trips on noise. Its throttle
+            reads the application's latency (pgbench's, tools/bench/appsignal.py) from a
+            Prometheus of the bench's own, as it would a real application's (--no-app-signal:
+            the database's signals alone).
   transition  a copy (b) migrated without traffic, the transition open: the mix's capacity there
             (unthrottled), then today's application's traffic alone there (no migration, no
             dashboard reads): what the sync in every write costs its latency, (b)'s floor in
@@ -83,6 +86,7 @@ sys.path.insert(0, str(REPO / "plugins" / "module_utils"))
 sys.path.insert(0, str(HERE))
 
 import pgcluster  # noqa: E402
+from appsignal import AppSignal  # noqa: E402
 from openloop import APP_MIX, APP_NAME, READ_FLIP_INSTALL_MIX, OpenLoop, capacity  # noqa: E402
 from pgmigrate import split_statements  # noqa: E402
 from workload import LockSampler  # noqa: E402
@@ -627,7 +631,9 @@ def measure(name: str, label: str, info: dict[str, Any], args: argparse.Namespac
     print(f"bench: {label}: traffic on {'a fresh' if own else 'the migrated'} copy ...", flush=True)
     share = args.dashboard_share if dashboard_share is None else dashboard_share
     traffic = OpenLoop(args.pgbench, db, args.rate, args.scale, workdir, clients=args.clients,
-                       dashboard_share=share).start()
+                       dashboard_share=share, progress=args.app_signal is not None).start()
+    if args.app_signal is not None:
+        args.app_signal.follow(Path(traffic.streams[0].stderr.name))
     sampler = LockSampler(db).start()
     queue = QueueSampler(db).start() if procedure is not None else None
     try:
@@ -645,6 +651,8 @@ def measure(name: str, label: str, info: dict[str, Any], args: argparse.Namespac
         run.t1 = time.time()
         time.sleep(args.tail_s)
     finally:
+        if args.app_signal is not None:
+            args.app_signal.follow(None)
         run.transactions, run.problems = traffic.stop()
         run.samples = sampler.stop()
         if queue is not None:
@@ -1090,8 +1098,13 @@ def main(argv: list[str] | None = None) -> int:
                              "traffic): the mix's capacity there, and the traffic alone there")
     parser.add_argument("--no-fixed-cost", action="store_true",
                         help=f"skip (b) on {FIXED_SCALE} clients (its fixed cost, whatever the data)")
+    parser.add_argument("--no-app-signal", action="store_true",
+                        help="give (b)'s throttle no application signal (tools/bench/appsignal.py: pgbench's "
+                             "latency through a Prometheus of the bench's own)")
     args = parser.parse_args(argv)
-    extra_vars = json.loads(args.extra_vars)
+    args.app_signal = None if args.no_app_signal else AppSignal()
+    # The application's signal first: --extra-vars overrides it.
+    extra_vars = {**(args.app_signal.extra_vars() if args.app_signal else {}), **json.loads(args.extra_vars)}
     CLIENT_NICE[0] = args.client_nice
 
     base_dir = Path(tempfile.mkdtemp(prefix="pgmigrate-bench-"))
@@ -1150,6 +1163,8 @@ def main(argv: list[str] | None = None) -> int:
             fixed = measure_fixed(info, workdir, procedures["b"])
     finally:
         remove_drain_supervisors()
+        if args.app_signal is not None:
+            args.app_signal.close()
         if not args.datadir:
             pgcluster.destroy_cluster(datadir)
         shutil.rmtree(base_dir, ignore_errors=True)

@@ -86,13 +86,16 @@ class Stream:
     """One pgbench process at a fixed rate, logging every transaction."""
 
     def __init__(self, pgbench: str, db: dict[str, Any], scripts: list[tuple[str, str, int]], rate: float,
-                 clients: int, scale: int, workdir: Path, name: str) -> None:
+                 clients: int, scale: int, workdir: Path, name: str, progress: bool = False) -> None:
         self.names = [op for op, _, _ in scripts]
         self.prefix = workdir / f"pgbench-{name}"
         self.name = name
         self.rate = rate
         args = [*pgbench_args(pgbench, [(f, w) for _, f, w in scripts], clients, scale),
                 "-R", f"{rate:.3f}", "-T", "86400", "-l", f"--log-prefix={self.prefix}"]
+        if progress:
+            # A line a second on stderr (tools/bench/appsignal.py reads it: the application's signal).
+            args += ["-P", "1"]
         self.stderr = (workdir / f"pgbench-{name}.err").open("w")
         self.proc = subprocess.Popen(args, env=pg_env(db), stdout=subprocess.DEVNULL, stderr=self.stderr,
                                      preexec_fn=app_first, cwd=workdir)
@@ -150,8 +153,9 @@ class OpenLoop:
     (an aborted client stops sending: each is counted as a failure)."""
 
     def __init__(self, pgbench: str, db: dict[str, Any], rate: float, scale: int, workdir: Path,
-                 clients: int = 8, dashboard_share: float = 0.10) -> None:
+                 clients: int = 8, dashboard_share: float = 0.10, progress: bool = False) -> None:
         self.args = (pgbench, db, scale, workdir, clients)
+        self.progress = progress
         self.rate = rate
         self.dashboard_share = dashboard_share
         self.streams: list[Stream] = []
@@ -161,7 +165,8 @@ class OpenLoop:
 
     def start(self) -> OpenLoop:
         pgbench, db, scale, workdir, clients = self.args
-        self.streams.append(Stream(pgbench, db, list(APP_MIX), self.rate, clients, scale, workdir, "app"))
+        self.streams.append(Stream(pgbench, db, list(APP_MIX), self.rate, clients, scale, workdir, "app",
+                                   progress=self.progress))
         if self.dashboard_share > 0:
             self.watcher = threading.Thread(target=self._watch, daemon=True)
             self.watcher.start()
