@@ -293,6 +293,28 @@ def test_two_databases_named_alike_get_a_worker_each(drained_db: dict[str, Any],
         drop_database(other)
 
 
+def test_phase_3_starts_the_drain_before_its_backfill(fresh_db: dict[str, Any], tmp_path: Path) -> None:
+    """What drains the queue starts as soon as the transition opens, before the first batch: the
+    deferred work of the backfill's minutes (under traffic, tens of them) does not wait for
+    phase 3's end (docs/benchmarks.md, run 19)."""
+    try:
+        result = run_playbook("playbooks/migrate.yml", fresh_db, {**drain_vars(tmp_path), "phase": "all"})
+        assert result.returncode == 0, playbook_output(result)
+        out = result.stdout
+        started = out.index("TASK [Start what drains the transition's queue, beside the backfill]")
+        assert out.index("started the drain worker", started) < out.index("TASK [phase3_data : Link overrides")
+        pid = worker_pid(tmp_path)
+        assert alive(pid)
+        ids = install(fresh_db, 100)
+        wait_drained(fresh_db, 60)
+        assert events_per_installation(fresh_db, ids) == {1: 100}
+        assert inconsistent(fresh_db) == {}
+    finally:
+        pid = worker_pid(tmp_path)
+        if alive(pid):
+            os.kill(pid, signal.SIGTERM)
+
+
 def test_check_mode_tells_the_truth(migrated_db: dict[str, Any], tmp_path: Path) -> None:
     before = db_snapshot(migrated_db)
     would = run_playbook(DRAIN, migrated_db, {**drain_vars(tmp_path), "drain_state": "started"}, check=True)
