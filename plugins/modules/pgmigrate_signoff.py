@@ -40,7 +40,7 @@ description:
     does, and records nothing when it does not hold; the signer's principal is the name recorded.
 options:
   action:
-    description: Record a decision, check the sheet, list it, write the plan, or verify the signatures.
+    description: Record a decision, check the sheet, list it, write the plan, verify the signatures, or review the plan.
     type: str
     required: true
     choices: [record, check, list, plan, verify, review]
@@ -109,7 +109,7 @@ options:
     description: C(plan) - where to write the plan file; not written when unset.
     type: path
   plan_label:
-    description: C(plan) - the plan file's name part (the inventory host).
+    description: C(plan) - the plan file's name part (the inventory host); C(review) - the host rehearsals name.
     type: str
     default: plan
   signers:
