@@ -156,6 +156,25 @@ def test_the_duration_is_the_ledgers_measurement_once_a_phase_ran(fresh_db: dict
     assert "expected duration: 42.5 s (measured in the rehearsal" in out, out
 
 
+def test_migrate_check_prints_the_same_plan(fresh_db: dict[str, Any], tmp_path: Path) -> None:
+    """migrate.yml --check prints the review plan before its dry run: the same checksum and
+    steps as plan.yml's, and the database is unchanged."""
+    _, shown = run_plan(fresh_db, tmp_path / "plan", phase="all")
+    before = db_snapshot(fresh_db)
+    reports = tmp_path / "reports"
+    result = run_playbook("playbooks/migrate.yml", fresh_db,
+                          {"phase": "all", "migration_report_dir": str(reports),
+                           "migration_backup_dir": str(tmp_path / "backups")}, check=True)
+    assert result.returncode == 0, playbook_output(result)
+    [written] = reports.glob("*-plan-*.json")
+    plan = json.loads(written.read_text())
+    assert plan["plan_checksum"] == shown["plan_checksum"]
+    assert [row["file"] for row in plan["steps"]] == [row["file"] for row in shown["steps"]]
+    out = flat(result.stdout)
+    assert f"Plan sha256 {shown['plan_checksum']}" in out and "squawk: clean" in out, out
+    assert snapshot_diff(before, db_snapshot(fresh_db)) == [] and not ledger_exists(fresh_db)
+
+
 # --- the plan's checksum -------------------------------------------------------------------
 
 def test_the_checksum_is_stable_and_is_the_signed_plans(tmp_path: Path) -> None:
