@@ -54,6 +54,10 @@ def test_healthy_source_gives_go(fresh_db: dict[str, Any], staging_db: dict[str,
     assert [p["phase"] for p in report["phases"]] == PHASES
     assert all(p["status"] == "succeeded" and p["duration_s"] is not None for p in report["phases"])
     assert report["phases"][0]["rows"] > 0 and report["phases"][2]["rows"] > 0
+    # Each file's measured seconds, which playbooks/plan.yml shows as the expected durations.
+    schema_steps = report["phases"][1]["steps"]
+    assert [Path(x["file"]).name for x in schema_steps][:2] == ["005_record_created.sql", "010_columns.sql"]
+    assert all(x["seconds"] >= 0 for x in schema_steps), schema_steps
     assert all({"lock_retries", "sessions_waiting_max", "longest_wait_s"} <= p["lock_waits"].keys()
                for p in report["phases"])
     assert report["validation"]["passed"] and len(report["validation"]["checks"]) > 10

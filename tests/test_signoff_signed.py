@@ -209,6 +209,30 @@ def test_plan_changed_after_signing_is_refused(fresh_db: dict[str, Any], signed_
                    "phases (1 -> 1 2 3 4 5 6)")
 
 
+def test_a_step_changed_in_the_manifest_after_signing_is_refused(
+        fresh_db: dict[str, Any], signed_vars: dict[str, Any], keys: dict[str, Path], tmp_path: Path) -> None:
+    """The sign-off records the plan's checksum, the one playbooks/plan.yml prints; it covers the
+    manifest, so a lock changed in a step after signing refuses the run, naming the step."""
+    repo = copy_repository(tmp_path / "repo")
+    plan = write_plan(fresh_db, signed_vars, repo)
+    checksum = hashlib.sha256(plan.read_bytes()).hexdigest()
+    for role, name in (("DBA", "jane"), ("Product owner", "sam")):
+        assert record(fresh_db, signed_vars, role, sign(keys[name], plan), repo).returncode == 0
+    assert query(fresh_db, "SELECT DISTINCT plan_checksum FROM migration_ledger.approvals") == [(checksum,)]
+    shown = run_playbook_at(repo, "playbooks/plan.yml", fresh_db, {"phase": PHASE, **signed_vars},
+                            env_name="production")
+    assert shown.returncode == 0 and f"Plan sha256 {checksum}" in shown.stdout, playbook_output(shown)
+    manifest = repo / "migrations/ht036/manifest.yml"
+    text = manifest.read_text()
+    lock = "- {mode: ACCESS SHARE, table: client_app_overrides}"
+    assert text.index(lock) < text.index('"2":')  # phase 1's step
+    manifest.write_text(text.replace(lock, "- {mode: ROW SHARE, table: client_app_overrides}", 1))
+    assert_refused(fresh_db, lambda: migrate(fresh_db, signed_vars, repo),
+                   f"is of another plan (sha256 {checksum[:12]}",
+                   "changed since it was signed: phase 1's step files/sql/phase1/deploy/010_backup_tables.sql "
+                   "(manifest entry ", "Nothing was changed")
+
+
 def test_a_value_never_reads_as_another_line_of_the_plan() -> None:
     """A database name holding a line break or a space is quoted: no two targets print alike."""
     signoff = plugin("modules", "pgmigrate_signoff")

@@ -19,12 +19,13 @@ import pytest
 from helpers import REPO_ROOT, plugin
 
 file_directives = plugin("module_utils", "pgmigrate").file_directives
+# The SQL with every psql variable replaced by a literal of the same syntactic kind: the same
+# function lints each step's file for playbooks/plan.yml.
+placeholders = plugin("module_utils", "pgmigrate_plan").squawk_placeholders
 
 SQL_ROOT = REPO_ROOT / "files" / "sql"
 CONFIG = REPO_ROOT / ".squawk.toml"
 SQL_FILES = sorted(SQL_ROOT.rglob("*.sql"))
-# psql variables, as pgmigrate.render() reads them: :'literal', :"identifier", :raw.
-VARIABLE = re.compile(r"(?<![:\w]):(?:'(\w+)'|\"(\w+)\"|(\w+))")
 
 
 def squawk() -> str:
@@ -32,20 +33,6 @@ def squawk() -> str:
     if found is None:
         pytest.fail("squawk is not installed: pip install -r requirements.txt (squawk-cli)")
     return found
-
-
-def placeholders(sql: str) -> str:
-    """The SQL with every psql variable replaced by a literal of the same syntactic kind."""
-
-    def replace(match: re.Match[str]) -> str:
-        literal, identifier, _raw = match.groups()
-        if literal:
-            return "'placeholder'"
-        if identifier:
-            return '"placeholder"'
-        return "1"
-
-    return VARIABLE.sub(replace, sql)
 
 
 def lint(path: Path) -> subprocess.CompletedProcess[str]:

@@ -137,9 +137,6 @@ paths:
 """
 
 import datetime
-import glob
-import json
-import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
@@ -160,6 +157,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor
     utcnow,
     write_report_pair,
 )
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_plan import latest_rehearsal
 
 TABLES = ["clients_enhanced", "marketplace_modules", "module_installations", "client_app_overrides",
           "client_deployments", "orchestration_workflows", "workflow_executions", "handover_packages",
@@ -232,23 +230,6 @@ def read_database(conn) -> dict:
              ORDER BY lower(role), recorded_at DESC, id DESC""") if approvals_exist else []
     conn.rollback()
     return json_safe(out)
-
-
-def latest_rehearsal(directory: str, host: str) -> tuple[dict | None, str]:
-    found = []
-    for path in glob.glob(os.path.join(directory, "*-rehearsal.json")):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                report = json.load(handle)
-        except (OSError, ValueError):
-            continue
-        source = str((report.get("context") or {}).get("source", ""))
-        if report.get("kind") == "rehearsal" and (source == host or source.startswith(host + " (")):
-            found.append((str(report.get("context", {}).get("started_at", "")), path, report))
-    if not found:
-        return None, ""
-    _started, path, report = max(found)
-    return report, path
 
 
 def estimate(phase: str, db: dict) -> float:

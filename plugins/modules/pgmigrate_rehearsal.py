@@ -550,7 +550,11 @@ def do_report(module: AnsibleModule) -> None:
         "clone": p["clone"],
         "phases": [{"phase": r["phase"], "title": p["phase_titles"].get(r["phase"], ""), "status": r["status"],
                     "started_at": r["started_at"], "duration_s": r["duration_s"], "rows": r["rows_affected"],
-                    "error": r["error"], "lock_waits": phase_lock_waits(r.get("details") or {})} for r in applies],
+                    "error": r["error"], "lock_waits": phase_lock_waits(r.get("details") or {}),
+                    # Each file's measured seconds: the expected durations of playbooks/plan.yml.
+                    "steps": [{"file": x.get("file"), "seconds": x.get("seconds")}
+                              for x in (r.get("details") or {}).get("steps") or [] if isinstance(x, dict)]}
+                   for r in applies],
         "validation": valid,
         "alerts": alerts,
         "rollback": p["rollback"],

@@ -3,7 +3,8 @@
 # decision (go / no-go), check that every required role's latest decision is a recent 'go'
 # (the production gate and the go/no-go checkpoint between phases), list the sheet. Signed
 # sign-offs: the run's plan as canonical text, and every required role's SSH signature of it
-# verified with ssh-keygen -Y (docs/monitoring.md#signed-sign-offs).
+# verified with ssh-keygen -Y (docs/monitoring.md#signed-sign-offs). The plan, its checksum and
+# the review printed beside it live in module_utils/pgmigrate_plan.py.
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -17,10 +18,18 @@ description:
     must exist, created by M(agency.pgmigrate.pgmigrate_ledger) C(action=init)).
   - C(check) never writes and never fails; it returns C(ok), what is missing and who said no-go.
   - C(list) returns the latest decision of every role, both stages.
-  - C(plan) returns the run's plan, a canonical text of everything the run's phases execute (each
-    SQL file's path and sha256, the phases' parameters, the target database's host, port and
-    name, never the password) and its sha256; it does not connect. With I(plan_dir), writes it to
-    C(plan-<plan_label>-<sha256>.txt) there, for the approver to sign with C(ssh-keygen -Y sign).
+  - C(plan) returns the run's plan, a canonical text of everything the run's phases execute (the
+    migration's manifest - its id, its data besides the phases as one sha256, each step's file,
+    kind, locks, revert and verify - every SQL file's path and sha256, reverts' and verifies'
+    included, the phases' parameters, the target database's host, port and name, never the
+    password) and its sha256, the plan's checksum; it does not connect. With I(plan_dir), writes
+    it to C(plan-<plan_label>-<sha256>.txt) there, for the approver to sign with
+    C(ssh-keygen -Y sign).
+  - C(review) returns the same plan and checksum and, per step, the planner's row estimates of
+    the tables it locks (C(pg_class.reltuples), read in one read-only transaction when the
+    database is reachable; without it, says so and goes on), its expected duration (the latest
+    rehearsal report's or this database's ledger's measurement, else a size model, marked as an
+    estimate) and squawk's findings for its file (said so when squawk is missing). Changes nothing.
   - C(verify) never writes; it returns C(ok) when the latest decision of every role of
     I(signers) is a C(go) carrying an SSH signature of this plan, made by a key of
     I(allowed_signers) whose principal may sign for that role (C(ssh-keygen -Y find-principals)
@@ -31,10 +40,10 @@ description:
     does, and records nothing when it does not hold; the signer's principal is the name recorded.
 options:
   action:
-    description: Record a decision, check the sheet, list it, write the plan, or verify the signatures.
+    description: Record a decision, check the sheet, list it, write the plan, verify the signatures, or review the plan.
     type: str
     required: true
-    choices: [record, check, list, plan, verify]
+    choices: [record, check, list, plan, verify, review]
   stage:
     description: >-
       C(record) - before the migration (C(pre)) or after it (C(post)); C(check) reads the C(pre)
@@ -76,20 +85,31 @@ options:
     type: path
   phases:
     description: >-
-      C(plan), C(verify), C(record) with I(signature_file) - the run's phases, each a dict with
-      C(phase), C(files) (its SQL files) and C(checksum_params) (the parameters folded into its
-      checksum), as roles/migration/tasks/plan.yml lists them.
+      C(plan), C(verify), C(review), C(record) with I(signature_file) - the run's phases, each a
+      dict with C(phase), C(files) (its SQL files), C(checksum_params) (the parameters folded into
+      its checksum) and, from the manifest, C(title), C(role), C(requires) and C(steps), as
+      roles/migration/tasks/plan.yml lists them.
     type: list
     elements: dict
     default: []
   sql_root:
-    description: The SQL files' root (C(files/sql)); the plan names each file relative to its parent.
+    description: The SQL files' root; the plan names each file as I(sql_label)/its path relative to it.
     type: path
+  sql_label:
+    description: The SQL root as the plan names it, relative to the project (the same on every machine).
+    type: str
+    default: files/sql
+  manifest:
+    description: >-
+      C(plan), C(verify), C(review), C(record) - the migration's manifest besides its phases (its
+      C(id), prerequisites, tables, access); empty - the plan names no migration.
+    type: dict
+    default: {}
   plan_dir:
     description: C(plan) - where to write the plan file; not written when unset.
     type: path
   plan_label:
-    description: C(plan) - the plan file's name part (the inventory host).
+    description: C(plan) - the plan file's name part (the inventory host); C(review) - the host rehearsals name.
     type: str
     default: plan
   signers:
@@ -114,6 +134,17 @@ options:
     description: >-
       C(record), C(verify) - the armored signature of the plan by I(role)'s signer
       (C(ssh-keygen -Y sign) writes C(FILE.sig)).
+    type: path
+  rehearsal_dir:
+    description: >-
+      C(review) - where the rehearsal reports are (C(*-rehearsal.json)); default I(plan_dir). The
+      newest whose source is I(plan_label) gives the measured durations.
+    type: path
+  squawk:
+    description: C(review) - the squawk executable; default the one beside this Python, else on PATH.
+    type: path
+  squawk_config:
+    description: C(review) - squawk's configuration (the project's C(.squawk.toml)), when it exists.
     type: path
 extends_documentation_fragment:
   - agency.pgmigrate.connection
@@ -216,13 +247,22 @@ recorded_at:
   returned: action is record
   type: str
 plan:
-  description: C(plan), C(verify) - the plan's canonical text.
-  returned: action is plan or verify
+  description: C(plan), C(verify), C(review) - the plan's canonical text.
+  returned: action is plan, verify or review
   type: str
 plan_checksum:
-  description: C(plan), C(verify) - the sha256 of the plan's text (what the file name carries).
-  returned: action is plan or verify
+  description: C(plan), C(verify), C(review) - the sha256 of the plan's text (what the file name carries).
+  returned: action is plan, verify or review
   type: str
+review:
+  description: >-
+    C(review) - C(database) (reachable, note), C(rehearsal) (the report the durations come from),
+    C(squawk), C(size_model), and C(phases), each with C(duration) (seconds, source - rehearsal,
+    ledger, steps or estimate - and note) and C(steps), each with C(file), C(rows) (by table),
+    C(rows_total), C(duration) and C(squawk) (status - clean, findings, missing or error -
+    findings, note).
+  returned: action is review
+  type: dict
 plan_file:
   description: C(plan) - the file written, when I(plan_dir) is set.
   returned: action is plan
@@ -240,8 +280,6 @@ problems:
 """
 
 import contextlib
-import hashlib
-import json
 import os
 import re
 import subprocess
@@ -258,14 +296,19 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     MigrationError,
     connect,
     fetch_dicts,
-    file_checksums,
     json_safe,
     transaction,
 )
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_plan import (
+    latest_rehearsal,
+    plan_changes,
+    plan_text,
+    read_database,
+    review,
+    sha256_of,
+)
 
 TABLE = f"{LEDGER_SCHEMA}.approvals"
-# The plan's first line: a signature of one format never verifies against another.
-PLAN_HEADER = "pgmigrate plan 1"
 
 
 def table_exists(conn) -> bool:
@@ -323,69 +366,9 @@ def do_check(module, conn) -> dict:
 
 # --- signed sign-offs ---------------------------------------------------------------------
 
-def plan_field(value: Any) -> str:
-    """A value as one token: quoted (JSON) when it holds a space, a quote or a line break, so no
-    two plans print alike."""
-    text = str(value)
-    return text if re.fullmatch(r'[^\s"]+', text) else json.dumps(text)
-
-
 def principals_of(value: Any) -> list[str]:
     """A role's principals: a list, or one name given as a string."""
     return [value] if isinstance(value, str) else [str(name) for name in value or []]
-
-
-def plan_text(p: dict[str, Any]) -> str:
-    """The run's plan: one line per fact, in a fixed order, so the same run always gives the same
-    bytes. The files are those the ledger checksums for its drift check (the same list), named
-    as in the checkout; the database by where it is, never by its credentials."""
-    ordered = sorted(p["phases"], key=lambda item: str(item["phase"]))
-    lines = [PLAN_HEADER,
-             f"database host={plan_field(p['db_host'])} port={p['db_port']} dbname={plan_field(p['db_name'])}",
-             "phases " + " ".join(str(item["phase"]) for item in ordered)]
-    for item in ordered:
-        for key, value in sorted((item.get("checksum_params") or {}).items()):
-            lines.append(f"param {item['phase']} {key}={plan_field(value)}")
-    for item in ordered:
-        for path, digest in sorted(file_checksums(item.get("files") or [], p["sql_root"]).items()):
-            lines.append(f"file {plan_field('files/sql/' + path)} sha256={digest}")
-    return "\n".join(lines) + "\n"
-
-
-def sha256_of(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def plan_entries(text: str) -> dict[str, str]:
-    """A plan's lines by what they are about (a file's path, a phase's parameter, the database)."""
-    entries: dict[str, str] = {}
-    for line in text.splitlines():
-        word, rest = line.partition(" ")[::2]
-        if word == "file":
-            path, digest = rest.rpartition(" ")[::2]
-            entries[path] = digest.removeprefix("sha256=")[:12]
-        elif word == "param":
-            phase, assignment = rest.partition(" ")[::2]
-            name, value = assignment.partition("=")[::2]
-            entries[f"phase {phase}'s {name}"] = value
-        elif word in ("database", "phases"):
-            entries[word] = rest
-    return entries
-
-
-def plan_changes(signed: str, current: str) -> str:
-    """What differs between the plan that was signed and this run's, in a sentence."""
-    old, new = plan_entries(signed), plan_entries(current)
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        if key not in new:
-            changes.append(f"{key} (no longer in the plan)")
-        elif key not in old:
-            changes.append(f"{key} (new)")
-        elif old[key] != new[key]:
-            what = "sha256 " if key.startswith("files/") else ""
-            changes.append(f"{key} ({what}{old[key]} -> {new[key]})")
-    return ", ".join(changes) or "the plan's format"
 
 
 def ssh_keygen(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -419,6 +402,20 @@ def allowed_signers_file(p: dict[str, Any]) -> Iterator[str]:
         yield str(merged)
 
 
+def another_plan(role: str, who: str, row: dict[str, Any], plan: str) -> str:
+    """'' when the sign-off's recorded plan (its checksum, or its text) is this run's; else what
+    changed since it was signed and what to do."""
+    signed_plan = row.get("plan") or ""
+    signed_checksum = row.get("plan_checksum") or (sha256_of(signed_plan) if signed_plan else "")
+    if not signed_checksum or signed_checksum == sha256_of(plan):
+        return ""
+    what = (plan_changes(signed_plan, plan) if signed_plan and sha256_of(signed_plan) == signed_checksum
+            else "the signed plan's text is not in the sheet")
+    return (f"{role}'s signature ({who}) is of another plan (sha256 {signed_checksum[:12]}; this run's is "
+            f"{sha256_of(plan)[:12]}): changed since it was signed: {what}. Review the new plan "
+            "(playbooks/plan.yml prints it) and sign it again, or put back what was signed")
+
+
 def check_signature(role: str, principals: list[str], row: dict[str, Any] | None, plan: str,
                     allowed: str, namespace: str, workdir: str) -> tuple[dict[str, Any] | None, str]:
     """(the signature that holds, '') or (None, what is wrong with role's latest decision and
@@ -433,6 +430,11 @@ def check_signature(role: str, principals: list[str], row: dict[str, Any] | None
     if not signature:
         return None, (f"{role}'s latest go ({who}) is not signed: free-text approval does not count "
                       "when migration_signoff_signed is true")
+    # The plan's checksum the sign-off recorded against this run's: a plan changed since it was
+    # signed is refused here, naming what changed, before any signature is checked.
+    changed = another_plan(role, who, row, plan)
+    if changed:
+        return None, changed
     sig_file = Path(workdir) / f"{sha256_of(role)}.sig"
     sig_file.write_text(signature, encoding="utf-8")
     found = ssh_keygen(["-Y", "find-principals", "-s", str(sig_file), "-f", allowed])
@@ -456,12 +458,6 @@ def check_signature(role: str, principals: list[str], row: dict[str, Any] | None
                     "recorded_at": row.get("recorded_at"), "plan_checksum": sha256_of(plan)}, ""
         failures.append(" ".join(line.strip() for line in (verified.stderr + verified.stdout).splitlines()
                                  if line.strip()))
-    signed_plan = row.get("plan") or ""
-    if signed_plan and sha256_of(signed_plan) != sha256_of(plan):
-        return None, (f"{role}'s signature ({who}) is of another plan (sha256 {sha256_of(signed_plan)[:12]}; "
-                      f"this run's is {sha256_of(plan)[:12]}): changed since it was signed: "
-                      f"{plan_changes(signed_plan, plan)}. Review the new plan and sign it again, or put "
-                      "back what was signed")
     detail = "; ".join(failure for failure in failures if failure)
     return None, (f"{role}'s signature ({who}) by {', '.join(permitted)} does not verify against this plan "
                   f"in namespace {namespace} ({detail or 'no detail'}): sign this run's plan with "
@@ -497,6 +493,32 @@ def do_plan(module) -> dict:
             result["changed"] = True
         result["plan_file"] = str(path)
     return result
+
+
+def do_review(module) -> dict:
+    """The plan as an approver reads it: its checksum, and per step the planner's estimates (from
+    the target database when it is reachable), the expected duration and squawk's findings.
+    Changes nothing: the database is read in one read-only transaction, or not at all."""
+    p = module.params
+    plan = plan_text(p)
+    db, note = None, ""
+    names = sorted({str(lock.get("table")) for item in p["phases"] for step in item.get("steps") or []
+                    for lock in step.get("locks") or [] if isinstance(lock, dict) and lock.get("table")})
+    try:
+        conn = connect(p, "pgmigrate-plan")
+    except MigrationError as exc:
+        note = f"no database ({str(exc).splitlines()[0] if str(exc) else 'unreachable'})"
+    else:
+        try:
+            db = read_database(conn, names, [str(item["phase"]) for item in p["phases"]])
+            note = "estimates from pg_class.reltuples"
+        except Exception as exc:  # noqa: BLE001 - a privilege or a catalog the login may not read
+            note = f"no database (cannot read its estimates: {str(exc).strip().splitlines()[0]})"
+        finally:
+            conn.close()
+    rehearsal, rehearsal_path = latest_rehearsal(p["rehearsal_dir"] or p["plan_dir"] or "", p["plan_label"])
+    return {"changed": False, "plan": plan, "plan_checksum": sha256_of(plan),
+            "review": review(p, db, note, rehearsal, rehearsal_path)}
 
 
 def do_verify(module, conn) -> dict:
@@ -569,7 +591,7 @@ def do_record(module, conn) -> dict:
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            action=dict(type="str", required=True, choices=["record", "check", "list", "plan", "verify"]),
+            action=dict(type="str", required=True, choices=["record", "check", "list", "plan", "verify", "review"]),
             stage=dict(type="str", default="pre", choices=["pre", "post"]),
             role=dict(type="str"),
             name=dict(type="str"),
@@ -582,6 +604,8 @@ def main() -> None:
             approvals_sql=dict(type="path"),
             phases=dict(type="list", elements="dict", default=[]),
             sql_root=dict(type="path"),
+            sql_label=dict(type="str", default="files/sql"),
+            manifest=dict(type="dict", default={}),
             plan_dir=dict(type="path"),
             plan_label=dict(type="str", default="plan"),
             signers=dict(type="dict", default={}),
@@ -589,12 +613,16 @@ def main() -> None:
             allowed_signers_entries=dict(type="list", elements="str", default=[]),
             namespace=dict(type="str", default="pgmigrate-plan"),
             signature_file=dict(type="path"),
+            rehearsal_dir=dict(type="path"),
+            squawk=dict(type="path"),
+            squawk_config=dict(type="path"),
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
         required_if=[("action", "record", ["role", "environment", "recorded_by", "approvals_sql"]),
                      ("action", "record", ["name", "signature_file"], True),
-                     ("action", "plan", ["sql_root"]), ("action", "verify", ["sql_root"])],
+                     ("action", "plan", ["sql_root"]), ("action", "verify", ["sql_root"]),
+                     ("action", "review", ["sql_root"])],
         supports_check_mode=True,
     )
     p = module.params
@@ -602,6 +630,9 @@ def main() -> None:
         # From the files and the inventory alone: no connection.
         if p["action"] == "plan":
             module.exit_json(**do_plan(module))
+        # Reaches the database only to read its estimates, and goes on without it.
+        if p["action"] == "review":
+            module.exit_json(**do_review(module))
         if p["action"] == "verify" and p["signature_file"]:
             signed = signed_decision(module)
             summary = {key: value for key, value in signed.items() if key not in ("plan", "signature")}
@@ -621,6 +652,11 @@ def main() -> None:
             conn.close()
     except MigrationError as exc:
         module.fail_json(msg=str(exc))
+    except OSError as exc:
+        # A file the manifest names and the checkout lacks: the plan cannot be written.
+        module.fail_json(msg=f"cannot read {exc.filename or 'a file of the plan'}: {exc.strerror or exc} "
+                             "(every file the manifest names must exist; tests/test_manifest.py checks the tree). "
+                             "Nothing was changed.")
     module.exit_json(**result)
 
 
