@@ -1,9 +1,10 @@
-# Shared mechanics of pg_dump and pg_restore for the backup and the clone (pgmigrate_backup,
-# pgmigrate_clone): finding the programs, passwords in a private password file (never argv, never
-# the module's arguments on a command line), an exported snapshot held open while pg_dump reads
-# it (so row counts and dump agree exactly), pg_dump in the background (alone, or streaming into
-# pg_restore) while the module counts in that snapshot, archive checksums, and error messages
-# with the secrets taken out.
+# Shared mechanics of pg_dump and pg_restore for the backup, the clone and the restore
+# (pgmigrate_backup, pgmigrate_clone, pgmigrate_restore): finding the programs, passwords in a
+# private password file (never argv, never the module's arguments on a command line), an exported
+# snapshot held open while pg_dump reads it (so row counts and dump agree exactly), pg_dump in the
+# background (alone, or streaming into pg_restore) while the module counts in that snapshot,
+# archive checksums, creating a database like another and swapping one in under another's name
+# (identifiers quoted, retried while sessions go), and error messages with the secrets taken out.
 from __future__ import annotations
 
 import hashlib
@@ -12,12 +13,19 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import MigrationError, connect, quote_ident
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
+    MigrationError,
+    connect,
+    quote_ident,
+    quote_literal,
+    sqlstate,
+)
 
 # Schemas never dumped as user data.
 SYSTEM_SCHEMAS = "n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'"
@@ -54,6 +62,21 @@ def count_rows(cur: Any) -> dict[str, int]:
     for schema, name in tables:
         cur.execute(f"SELECT count(*) FROM {quote_ident(schema)}.{quote_ident(name)}")
         counts[table_key(schema, name)] = cur.fetchone()[0]
+    return counts
+
+
+def count_tables(cur: Any, keys: list[str]) -> dict[str, int | None]:
+    """Exact row counts of the given schema.table keys (count_rows' naming), in the cursor's
+    current transaction; None for a table that does not exist."""
+    counts: dict[str, int | None] = {}
+    for key in keys:
+        schema, name = key.split(".", 1)
+        cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL", (schema, name))
+        if not cur.fetchone()[0]:
+            counts[key] = None
+            continue
+        cur.execute(f"SELECT count(*) FROM {quote_ident(schema)}.{quote_ident(name)}")
+        counts[key] = cur.fetchone()[0]
     return counts
 
 
@@ -419,3 +442,70 @@ def remove_archive(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):
         os.unlink(path)
+
+
+# --- databases ------------------------------------------------------------------------------
+# The clone and the restore both build a new database and, when asked, put it in another's place.
+# Run on an autocommit connection to a maintenance database (CREATE DATABASE refuses a transaction).
+
+def create_database(cur: Any, name: str, like: dict[str, Any] | None, encoding: str | None,
+                    match_locale: bool, server_version: int, locale_hint: str) -> None:
+    """CREATE DATABASE name from template0 with `encoding` and, with match_locale, the collation,
+    ctype and ICU locale of `like` (a pg_database row as JSON: datcollate, datctype,
+    datlocprovider, daticulocale or datlocale); without either, the server's defaults. A locale
+    the server lacks fails naming locale_hint (the variable that drops it)."""
+    sql = f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0"
+    if encoding:
+        sql += f" ENCODING {quote_literal(encoding)}"
+    if like and match_locale:
+        sql += f" LC_COLLATE {quote_literal(like['datcollate'])} LC_CTYPE {quote_literal(like['datctype'])}"
+        icu = like.get("daticulocale") or like.get("datlocale")
+        if like.get("datlocprovider") == "i" and icu and server_version >= 150000:
+            sql += f" LOCALE_PROVIDER icu ICU_LOCALE {quote_literal(icu)}"
+    try:
+        cur.execute(sql)
+    except Exception as exc:  # noqa: BLE001 - name the fix
+        if sqlstate(exc) == "22023":
+            raise MigrationError(f"the server lacks the locale of the database to copy ({str(exc).strip()}): "
+                                 f"install it, or {locale_hint}") from None
+        raise
+
+
+def drop_database(cur: Any, name: str) -> None:
+    cur.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+
+
+# An ALTER DATABASE ... RENAME waits up to 5 s for the ended sessions to go, then fails with
+# 55006 (a session reconnected meanwhile, or a slow one): tried again, this many times.
+SWAP_ATTEMPTS = 10
+
+
+def swap_in(cur: Any, new: str, target: str, aside: str, close: bool = False) -> None:
+    """`new` takes `target`'s name and `target` becomes `aside`, in one transaction: both names
+    or neither. The sessions on `target` are ended first (a database with sessions cannot be
+    renamed); with `close`, `target` refuses new ones meanwhile (ALLOW_CONNECTIONS false), and
+    `aside` accepts them again after the swap, `target` after a failed one. Fails with
+    MigrationError; `target` is then as it was."""
+    if close:
+        cur.execute(f"ALTER DATABASE {quote_ident(target)} WITH ALLOW_CONNECTIONS false")
+    try:
+        for attempt in range(SWAP_ATTEMPTS):
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = %s AND pid <> pg_backend_pid()", (target,))
+            cur.execute("BEGIN")
+            try:
+                cur.execute(f"ALTER DATABASE {quote_ident(target)} RENAME TO {quote_ident(aside)}")
+                cur.execute(f"ALTER DATABASE {quote_ident(new)} RENAME TO {quote_ident(target)}")
+                if close:
+                    cur.execute(f"ALTER DATABASE {quote_ident(aside)} WITH ALLOW_CONNECTIONS true")
+                cur.execute("COMMIT")
+                return
+            except Exception as exc:  # noqa: BLE001 - a session came back meanwhile: again
+                cur.execute("ROLLBACK")
+                if sqlstate(exc) != "55006" or attempt == SWAP_ATTEMPTS - 1:
+                    raise MigrationError(f"cannot rename {target} aside: {str(exc).strip()}") from None
+                time.sleep(0.2 * (attempt + 1))
+    except BaseException:
+        if close:
+            cur.execute(f"ALTER DATABASE {quote_ident(target)} WITH ALLOW_CONNECTIONS true")
+        raise

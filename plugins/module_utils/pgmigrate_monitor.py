@@ -78,11 +78,6 @@ def phase_lock_waits(details: dict) -> dict:
             "sessions_waiting_max": max(waiting, default=0), "longest_wait_s": max(longest, default=0.0)}
 
 
-def md_cell(value) -> str:
-    """A value as one Markdown table cell."""
-    return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
-
-
 def write_report(path: str, text: str) -> None:
     """A report file, mode 0640, replaced whole: a reader never sees half of it."""
     tmp = path + ".tmp"

@@ -139,6 +139,7 @@ paths:
 import datetime
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.agency.pgmigrate.plugins.module_utils import pgmigrate_markdown as md
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     CONNECTION_ARGS,
     LEDGER_SCHEMA,
@@ -344,9 +345,10 @@ def markdown(b: dict) -> str:
     out += ["## The database", "",
             f"PostgreSQL {db['server_version']}{' (a standby in recovery)' if db['in_recovery'] else ''}, "
             f"{db['database_size_bytes'] / 1048576:.1f} MiB; phases applied so far: "
-            f"{', '.join(b['applied']) or 'none'}.", "",
-            "| table | rows (estimate) | size |", "|---|---:|---:|"]
-    out += [f"| {t['table']} | {t['rows_estimate']} | {t['total_bytes'] / 1048576:.1f} MiB |" for t in db["tables"]]
+            f"{', '.join(b['applied']) or 'none'}.", ""]
+    out += md.table(["table", "rows (estimate)", "size"],
+                    [(t["table"], str(t["rows_estimate"]), f"{t['total_bytes'] / 1048576:.1f} MiB")
+                     for t in db["tables"]], "lrr")
     out += ["", "## The phases and how long they take", ""]
     if b["rehearsal"]:
         r = b["rehearsal"]
@@ -357,12 +359,10 @@ def markdown(b: dict) -> str:
         out += ["**No rehearsal of this database's clone was found**: every duration below is a size-based "
                 "ESTIMATE (a fixed cost per phase plus what scales with the database and the overrides). "
                 "Rehearse first: `playbooks/rehearse.yml` on the staging inventory.", ""]
-    out += ["| phase | what | duration | from | rows |", "|---|---|---:|---|---:|"]
-    for x in b["phases"]:
-        src = "rehearsal" if x["source"] == "rehearsal" else "**estimate**"
-        state = " (applied: skipped)" if x["applied"] else ""
-        rows = x["rows"] if x["rows"] is not None else ""
-        out.append(f"| {x['phase']} | {x['title']}{state} | {human_s(x['seconds'])} | {src} | {rows} |")
+    out += md.table(["phase", "what", "duration", "from", "rows"],
+                    [(x["phase"], f"{x['title']}{' (applied: skipped)' if x['applied'] else ''}", human_s(x["seconds"]),
+                      "rehearsal" if x["source"] == "rehearsal" else md.Markdown("**estimate**"), x["rows"])
+                     for x in b["phases"]], "llrlr")
     out += ["", f"Total still to run: {human_s(b['total_seconds'])}.", ""]
     c = b["checkpoints"]
     out += ["## Go/no-go checkpoints and abort criteria", "",
@@ -379,11 +379,10 @@ def markdown(b: dict) -> str:
         out += [f"- {cmd['when']}:", f"  `{cmd['command']}`"]
     out += ["", "Every rollback is refused, naming why, when it is unsafe (later phases applied, the "
             "application's objects built on ours), and is recorded in the ledger. Add `--check` to see "
-            "the plan first.", "", "## Sign-offs (strategy 8)", "",
-            "| role | state | by | at |", "|---|---|---|---|"]
-    for s in b["signoffs"]:
-        mark = " (required)" if s["required"] else ""
-        out.append(f"| {s['role']}{mark} | {s['state']} | {s['name'] or ''} | {s['recorded_at'] or ''} |")
+            "the plan first.", "", "## Sign-offs (strategy 8)", ""]
+    out += md.table(["role", "state", "by", "at"],
+                    [(f"{s['role']}{' (required)' if s['required'] else ''}", s["state"], s["name"] or "",
+                      s["recorded_at"] or "") for s in b["signoffs"]])
     missing = b["signoffs_missing"]
     out += ["", (f"**Still missing: {', '.join(missing)}** - record each with `playbooks/approve.yml -e "
                  "approval_role=ROLE -e approved_by=NAME`." if missing else "Every sign-off is recorded as go."), ""]

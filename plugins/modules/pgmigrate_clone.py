@@ -275,6 +275,8 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_dump im
     compare_counts,
     conninfo,
     count_rows,
+    create_database,
+    drop_database,
     dump_beside,
     first_lines,
     pg_program,
@@ -283,6 +285,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_dump im
     require_dump_version,
     run_tool,
     scrub,
+    swap_in,
     tool_env,
     write_passfile,
 )
@@ -531,22 +534,6 @@ def admin_connection(p: dict):
     return conn
 
 
-def create_database(cur, name: str, source_db: dict, encoding: str, match_locale: bool, server_version: int) -> None:
-    sql = f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0 ENCODING {quote_literal(encoding)}"
-    if match_locale:
-        sql += f" LC_COLLATE {quote_literal(source_db['datcollate'])} LC_CTYPE {quote_literal(source_db['datctype'])}"
-        icu = source_db.get("daticulocale") or source_db.get("datlocale")
-        if source_db.get("datlocprovider") == "i" and icu and server_version >= 150000:
-            sql += f" LOCALE_PROVIDER icu ICU_LOCALE {quote_literal(icu)}"
-    try:
-        cur.execute(sql)
-    except Exception as exc:  # noqa: BLE001 - name the fix
-        if getattr(exc, "pgcode", None) == "22023":
-            raise MigrationError(f"the staging server lacks the source's locale ({str(exc).strip()}): install it, "
-                                 "or set clone_match_locale=false") from None
-        raise
-
-
 def drop_leftovers(cur, target: str) -> list[str]:
     """Databases an interrupted clone of this target left behind. A staging database renamed
     aside but never replaced is put back first."""
@@ -561,7 +548,7 @@ def drop_leftovers(cur, target: str) -> list[str]:
         cur.execute(f"ALTER DATABASE {quote_ident(olds[0])} RENAME TO {quote_ident(target)}")
         names.remove(olds[0])
     for name in names:
-        cur.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+        drop_database(cur, name)
     return names
 
 
@@ -689,28 +676,14 @@ def apply_settings(cur, name: str, settings: list[dict], roles: set[str]) -> tup
 def swap(cur, tmp: str, target: str, exists: bool, owner: str | None, may_chown: bool) -> None:
     """The new database takes the staging database's name; the old one is dropped. Sessions on
     the staging database are ended (it is being replaced)."""
-    old = f"pgmigrate_old_{tag_of(target)}_{uuid.uuid4().hex[:8]}"
     if owner and may_chown:
         cur.execute(f"ALTER DATABASE {quote_ident(tmp)} OWNER TO {quote_ident(owner)}")
-    if exists:
-        for attempt in range(10):
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = %s AND pid <> pg_backend_pid()", (target,))
-            try:
-                cur.execute(f"ALTER DATABASE {quote_ident(target)} RENAME TO {quote_ident(old)}")
-                break
-            except Exception as exc:  # noqa: BLE001 - a session reconnected meanwhile: again
-                if getattr(exc, "pgcode", None) != "55006" or attempt == 9:
-                    raise MigrationError(f"cannot rename the staging database aside: {str(exc).strip()}") from None
-                time.sleep(0.2 * (attempt + 1))
-    try:
+    if not exists:
         cur.execute(f"ALTER DATABASE {quote_ident(tmp)} RENAME TO {quote_ident(target)}")
-    except Exception:
-        if exists:
-            cur.execute(f"ALTER DATABASE {quote_ident(old)} RENAME TO {quote_ident(target)}")
-        raise
-    if exists:
-        cur.execute(f"DROP DATABASE {quote_ident(old)} WITH (FORCE)")
+        return
+    old = f"pgmigrate_old_{tag_of(target)}_{uuid.uuid4().hex[:8]}"
+    swap_in(cur, tmp, target, old)
+    drop_database(cur, old)
 
 
 def run(p: dict, src: dict, plan: dict) -> dict:
@@ -732,7 +705,7 @@ def run(p: dict, src: dict, plan: dict) -> dict:
                 cur.execute(f"CREATE ROLE {quote_ident(role)} NOLOGIN")
                 created_roles.append(role)
             create_database(cur, tmp, plan["source"]["database"], plan["source"]["encoding"], p["match_locale"],
-                            plan["server"]["server_version_num"])
+                            plan["server"]["server_version_num"], "set clone_match_locale=false")
             created = True
             settings, skipped = apply_settings(cur, tmp, plan["source"]["settings"],
                                                plan["server"]["roles"] | set(created_roles))
@@ -784,7 +757,7 @@ def run(p: dict, src: dict, plan: dict) -> dict:
     except BaseException:
         if created:
             with admin.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS {quote_ident(tmp)} WITH (FORCE)")
+                drop_database(cur, tmp)
         raise
     finally:
         admin.close()

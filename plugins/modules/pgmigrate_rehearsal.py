@@ -185,6 +185,7 @@ import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.agency.pgmigrate.plugins.module_utils import pgmigrate_markdown as md
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     CONNECTION_ARGS,
     LEDGER_SCHEMA,
@@ -195,7 +196,6 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     json_safe,
 )
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
-    md_cell,
     phase_lock_waits,
     report_pair_paths,
     utcnow,
@@ -460,17 +460,15 @@ def markdown(r: dict) -> str:
     out += [f"**Verdict: {r['verdict']}**" + (f" - {r['reason']}" if r["reason"] else
                                               " - every phase succeeded, validation passed, no monitoring "
                                               "alert fired, the full rollback restored the clone exactly."), ""]
-    out += ["| | |", "|---|---|"]
-    for label, key in (("source (read only)", "source"), ("staging", "staging"), ("environment", "environment"),
-                       ("run id", "run_id"), ("operator", "operator"), ("started", "started_at")):
-        out.append(f"| {label} | {md_cell(c.get(key))} |")
-    out += [f"| finished | {r['finished_at']} |", ""]
+    out += [*md.table(["", ""], [*((label, c.get(key)) for label, key in (
+        ("source (read only)", "source"), ("staging", "staging"), ("environment", "environment"), ("run id", "run_id"),
+        ("operator", "operator"), ("started", "started_at"))), ("finished", r["finished_at"])]), ""]
     if r["run_report"]:
         out += [f"Run report (metrics, notifications): `{r['run_report']}`.", ""]
     clone = r["clone"]
     out += ["## Clone", ""]
     if clone.get("failed"):
-        out.append(f"Failed: {md_cell(clone.get('msg'))}")
+        out.append(f"Failed: {md.cell(clone.get('msg'))}")
     elif clone:
         timings = ", ".join(f"{k.removesuffix('_s')} {v} s" for k, v in (clone.get("timings") or {}).items())
         out.append(f"{clone.get('rows')} rows in {clone.get('tables')} tables, method {clone.get('method')} with "
@@ -482,13 +480,11 @@ def markdown(r: dict) -> str:
                        + ".")
     out += ["", "## Phases", ""]
     if r["phases"]:
-        out += ["| phase | title | status | duration (s) | rows | lock retries | sessions waiting (max) |"
-                " longest lock wait (s) | error |", "|---|---|---|---|---|---|---|---|---|"]
-        for ph in r["phases"]:
-            w = ph["lock_waits"]
-            out.append(f"| {ph['phase']} | {md_cell(ph['title'])} | {ph['status']} | {ph['duration_s']} | "
-                       f"{md_cell(ph['rows'])} | {w['lock_retries']} | {w['sessions_waiting_max']} | "
-                       f"{w['longest_wait_s']} | {md_cell(ph['error'])} |")
+        out += md.table(["phase", "title", "status", "duration (s)", "rows", "lock retries", "sessions waiting (max)",
+                         "longest lock wait (s)", "error"],
+                        [(ph["phase"], ph["title"], ph["status"], str(ph["duration_s"]), ph["rows"],
+                          ph["lock_waits"]["lock_retries"], ph["lock_waits"]["sessions_waiting_max"],
+                          ph["lock_waits"]["longest_wait_s"], ph["error"]) for ph in r["phases"]])
     else:
         out.append(f"No phase ran{(' (' + r['ledger_note'] + ')') if r['ledger_note'] else ''}.")
     out += ["", "## Validation", ""]
@@ -498,20 +494,20 @@ def markdown(r: dict) -> str:
     else:
         out.append(f"{'Passed' if v['passed'] else 'FAILED'}; report `{v['report']}`.")
         if v.get("checks"):
-            out += ["", "| check | passed | observed | expected |", "|---|---|---|---|"]
-            out += [f"| {md_cell(ch.get('check'))} | {'yes' if ch.get('passed') else 'NO'} "
-                    f"| {md_cell(ch.get('observed'))} | {md_cell(ch.get('expected'))} |" for ch in v["checks"]]
+            out += ["", *md.table(["check", "passed", "observed", "expected"],
+                                  [(ch.get("check"), "yes" if ch.get("passed") else "NO", ch.get("observed"),
+                                    ch.get("expected")) for ch in v["checks"]])]
     out += ["", "## Monitoring alerts", ""]
-    out += [f"- phase {a.get('phase') or '-'} {a.get('severity', '')}: {md_cell(a.get('message'))}"
+    out += [f"- phase {a.get('phase') or '-'} {a.get('severity', '')}: {md.cell(a.get('message'))}"
             for a in r["alerts"]] or ["None."]
     out += ["", "## Rollback", ""]
     rb = r["rollback"]
     if rb.get("failed"):
-        out.append(f"Failed: {md_cell(rb.get('msg'))}")
+        out.append(f"Failed: {md.cell(rb.get('msg'))}")
     elif r["rollback_phases"]:
-        out += ["| phase | status | duration (s) | rows | error |", "|---|---|---|---|---|"]
-        out += [f"| {x['phase']} | {x['status']} | {x['duration_s']} | {md_cell(x['rows'])} | {md_cell(x['error'])} |"
-                for x in r["rollback_phases"]]
+        out += md.table(["phase", "status", "duration (s)", "rows", "error"],
+                        [(x["phase"], x["status"], str(x["duration_s"]), x["rows"], x["error"])
+                         for x in r["rollback_phases"]])
     else:
         out.append(rb.get("note") or "Nothing to roll back.")
     out += ["", "## Rollback fidelity", ""]
@@ -523,9 +519,9 @@ def markdown(r: dict) -> str:
                     if f.get("holds") else f"Does NOT hold: {f.get('difference_count')} difference(s)")
                    + " (catalog, roles and every table's rows; left out on purpose: "
                    + f"{', '.join(f.get('ignored', []))}).")
-        out += [f"- {md_cell(line)}" for line in f.get("differences") or []]
+        out += [f"- {md.cell(line)}" for line in f.get("differences") or []]
     if len(r["reasons"]) > 1:
-        out += ["", "## Every no-go reason", ""] + [f"{i}. {md_cell(x)}" for i, x in enumerate(r["reasons"], 1)]
+        out += ["", "## Every no-go reason", ""] + [f"{i}. {md.cell(x)}" for i, x in enumerate(r["reasons"], 1)]
     return "\n".join(out) + "\n"
 
 

@@ -145,6 +145,7 @@ import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.agency.pgmigrate.plugins.module_utils import pgmigrate_markdown as md
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     CONNECTION_ARGS,
     LEDGER_SCHEMA,
@@ -248,12 +249,12 @@ def throttle_section(phases: list[dict]) -> list[str]:
     if not rows:
         return []
     out = ["## Throttle", "", "How long the batches yielded to the application, and why.", "",
-           "| phase | direction | batches of | throttled (s) | slowed down (s) | paused (s) | because of |",
-           "|---|---|---|---|---|---|---|"]
-    for p, what, t in rows:
-        because = t.get("because") or list((t.get("by_signal_s") or {}).keys())
-        out.append(f"| {p['phase']} | {p['direction']} | {what} | {fmt(t.get('throttled_s'))} | "
-                   f"{fmt(t.get('slowed_s'))} | {fmt(t.get('paused_s'))} | {', '.join(because) or '-'} |")
+           *md.table(["phase", "direction", "batches of", "throttled (s)", "slowed down (s)", "paused (s)",
+                      "because of"],
+                     [(p["phase"], p["direction"], what, fmt(t.get("throttled_s")), fmt(t.get("slowed_s")),
+                       fmt(t.get("paused_s")),
+                       ", ".join(t.get("because") or list((t.get("by_signal_s") or {}).keys())) or "-")
+                      for p, what, t in rows])]
     # Why, per row: each signal's seconds, its worst value and its limits, and the duty cycle's
     # rest (phase 3's chunks and files merged into one account).
     why = []
@@ -276,6 +277,19 @@ def fmt(value, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def sample_row(s: dict) -> list[str]:
+    """One monitoring sample as the Metrics table's row."""
+    if "error" in s:
+        return [str(s["at"]), str(s.get("phase")), str(s.get("kind")), f"sample failed: {s['error']}", *[""] * 8]
+    conn = s["connections"]
+    return [str(s["at"]), str(s.get("phase") or "-"), str(s.get("kind")),
+            f"{conn['used']}/{conn['max']} ({conn['utilisation_pct']}%)",
+            f"{s['locks']['waiting']} ({s['locks']['longest_wait_s']})",
+            fmt((s.get("longest_query") or {}).get("seconds")), fmt(s.get("error_rate_pct"), "%"), fmt(s.get("p95_ms")),
+            str(s["probe"]["p95_ms"]), f"{s['database_size_bytes'] / 1048576:.1f}",
+            fmt((s.get("replication") or {}).get("max_lag_s")), fmt(s.get("event_lag_s"))]
+
+
 def markdown(r: dict) -> str:
     c = r["context"]
     where = f" in phase {r['result_phase']}" if r["result"] == "failed" and r["result_phase"] else \
@@ -284,20 +298,17 @@ def markdown(r: dict) -> str:
            f"**Next:** {r['next']}.", ""]
     if r["reason"]:
         out += [f"**Reason:** {r['reason']}", ""]
-    out += ["| | |", "|---|---|"]
-    for key in ("environment", "host", "database", "run_id", "operator", "started_at"):
-        out.append(f"| {key} | {c.get(key, '')} |")
-    out += [f"| finished_at | {r['finished_at']} |", f"| phases selected | {', '.join(c.get('phases_selected', []))} |",
-            f"| approved by | {r['approved_by'] or 'n/a'} |", ""]
+    facts = [(key, str(c.get(key, ""))) for key in ("environment", "host", "database", "run_id", "operator",
+                                                    "started_at")]
+    facts += [("finished_at", r["finished_at"]), ("phases selected", ", ".join(c.get("phases_selected", []))),
+              ("approved by", r["approved_by"] or "n/a")]
+    out += [*md.table(["", ""], facts), ""]
     out += ["## Phases", ""]
     if r["phases"]:
-        out += ["| phase | title | direction | status | started | duration (s) | rows | error |",
-                "|---|---|---|---|---|---|---|---|"]
-        for p in r["phases"]:
-            err = (p.get("error") or "").replace("|", "\\|").replace("\n", " ")
-            out.append(f"| {p['phase']} | {r['phase_titles'].get(p['phase'], '')} | {p['direction']} | "
-                       f"{p['status']} | {p['started_at']} | {p['duration_s']} | {fmt(p.get('rows_affected'))} | "
-                       f"{err} |")
+        out += md.table(["phase", "title", "direction", "status", "started", "duration (s)", "rows", "error"],
+                        [(p["phase"], r["phase_titles"].get(p["phase"], ""), p["direction"], p["status"],
+                          str(p["started_at"]), str(p["duration_s"]), fmt(p.get("rows_affected")), p.get("error") or "")
+                         for p in r["phases"]])
     else:
         out.append("No phase ran in this run." + (f" ({r['ledger_error']})" if r.get("ledger_error") else ""))
     out.append("")
@@ -306,9 +317,9 @@ def markdown(r: dict) -> str:
         out += ["## Validation", "", f"Validator {'passed' if v['passed'] else 'FAILED'}"
                 f"{'' if v['from_this_run'] else ' (earlier run)'}; report `{v['report']}`.", ""]
         if v.get("checks"):
-            out += ["| check | passed | observed | expected |", "|---|---|---|---|"]
-            out += [f"| {ch['check']} | {'yes' if ch['passed'] else 'NO'} | {ch.get('observed')} | "
-                    f"{ch.get('expected', '')} |" for ch in v["checks"]]
+            out += md.table(["check", "passed", "observed", "expected"],
+                            [(str(ch["check"]), "yes" if ch["passed"] else "NO", str(ch.get("observed")),
+                              str(ch.get("expected", ""))) for ch in v["checks"]])
             out.append("")
     out += throttle_section(r["phases"])
     out += ["## Alerts", ""]
@@ -324,37 +335,24 @@ def markdown(r: dict) -> str:
         probe = fmt(b.get("probe", {}).get("p95_ms"), " ms")
         out += [f"Pre-migration baseline ({b.get('at')}): probe p95 {probe}.", ""]
     if m["samples"]:
-        out += ["| at | phase | kind | connections | lock waits (longest s) | longest query (s) | error rate |"
-                " p95 (ms) | probe p95 (ms) | size (MiB) | replication lag (s) | event lag (s) |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for s in m["samples"]:
-            if "error" in s:
-                out.append(f"| {s['at']} | {s.get('phase')} | {s.get('kind')} | sample failed: {s['error']} "
-                           "| | | | | | | | |")
-                continue
-            conn = s["connections"]
-            out.append(
-                f"| {s['at']} | {s.get('phase') or '-'} | {s.get('kind')} | {conn['used']}/{conn['max']} "
-                f"({conn['utilisation_pct']}%) | {s['locks']['waiting']} ({s['locks']['longest_wait_s']}) | "
-                f"{fmt((s.get('longest_query') or {}).get('seconds'))} | {fmt(s.get('error_rate_pct'), '%')} | "
-                f"{fmt(s.get('p95_ms'))} | {s['probe']['p95_ms']} | {s['database_size_bytes'] / 1048576:.1f} | "
-                f"{fmt((s.get('replication') or {}).get('max_lag_s'))} | {fmt(s.get('event_lag_s'))} |")
+        out += md.table(["at", "phase", "kind", "connections", "lock waits (longest s)", "longest query (s)",
+                         "error rate", "p95 (ms)", "probe p95 (ms)", "size (MiB)", "replication lag (s)",
+                         "event lag (s)"], [sample_row(s) for s in m["samples"]])
     else:
         out.append("No samples.")
     out += ["", "## Approvals", ""]
     if r["approvals"]:
-        out += ["| stage | role | name | decision | recorded at |", "|---|---|---|---|---|"]
-        out += [f"| {a.get('stage', 'pre')} | {a.get('role')} | {a.get('name')} | {a.get('decision', 'go')} | "
-                f"{a.get('recorded_at', '')} |" for a in r["approvals"]]
+        out += md.table(["stage", "role", "name", "decision", "recorded at"],
+                        [(str(a.get("stage", "pre")), str(a.get("role")), str(a.get("name")),
+                          str(a.get("decision", "go")), str(a.get("recorded_at", ""))) for a in r["approvals"]])
     else:
         out.append(f"Single approver: {r['approved_by']}." if r["approved_by"] else "None recorded.")
     out += ["", "## Notifications", ""]
     if r["notifications"]:
-        out += ["| at | event | message | channels |", "|---|---|---|---|"]
-        for n in r["notifications"]:
-            channels = ", ".join(f"{k}: {v}" for k, v in sorted((n.get("channels") or {}).items()))
-            text = str(n.get("text", "")).replace("|", "\\|")
-            out.append(f"| {n.get('at')} | {n.get('event')} | {text} | {channels} |")
+        out += md.table(["at", "event", "message", "channels"],
+                        [(str(n.get("at")), str(n.get("event")), str(n.get("text", "")),
+                          ", ".join(f"{k}: {v}" for k, v in sorted((n.get("channels") or {}).items())))
+                         for n in r["notifications"]])
     else:
         out.append("None.")
     if r["extra"]:

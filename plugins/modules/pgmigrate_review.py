@@ -119,6 +119,7 @@ import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.agency.pgmigrate.plugins.module_utils import pgmigrate_markdown as md
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     CONNECTION_ARGS,
     LEDGER_SCHEMA,
@@ -129,7 +130,6 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     json_safe,
 )
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
-    md_cell,
     phase_lock_waits,
     report_pair_paths,
     utcnow,
@@ -323,9 +323,9 @@ def schema_markdown(schema: dict, level: int = 1) -> str:
             out += [t["comment"], ""]
         if t["rls"]:
             out += ["Row-level security is enabled.", ""]
-        out += ["| column | type | null | default | description |", "|---|---|---|---|---|"]
-        out += [f"| `{c['column']}` | {md_cell(c['type'])} | {'no' if c['not_null'] else 'yes'} | "
-                f"{md_cell(c['default'])} | {md_cell(c['comment'])} |" for c in t["columns"]]
+        out += md.table(["column", "type", "null", "default", "description"],
+                        [(md.code(c["column"]), c["type"], "no" if c["not_null"] else "yes", c["default"], c["comment"])
+                         for c in t["columns"]])
         if t["constraints"]:
             out += ["", "Constraints:", ""]
             for c in t["constraints"]:
@@ -362,16 +362,15 @@ def markdown(r: dict) -> str:
            "for the team to add.",
            "3. Performance impact: before and after, and the watch's trends, below.",
            "4. Team feedback: to complete.", "5. Lessons learned: to complete.",
-           "6. Process improvements: to complete.", "", "## 1. Execution timeline", "",
-           "| # | run | phase | direction | status | started | duration | rows | lock retries | waiting max | by |",
-           "|---:|---|---|---|---|---|---:|---:|---:|---:|---|"]
-    for t in r["timeline"]:
-        attempt = f" (attempt {t['attempt']})" if t["attempt"] and t["attempt"] > 1 else ""
-        title = md_cell(r["titles"].get(t["phase"], ""))
-        out.append(f"| {t['id']} | {t['run_id'][:8]} | {t['phase']} {title}{attempt} | "
-                   f"{t['direction']} | {t['status']} | {t['started_at']} | {human_s(t['duration_s'])} | "
-                   f"{md_cell(t['rows'])} | {t['lock']['lock_retries']} | {t['lock']['sessions_waiting_max']} | "
-                   f"{md_cell(t['operator'])} |")
+           "6. Process improvements: to complete.", "", "## 1. Execution timeline", ""]
+    out += md.table(["#", "run", "phase", "direction", "status", "started", "duration", "rows", "lock retries",
+                     "waiting max", "by"],
+                    [(t["id"], t["run_id"][:8],
+                      f"{t['phase']} {r['titles'].get(t['phase'], '')}"
+                      + (f" (attempt {t['attempt']})" if t["attempt"] and t["attempt"] > 1 else ""),
+                      t["direction"], t["status"], str(t["started_at"]), human_s(t["duration_s"]), t["rows"],
+                      t["lock"]["lock_retries"], t["lock"]["sessions_waiting_max"], t["operator"])
+                     for t in r["timeline"]], "rllllllrrrl")
     out += ["", "Runs:", ""]
     for run in r["runs"]:
         outcome = f", {run['outcome']}" if run.get("outcome") else ""
@@ -383,26 +382,26 @@ def markdown(r: dict) -> str:
                                                    "or rollback in the ledger, the run reports or the watch"]
     out += ["", "Solutions and what the operators did: _to complete by the team_.", "", "## 3. Performance impact", ""]
     p = r["performance"]
-    out += ["| figure | before (baseline, before phase 1) | after phase 6 | 48-hour watch (latest) |",
-            "|---|---:|---:|---:|"]
     watch = p["watch"]
-    for key, label in (("probe_p95_ms", "probe query p95 (ms)"), ("p95_ms", "query p95, pg_stat_statements (ms)"),
-                       ("error_rate_pct", "error rate (%)"), ("database_size_mib", "database size (MiB)")):
-        latest = (watch.get(key) or {}).get("latest")
-        out.append(f"| {label} | {md_cell(p['before'].get(key))} | {md_cell(p['after_phase6'].get(key))} "
-                   f"| {md_cell(latest)} |")
+    out += md.table(["figure", "before (baseline, before phase 1)", "after phase 6", "48-hour watch (latest)"],
+                    [(label, p["before"].get(key), p["after_phase6"].get(key), (watch.get(key) or {}).get("latest"))
+                     for key, label in (("probe_p95_ms", "probe query p95 (ms)"),
+                                        ("p95_ms", "query p95, pg_stat_statements (ms)"),
+                                        ("error_rate_pct", "error rate (%)"),
+                                        ("database_size_mib", "database size (MiB)"))], "lrrr")
     out += ["", f"The 48-hour watch: {p['watch_samples']} sample(s)"
             + (", over" if p["watch_over"] else "") + "." + (" Trends:" if watch else ""), ""]
     if watch:
-        out += ["| metric | first | latest | min | max |", "|---|---:|---:|---:|---:|"]
-        out += [f"| {k} | {v['first']:g} | {v['latest']:g} | {v['min']:g} | {v['max']:g} |" for k, v in watch.items()]
+        out += md.table(["metric", "first", "latest", "min", "max"],
+                        [(k, f"{v['first']:g}", f"{v['latest']:g}", f"{v['min']:g}", f"{v['max']:g}")
+                         for k, v in watch.items()], "lrrrr")
         out += ["", f"Plots: `watch-{r['host']}.md` beside this review.", ""]
-    out += ["## Sign-offs (strategy 8)", "", "| role | decision | by | at |", "|---|---|---|---|"]
     latest_post = {a["role"].lower(): a for a in r["approvals"] if a["stage"] == "post"}
-    for role in r["post_roles"]:
-        a = latest_post.get(role.lower())
-        out.append(f"| {role} | {a['decision'] if a else 'missing'} | {md_cell((a or {}).get('name'))} | "
-                   f"{md_cell((a or {}).get('recorded_at'))} |")
+    signed = [(role, latest_post.get(role.lower())) for role in r["post_roles"]]
+    out += ["## Sign-offs (strategy 8)", "",
+            *md.table(["role", "decision", "by", "at"],
+                      [(role, a["decision"] if a else "missing", (a or {}).get("name"), (a or {}).get("recorded_at"))
+                       for role, a in signed])]
     out += ["", "## 4. Team feedback", "", "_To complete by the team._", "", "## 5. Lessons learned", "",
             "_To complete by the team._", "", "## 6. Process improvements", "", "_To complete by the team._", ""]
     out.append(schema_markdown(r["schema"], level=2))

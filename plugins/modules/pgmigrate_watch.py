@@ -155,6 +155,7 @@ import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.agency.pgmigrate.plugins.module_utils import pgmigrate_markdown as md
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
     CONNECTION_ARGS,
     LEDGER_SCHEMA,
@@ -367,11 +368,12 @@ def trend_report(p: dict, start: datetime.datetime, rows: list[dict], over: bool
     escalations = [e for r in samples for e in (r["escalations"] or [])]
     out += [f"Alerts raised: {len(alerts)}; escalated: {len(escalations)}.", ""]
     if alerts:
-        out += ["| at | metric | severity | repeat | escalated | message |", "|---|---|---|---:|---|---|"]
-        out += [f"| {a['at']} | {a['metric']} | {a['severity']} | {a.get('repeat', 1)} | "
-                f"{'yes' if a.get('escalate') else 'no'} | {a['message']} |" for a in alerts]
+        out += md.table(["at", "metric", "severity", "repeat", "escalated", "message"],
+                        [(str(a["at"]), a["metric"], a["severity"], str(a.get("repeat", 1)),
+                          "yes" if a.get("escalate") else "no", str(a["message"])) for a in alerts], "lllrll")
         out.append("")
-    out += ["## Metrics", "", "| metric | latest | min | max | threshold | plot |", "|---|---:|---:|---:|---:|---|"]
+    out += ["## Metrics", ""]
+    metrics = []
     plots = {}
     for key, title, unit, limit_key in METRICS:
         points = []
@@ -382,33 +384,35 @@ def trend_report(p: dict, start: datetime.datetime, rows: list[dict], over: bool
                 points.append((round(hours, 4), float(value)))
         limit = thresholds.get(limit_key) if limit_key else None
         if not points:
-            out.append(f"| {title} | n/a | | | {'' if limit is None else f'{limit:g}'} | no data |")
+            metrics.append((title, "n/a", "", "", "" if limit is None else f"{limit:g}", "no data"))
             continue
         name = f"{key}.png"
         if p["plots"]:
             plot(os.path.join(base, name), f"{title} ({unit})", unit, points, limit)
             plots[key] = os.path.join(base, name)
         values = [y for _x, y in points]
-        out.append(f"| {title} ({unit}) | {values[-1]:g} | {min(values):g} | {max(values):g} | "
-                   f"{'' if limit is None else f'{limit:g}'} | ![{key}](watch-{p['host']}/{name}) |")
+        metrics.append((f"{title} ({unit})", f"{values[-1]:g}", f"{min(values):g}", f"{max(values):g}",
+                        "" if limit is None else f"{limit:g}", md.Markdown(f"![{key}](watch-{p['host']}/{name})")))
+    out += md.table(["metric", "latest", "min", "max", "threshold", "plot"], metrics, "lrrrrl")
     last = samples[-1] if samples else None
     if last:
         types = (last["details"] or {}).get("error_types") or {}
         out += ["", "## The latest sample", "", f"Taken {last['taken_at']}.", "",
                 "Error types in its interval: " + (", ".join(f"{k}: {v}" for k, v in types.items()) or "none") + ".",
-                "", "| table | size | live rows | dead tuples |", "|---|---:|---:|---:|"]
-        out += [f"| {t['table']} | {int(t['total_bytes']) / 1048576:.2f} MiB | {t['live_tuples']} | "
-                f"{t['dead_tuples']} |" for t in (last["details"] or {}).get("tables", [])]
+                ""]
+        out += md.table(["table", "size", "live rows", "dead tuples"],
+                        [(t["table"], f"{int(t['total_bytes']) / 1048576:.2f} MiB", str(t["live_tuples"]),
+                          str(t["dead_tuples"])) for t in (last["details"] or {}).get("tables", [])], "lrrr")
         checks = (last["details"] or {}).get("app_checks") or []
         if checks:
             out += ["", "Application checks: " + "; ".join(
                 f"{c.get('name')} {'ok' if c.get('ok') else 'FAILED: ' + str(c.get('reason'))}" for c in checks) + "."]
-    md = os.path.join(p["report_dir"], f"watch-{p['host']}.md")
-    write_report(md, "\n".join(out) + "\n")
+    md_path = os.path.join(p["report_dir"], f"watch-{p['host']}.md")
+    write_report(md_path, "\n".join(out) + "\n")
     data = os.path.join(p["report_dir"], f"watch-{p['host']}.json")
     write_report(data, json.dumps(json_safe({"host": p["host"], "phase6_finished_at": start, "hours": p["hours"],
                                              "over": over, "samples": rows}), indent=2, default=str) + "\n")
-    return {"md": md, "json": data, "plots": plots}
+    return {"md": md_path, "json": data, "plots": plots}
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+pgmigrate_direct.py
