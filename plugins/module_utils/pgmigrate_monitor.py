@@ -312,7 +312,6 @@ def event_lag(cur: Any, reading: tuple[str, str, str] | None) -> float | None:
 # validated foreign key already guarantees it (PostgreSQL enforces it on every write): the
 # samples after the keys are validated stay cheap whatever the data's size.
 # (name, relation, column, SQL, the foreign key that guarantees it: (column, referenced table)).
-IntegrityCheck = tuple[str, str, str | None, str, tuple[str, str] | None]
 MONITOR_KEYS = ("probe", "event_lag", "integrity")
 
 
@@ -347,7 +346,7 @@ def monitor_checks(migration_dir: str | None, monitor: dict | None, probe_sql: s
             raise MigrationError("the migration's monitor.event_lag needs table, column and file "
                                  "(docs/writing-a-migration.md)")
         lag = (str(e["table"]), str(e["column"]), migration_sql(migration_dir, e["file"]))
-    checks: list[IntegrityCheck] = []
+    checks: list[tuple] = []
     for check in monitor.get("integrity") or []:
         if not isinstance(check, dict) or not all(check.get(k) for k in ("name", "table", "file")):
             raise MigrationError("each of the migration's monitor.integrity checks needs name, table and file, "
@@ -371,7 +370,7 @@ SELECT EXISTS (
        AND c.conrelid = to_regclass(%s) AND c.confrelid = to_regclass(%s) AND a.attname = %s)"""
 
 
-def integrity(cur: Any, checks: list[IntegrityCheck], guaranteed: list[str] | None = None) -> dict[str, int]:
+def integrity(cur: Any, checks: list[tuple], guaranteed: list[str] | None = None) -> dict[str, int]:
     """The violation count of each check that can be violated; the names of those a validated
     foreign key guarantees are appended to `guaranteed` instead of being counted."""
     found: dict[str, int] = {}
