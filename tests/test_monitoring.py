@@ -18,6 +18,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extras
 import pytest
+import yaml
 from helpers import REPO_ROOT, connect, pgcluster, playbook_output, plugin, query, run_playbook
 
 MIGRATE = "playbooks/migrate.yml"
@@ -26,6 +27,9 @@ webhook_receiver = importlib.import_module("webhook_receiver")
 
 
 monitor = plugin("module_utils", "pgmigrate_monitor")
+# HT-036's probe and checks, as the monitoring role passes them (its manifest's monitor section).
+HT036 = REPO_ROOT / "migrations" / "ht036"
+HT036_CHECKS = monitor.monitor_checks(str(HT036), yaml.safe_load((HT036 / "manifest.yml").read_text())["monitor"])
 
 
 @pytest.fixture
@@ -49,7 +53,7 @@ def sample_of(db: dict[str, Any]) -> dict[str, Any]:
     conn = connect(db)
     conn.autocommit = True
     try:
-        return monitor.take_sample(conn, monitor.DEFAULT_PROBE_SQL, 5, 5000)
+        return monitor.take_sample(conn, HT036_CHECKS["probe_sql"], 5, 5000, checks=HT036_CHECKS)
     finally:
         conn.close()
 

@@ -22,7 +22,16 @@ from typing import Any
 
 import psycopg2
 import pytest
-from helpers import connect, make_cluster_tempdir, pgcluster, playbook_output, plugin, query, run_playbook
+from helpers import (
+    REPO_ROOT,
+    connect,
+    make_cluster_tempdir,
+    pgcluster,
+    playbook_output,
+    plugin,
+    query,
+    run_playbook,
+)
 from prometheus_helpers import prometheus_fixture  # noqa: F401 - the fixture
 
 DEADLINE_S = 30.0
@@ -124,9 +133,11 @@ def waiters(fresh_db: dict[str, Any]) -> Iterator[Waiters]:
             w.release()
 
 
+# HT-036's probe, as the migration role passes it (its manifest's monitor.probe).
+HT036_PROBE = (REPO_ROOT / "migrations" / "ht036" / "monitor" / "probe.sql").read_text().strip()
 # Every signal's limits out of reach: each test below brings its own back, so a busy machine's
 # noise in the others cannot decide for them.
-QUIET = {"probe_max_ms": 60000, "probe_critical_ms": 120000, "active_sessions_max": 1000,
+QUIET = {"probe_sql": HT036_PROBE, "probe_max_ms": 60000, "probe_critical_ms": 120000, "active_sessions_max": 1000,
          "active_sessions_critical": 1000, "lock_waiters_max": 1000, "lock_waiters_critical": 1000,
          "replication_lag_max_s": 1000, "replication_lag_critical_s": 1000,
          "cpu_sessions_max": 1000, "cpu_sessions_critical": 1000, "app_cpu_sessions_critical": 1000,

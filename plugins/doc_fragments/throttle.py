@@ -14,7 +14,10 @@ options:
         pre-migration baseline that phase 1's ledger record keeps. Over a signal's C(max) the batches
         slow down; over its C(critical) limit they pause until every signal is back under it.
       - "Keys (all optional; the migration role builds the dict from the C(migration_throttle_*)
-        variables): C(enabled) (bool, default C(true)), C(probe_sql) (default: the monitoring probe),
+        variables and the migration's manifest): C(enabled) (bool, default C(true)), C(tables) (the
+        application's tables the batches write, whose lock waiters are counted besides the engine's
+        own; default none: the manifest's C(throttle.tables)), C(probe_sql) (default: none, no probe;
+        the migration role passes the manifest's C(monitor.probe)),
         C(probe_max_ms), C(probe_critical_ms), C(active_sessions_max), C(active_sessions_critical),
         C(lock_waiters_max), C(lock_waiters_critical) (C(0), the default, derives the limit from the
         baseline), C(replication_lag_max_s) (default C(5)), C(replication_lag_critical_s) (default

@@ -224,8 +224,8 @@ def backoff_delays(initial_ms: int, max_ms: int) -> Iterator[float]:
 
 # PostgreSQL cancels a (non-wraparound) autovacuum that blocks a lock request once the request
 # has waited deadlock_timeout (1 s). Ours give up after lock_timeout (50 ms), long before, and
-# would wait behind the vacuum attempt after attempt (after phase 3's updates, autovacuum is due
-# on client_app_overrides). So after a lock timeout we ask as PostgreSQL would: the autovacuum
+# would wait behind the vacuum attempt after attempt (after a backfill's updates, autovacuum is
+# due on the table it updated). So after a lock timeout we ask as PostgreSQL would: the autovacuum
 # workers of this database that hold a lock on a relation the SQL names are cancelled, and
 # autovacuum comes back later. An anti-wraparound vacuum is left alone, as PostgreSQL leaves it.
 # Only a superuser may cancel an autovacuum worker (on PostgreSQL 18 also a member of

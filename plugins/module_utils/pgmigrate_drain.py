@@ -60,7 +60,6 @@ CREATED_KIND = "cron_job"
 # within a minute of the database being back); one whose database is gone exits at once.
 DEFAULTS: dict[str, Any] = {"batch": 500, "idle_ms": 100, "statement_timeout_ms": 10000,
                             "transition_check_s": 5.0, "heartbeat_s": 1.0, "reconnect_for_s": 600.0}
-WORKER_TABLES = ["client_app_overrides", "module_installations", "integration_events"]
 REFUSED = 3  # the worker's exit status when another one holds the database's lock
 
 _LOCK_HOLDER_SQL = f"""
@@ -408,7 +407,7 @@ class Worker:
         # The drain lives for days: a long pause under critical load is waited out, never a
         # reason to stop (the watch alerts on the queue's age meanwhile).
         given = {**(self.cfg.get("throttle") or {}), "max_pause_s": 10 ** 9}
-        return Throttle(self.params, given, WORKER_TABLES, "the transition's drain")
+        return Throttle(self.params, given, [], "the transition's drain")
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import decimal
 import json
 import math
 import os
@@ -38,13 +39,9 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
 # when the difference is larger than min_delta_ms (a sub-millisecond probe doubles on noise).
 DEFAULT_ABORT = {"degradation_pct": 50.0, "min_delta_ms": 20.0}
 
-# A fixed read-only probe on tables that exist before and after the migration, timed the same
-# way for the baseline and every later sample: its p95 is the "performance" of 5.1.
-DEFAULT_PROBE_SQL = (
-    "SELECT c.id, count(o.id) FROM clients_enhanced c "
-    "LEFT JOIN client_app_overrides o ON o.client_id = c.id "
-    "GROUP BY c.id ORDER BY c.id LIMIT 50"
-)
+# What the probe is when the migration names none (its manifest's monitor.probe): no probe, its
+# p95 0 and never alerted on.
+NO_PROBE_NOTE = "no probe: the migration names none (its manifest's monitor.probe, or migration_monitor_probe_sql)"
 
 
 def utcnow() -> str:
@@ -123,6 +120,37 @@ def _exists(cur: Any, relation: str, column: str | None = None) -> bool:
                                WHERE attrelid = to_regclass(%s) AND attname = %s AND NOT attisdropped)""",
             (relation, column))
     return bool(cur.fetchone()[0])
+
+
+def object_exists(cur: Any, name: str) -> bool:
+    """A relation ("table", "schema.table") or a column ("table.column") of the migration's
+    schema exists: what a migration's check `requires`."""
+    if "." in name:
+        relation, column = name.rsplit(".", 1)
+        if _exists(cur, relation, column):
+            return True
+    return _exists(cur, name)
+
+
+def applies(cur: Any, entry: dict) -> bool:
+    """Whether a manifest entry's query can run now: every object it `requires` exists and none
+    it runs `unless` does (a fallback for an older schema)."""
+    return (all(object_exists(cur, n) for n in entry.get("requires") or [])
+            and not any(object_exists(cur, n) for n in entry.get("unless") or []))
+
+
+def _number(value: Any) -> Any:
+    """A query's value as JSON keeps it: numeric as float (json_safe would make it a string)."""
+    return float(value) if isinstance(value, decimal.Decimal) else value
+
+
+def named_values(cur: Any, sql: str, args: Any = None) -> dict[str, Any]:
+    """A migration's query returning rows of (name, value), as {name: value}, in its order."""
+    cur.execute(sql, args)
+    if cur.description is None or len(cur.description) < 2:
+        raise MigrationError("a migration's query must return rows of (name, value): "
+                             + (sql.strip().splitlines() or [""])[0][:120])
+    return {str(row[0]): _number(row[1]) for row in cur.fetchall()}
 
 
 def connections(cur: Any) -> dict[str, Any]:
@@ -220,6 +248,8 @@ def statements_p95(before: dict[str, list] | None, after: dict[str, list]) -> fl
 
 
 def probe_p95(cur: Any, sql: str, runs: int, timeout_ms: int) -> dict[str, Any]:
+    if not sql:
+        return {"p95_ms": 0.0, "p50_ms": 0.0, "runs": 0, "note": NO_PROBE_NOTE}
     cur.execute("SET statement_timeout = %s", (f"{timeout_ms}ms",))
     timings: list[float] = []
     error = None
@@ -257,44 +287,74 @@ def replication(cur: Any) -> dict[str, Any]:
             "note": None if rows else "no replicas attached (or no pg_monitor privilege to see them)"}
 
 
-def event_lag(cur: Any) -> float | None:
-    if not _exists(cur, "integration_events", "processed_at"):
+def event_lag(cur: Any, reading: tuple[str, str, str] | None) -> float | None:
+    """The migration's event lag in seconds (its manifest's monitor.event_lag: table, column and
+    the SQL returning one value), None where it names none or its table.column does not exist."""
+    if reading is None:
         return None
-    cur.execute("""SELECT extract(epoch FROM clock_timestamp() - min(created_at))
-                     FROM integration_events
-                    WHERE processed_at IS NULL AND status IN ('pending', 'processing')""")
-    value = cur.fetchone()[0]
+    relation, column, sql = reading
+    if not _exists(cur, relation, column):
+        return None
+    cur.execute(sql)
+    row = cur.fetchone()
+    value = row[0] if row else None
     return round(float(value), 1) if value is not None else 0.0
 
 
-# Integrity checks (5.1 "critical data integrity violations"): each runs only where its objects
-# exist, so the same list works before, during and after the migration. Each is a scan of a
-# table, so it is left out where a validated foreign key already guarantees it (PostgreSQL
-# enforces it on every write; the workflows' and packages' keys exist from phase 2, the
-# overrides' from phase 4): the samples after phase 4 stay cheap whatever the data's size.
+# Integrity checks (5.1 "critical data integrity violations"), the migration's (its manifest's
+# monitor.integrity): each runs only where its objects exist, so the same list works before,
+# during and after the migration. Each is a scan of a table, so it is left out where a
+# validated foreign key already guarantees it (PostgreSQL enforces it on every write): the
+# samples after the keys are validated stay cheap whatever the data's size.
 # (name, relation, column, SQL, the foreign key that guarantees it: (column, referenced table)).
-INTEGRITY_CHECKS: list[tuple[str, str, str | None, str, tuple[str, str]]] = [
-    ("overrides linked to a marketplace module that does not exist",
-     "client_app_overrides", "marketplace_module_id",
-     """SELECT count(*) FROM client_app_overrides o
-         WHERE o.marketplace_module_id IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM marketplace_modules m WHERE m.id = o.marketplace_module_id)""",
-     ("marketplace_module_id", "marketplace_modules")),
-    ("overrides linked to an installation that does not exist",
-     "client_app_overrides", "installation_id",
-     """SELECT count(*) FROM client_app_overrides o
-         WHERE o.installation_id IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM module_installations i WHERE i.id = o.installation_id)""",
-     ("installation_id", "module_installations")),
-    ("workflows whose client does not exist", "orchestration_workflows", None,
-     """SELECT count(*) FROM orchestration_workflows w
-         WHERE NOT EXISTS (SELECT 1 FROM clients_enhanced c WHERE c.id = w.client_id)""",
-     ("client_id", "clients_enhanced")),
-    ("handover packages whose client does not exist", "handover_packages", None,
-     """SELECT count(*) FROM handover_packages h
-         WHERE NOT EXISTS (SELECT 1 FROM clients_enhanced c WHERE c.id = h.client_id)""",
-     ("client_id", "clients_enhanced")),
-]
+MONITOR_KEYS = ("probe", "event_lag", "integrity")
+
+
+def migration_sql(migration_dir: str | None, file: str) -> str:
+    """A SQL file the migration's manifest names: relative to its directory, or absolute."""
+    path = file if os.path.isabs(file) or not migration_dir else os.path.join(migration_dir, file)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise MigrationError(f"cannot read {path}, which the migration's manifest names: "
+                             f"{exc.strerror or exc} (migration_plan)") from exc
+
+
+def monitor_checks(migration_dir: str | None, monitor: dict | None, probe_sql: str | None = None) -> dict[str, Any]:
+    """The migration's monitoring, its manifest's monitor section (files relative to
+    migration_dir), read and checked once: {probe_sql, event_lag, integrity}. probe_sql, when
+    given, is the probe instead of monitor.probe (migration_monitor_probe_sql). An empty
+    section: no probe, no event lag, no integrity checks."""
+    monitor = monitor or {}
+    if not isinstance(monitor, dict):
+        raise MigrationError("the migration's monitor section must be a mapping (docs/writing-a-migration.md)")
+    unknown = sorted(set(monitor) - set(MONITOR_KEYS))
+    if unknown:
+        raise MigrationError(f"unknown key(s) {', '.join(unknown)} in the migration's monitor section: the "
+                             f"known ones are {', '.join(MONITOR_KEYS)} (docs/writing-a-migration.md)")
+    probe = probe_sql or (migration_sql(migration_dir, monitor["probe"]).strip() if monitor.get("probe") else "")
+    lag = None
+    if monitor.get("event_lag"):
+        e = monitor["event_lag"]
+        if not isinstance(e, dict) or not all(e.get(k) for k in ("table", "column", "file")):
+            raise MigrationError("the migration's monitor.event_lag needs table, column and file "
+                                 "(docs/writing-a-migration.md)")
+        lag = (str(e["table"]), str(e["column"]), migration_sql(migration_dir, e["file"]))
+    checks: list[tuple] = []
+    for check in monitor.get("integrity") or []:
+        if not isinstance(check, dict) or not all(check.get(k) for k in ("name", "table", "file")):
+            raise MigrationError("each of the migration's monitor.integrity checks needs name, table and file, "
+                                 f"not {check!r} (docs/writing-a-migration.md)")
+        fk = check.get("guaranteed_by") or None
+        if fk is not None and (not isinstance(fk, dict) or not fk.get("column") or not fk.get("references")):
+            raise MigrationError(f"monitor.integrity {check['name']!r}: guaranteed_by needs column and references "
+                                 "(docs/writing-a-migration.md)")
+        checks.append((str(check["name"]), str(check["table"]), check.get("column") or None,
+                       migration_sql(migration_dir, check["file"]),
+                       (str(fk["column"]), str(fk["references"])) if fk else None))
+    return {"probe_sql": probe, "event_lag": lag, "integrity": checks}
+
 
 # Is there a validated single-column foreign key from relation.column to referenced?
 _VALIDATED_FK = """
@@ -305,26 +365,29 @@ SELECT EXISTS (
        AND c.conrelid = to_regclass(%s) AND c.confrelid = to_regclass(%s) AND a.attname = %s)"""
 
 
-def integrity(cur: Any, guaranteed: list[str] | None = None) -> dict[str, int]:
+def integrity(cur: Any, checks: list[tuple], guaranteed: list[str] | None = None) -> dict[str, int]:
     """The violation count of each check that can be violated; the names of those a validated
     foreign key guarantees are appended to `guaranteed` instead of being counted."""
     found: dict[str, int] = {}
-    for name, relation, column, sql, (fk_column, referenced) in INTEGRITY_CHECKS:
+    for name, relation, column, sql, fk in checks:
         if not _exists(cur, relation, column):
             continue
-        cur.execute(_VALIDATED_FK, (relation, referenced, fk_column))
-        if cur.fetchone()[0]:
-            if guaranteed is not None:
-                guaranteed.append(name)
-            continue
+        if fk is not None:
+            cur.execute(_VALIDATED_FK, (relation, fk[1], fk[0]))
+            if cur.fetchone()[0]:
+                if guaranteed is not None:
+                    guaranteed.append(name)
+                continue
         cur.execute(sql)
         found[name] = int(cur.fetchone()[0])
     return found
 
 
 def take_sample(conn: Any, probe_sql: str, probe_runs: int, probe_timeout_ms: int,
-                with_integrity: bool = True) -> dict[str, Any]:
-    """One sample of everything 2.1 and 4.2 name. conn must be in autocommit."""
+                with_integrity: bool = True, checks: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One sample of everything 2.1 and 4.2 name. conn must be in autocommit. checks: the
+    migration's event lag and integrity checks (monitor_checks); none without them."""
+    checks = checks or {}
     started = time.monotonic()
     sample: dict[str, Any] = {"at": utcnow()}
     with conn.cursor() as cur:
@@ -339,10 +402,10 @@ def take_sample(conn: Any, probe_sql: str, probe_runs: int, probe_timeout_ms: in
         sample["probe"] = probe_p95(cur, probe_sql, probe_runs, probe_timeout_ms)
         sample["database_size_bytes"] = database_size(cur)
         sample["replication"] = replication(cur)
-        sample["event_lag_s"] = event_lag(cur)
+        sample["event_lag_s"] = event_lag(cur, checks.get("event_lag"))
         if with_integrity:
             guaranteed: list[str] = []
-            sample["integrity"] = integrity(cur, guaranteed)
+            sample["integrity"] = integrity(cur, checks.get("integrity") or [], guaranteed)
             sample["integrity_by_constraint"] = guaranteed
     sample["sample_ms"] = round((time.monotonic() - started) * 1000.0, 1)
     return sample
@@ -474,6 +537,8 @@ class Sampler:
         self.conn = None
         self.min_xacts = float({**DEFAULT_THRESHOLDS, **p["thresholds"]}["error_rate_min_xacts"])
         os.makedirs(p["workdir"], mode=0o750, exist_ok=True)
+        # The migration's probe and checks, read once (a bad manifest entry fails here, before any sample).
+        self.checks = monitor_checks(p.get("migration_dir"), p.get("monitor"), p["probe_sql"])
         self.samples_file = os.path.join(p["workdir"], "samples.jsonl")
         self.alerts_file = os.path.join(p["workdir"], "alerts.jsonl")
 
@@ -492,8 +557,8 @@ class Sampler:
         """(raw sample, derived metrics, alerts, record written to samples.jsonl)."""
         p = self.p
         try:
-            raw = take_sample(self._connection(), p["probe_sql"] or DEFAULT_PROBE_SQL,
-                              p["probe_runs"], p["probe_timeout_ms"], with_integrity)
+            raw = take_sample(self._connection(), self.checks["probe_sql"],
+                              p["probe_runs"], p["probe_timeout_ms"], with_integrity, self.checks)
         except MigrationError as exc:
             record = {"at": utcnow(), "phase": p["phase"], "kind": kind, "error": str(exc)}
             _append(self.samples_file, record)
@@ -568,7 +633,7 @@ def sample_once(p: dict) -> dict:
 SAMPLE_DEFAULTS: dict[str, Any] = {
     "workdir": None, "phase": "", "kind": "sample", "baseline": None, "thresholds": {}, "abort": {},
     "probe_sql": None, "probe_runs": 10, "probe_timeout_ms": 5000, "stop_sampler": False,
-    "sampler_job_file": None,
+    "sampler_job_file": None, "migration_dir": None, "monitor": {},
 }
 
 

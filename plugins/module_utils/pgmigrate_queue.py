@@ -26,8 +26,9 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttl
     run_capped,
 )
 
-# What the drain writes: the throttle counts the lock waiters on these.
-THROTTLED_TABLES = ["client_app_overrides", f"{LEDGER_SCHEMA}.transition_queue"]
+# The engine's own table the drain writes; the application's come with the throttle option's
+# tables (the migration's manifest, throttle.tables). The throttle counts the lock waiters on both.
+THROTTLED_TABLES = [f"{LEDGER_SCHEMA}.transition_queue"]
 # Entries per call: the first call's, the bounds a call's size adapts within, and its target.
 DRAIN_DEFAULTS: dict[str, int] = {"batch_size": 200, "min_batch_size": 10, "max_batch_size": 5000,
                                   "target_batch_ms": 50}

@@ -43,10 +43,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     connect,
     sqlstate,
 )
-from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
-    DEFAULT_PROBE_SQL,
-    prometheus_query,
-)
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import prometheus_query
 
 try:
     import psycopg2
@@ -59,6 +56,10 @@ except ImportError:  # pragma: no cover - connect() says what to install
 # A limit of 0 is derived from the baseline (derive_limits).
 THROTTLE_DEFAULTS: dict[str, Any] = {
     "enabled": True,
+    # The application's tables the batches write (the migration's manifest, throttle.tables):
+    # the lock_waiters signal counts the sessions waiting for a lock on them, besides the
+    # engine's own tables each module names.
+    "tables": [],
     "probe_sql": "",
     "probe_max_ms": 0.0,
     "probe_critical_ms": 0.0,
@@ -136,6 +137,10 @@ def options(given: dict | None) -> dict[str, Any]:
         raise MigrationError(f"unknown throttle option(s) {', '.join(unknown)}: the known ones are "
                              f"{', '.join(THROTTLE_DEFAULTS)} (migration_throttle_* variables)")
     opts = {**THROTTLE_DEFAULTS, **given}
+    if not isinstance(opts["tables"], list | tuple) or not all(isinstance(t, str) for t in opts["tables"]):
+        raise MigrationError(f"throttle option tables must be a list of table names, not {opts['tables']!r} "
+                             "(the migration's manifest: throttle.tables)")
+    opts["tables"] = list(opts["tables"])
     for key, default in THROTTLE_DEFAULTS.items():
         if isinstance(default, bool):
             opts[key] = str(opts[key]).lower() in ("1", "true", "yes", "on") \
@@ -286,7 +291,7 @@ class Throttle:
         self.opts = options(given)
         self.params = params
         self.name = name
-        self.tables = [t for t in tables if t]
+        self.tables = [t for t in [*tables, *self.opts["tables"]] if t]
         self.conn = None
         self.lock = threading.Lock()
         self.level = 0
@@ -323,10 +328,12 @@ class Throttle:
         return self.conn
 
     def _probe(self, cur) -> float:
+        if not self.opts["probe_sql"]:  # the migration names no probe: nothing to slow down for
+            return 0.0
         cur.execute("SET statement_timeout = %s", (f"{max(1000, int(self.limits.get('probe', (0, 5000))[1] * 2))}ms",))
         started = time.perf_counter()
         try:
-            cur.execute(self.opts["probe_sql"] or DEFAULT_PROBE_SQL)
+            cur.execute(self.opts["probe_sql"])
             cur.fetchall()
             return (time.perf_counter() - started) * 1000.0
         except psycopg2.Error:  # a probe cut short by its timeout is slower than critical

@@ -232,8 +232,9 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttl
 )
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttle import options as throttle_options
 
-# What the batches write: the throttle counts the lock waiters on these.
-THROTTLED_TABLES = ["client_app_overrides", "migration_ledger.phase3_override_plan"]
+# The engine's own table the batches write; the application's come with the throttle option's
+# tables (the migration's manifest, throttle.tables). The throttle counts the lock waiters on both.
+THROTTLED_TABLES = ["migration_ledger.phase3_override_plan"]
 
 STATS = ("planned", "ambiguous", "ambiguous_resolved_by_installation",
          "ambiguous_resolved_by_oldest_listing", "with_installation")
@@ -376,7 +377,8 @@ def link_range(conn, p: dict, lock: dict, lo: int, hi: int, per_page: float, sto
             raise MigrationError(
                 f"{len(revisit)} page range(s) still hold overrides locked by another "
                 f"transaction after {done['passes']} passes: a long transaction holds them; find it "
-                "in pg_stat_activity (client_app_overrides), or raise migration_lock_attempts")
+                "in pg_stat_activity (the sessions holding locks on the table the batches write), or raise "
+                "migration_lock_attempts")
         time.sleep(next(delays))
         done["passes"] += 1
         revisit = [r for r in revisit if revisit_pages(batch, *r)]

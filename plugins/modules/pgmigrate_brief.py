@@ -18,7 +18,7 @@ description:
     undo it (the rollback commands), who has not signed yet, and what the strategy's delete rules
     will do to the application's data. Written as I(report_dir)/I(stem).json and I(stem).md.
   - Reads the database in one read-only transaction (sizes, row estimates, the ledger and the
-    sign-off sheet when they exist, how many overrides phase 3 would link to an installation) and
+    sign-off sheet when they exist, the migration's delete-rules query I(delete_rules)) and
     the rehearsal reports under I(rehearsal_dir); changes nothing in the database, not even the
     ledger.
   - Durations come from the latest rehearsal whose source is this host (its C(context.source)
@@ -93,6 +93,35 @@ options:
     type: dict
     default: {}
     description: "Which notification channels are set (names, never secrets)."
+  tables:
+    type: list
+    elements: str
+    default: []
+    description: The tables whose size and row estimate the briefing shows, in order (the migration's).
+  scale_table:
+    type: str
+    description: >-
+      The table whose rows scale the size-based estimate (the migration's manifest,
+      C(brief.scale_table)); its count is the briefing's C(database.overrides). None - 0.
+  estimate:
+    type: dict
+    default: {}
+    description: >-
+      The size-based estimate per phase where no rehearsal gives its duration (the migration's
+      manifest, C(brief.estimate)) - C([fixed seconds, seconds per MiB of the database, seconds per
+      1000 rows of scale_table]); a phase it does not name - C([1, 0, 0]).
+  delete_rules:
+    type: dict
+    default: {}
+    description:
+      - What the migration's delete rules will do to the application's data (its manifest's
+        C(brief.delete_rules)) - C(file), a query returning rows of (name, value), the briefing's
+        C(delete_rules) (names starting with C(_) only fill the text); C(markdown), a file, the
+        briefing's section; C(summary), its summary's clause; both with C({name}) filled in.
+      - Empty - no delete rules in the briefing.
+  migration_dir:
+    type: path
+    description: The migration's directory; the files I(delete_rules) names are relative to it.
 extends_documentation_fragment:
   - agency.pgmigrate.connection
   - agency.pgmigrate.lock
@@ -148,33 +177,49 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     connect,
     fetch_dicts,
     json_safe,
+    quote_ident,
 )
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_drain import (
     pg_cron_version,
     seconds_schedule,
 )
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
+    migration_sql,
+    named_values,
     report_pair_paths,
     utcnow,
     write_report_pair,
 )
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_plan import latest_rehearsal
 
-TABLES = ["clients_enhanced", "marketplace_modules", "module_installations", "client_app_overrides",
-          "client_deployments", "orchestration_workflows", "workflow_executions", "handover_packages",
-          "integration_events"]
+# Size-based estimate where no rehearsal exists, per phase (the migration's manifest,
+# brief.estimate): (fixed seconds, seconds per MiB of the database, seconds per 1000 rows of the
+# scale table). A phase it does not name: a fixed second.
+DEFAULT_ESTIMATE = (1.0, 0.0, 0.0)
+DELETE_RULES_KEYS = ("file", "markdown", "summary")
 
-# Size-based estimate where no rehearsal exists: a fixed cost per phase plus what scales,
-# calibrated on the sandbox (docs/benchmarks.md's measured tables: 100,000 clients, about 1.1 M overrides).
-# (fixed seconds, seconds per MiB of the database, seconds per 1000 overrides)
-ESTIMATE = {
-    "1": (2.0, 0.04, 0.0),    # pg_dump -Fc -Z1, pg_restore --list, backup tables
-    "2": (1.0, 0.0, 0.002),   # two CREATE INDEX CONCURRENTLY on the overrides
-    "3": (3.0, 0.0, 0.02),    # linkage plan and batches, inserts beside
-    "4": (1.0, 0.0, 0.003),   # NOT VALID + VALIDATE of two foreign keys
-    "5": (1.0, 0.0, 0.0),     # views, RLS, grants: catalog only
-    "6": (3.0, 0.0, 0.005),   # the validator and the timed cross-system queries
-}
+
+def delete_rules_plan(migration_dir: str | None, rules: dict | None) -> dict:
+    """The migration's brief.delete_rules, its files read and checked: {sql, markdown, summary}
+    (empty: no delete rules in the briefing)."""
+    if not rules:
+        return {}
+    unknown = sorted(set(rules) - set(DELETE_RULES_KEYS)) if isinstance(rules, dict) else ["(not a mapping)"]
+    if unknown or not rules.get("file"):
+        raise MigrationError(f"the migration's brief.delete_rules needs a file (and may have markdown and summary); "
+                             f"unknown: {', '.join(unknown) or 'none'} (docs/writing-a-migration.md)")
+    return {"sql": migration_sql(migration_dir, rules["file"]),
+            "markdown": migration_sql(migration_dir, rules["markdown"]) if rules.get("markdown") else "",
+            "summary": str(rules.get("summary") or "")}
+
+
+def fill(text: str, facts: dict) -> str:
+    """The migration's text with {name} replaced by its delete-rules facts."""
+    try:
+        return text.format_map(facts)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise MigrationError(f"the migration's briefing text names {exc} which its delete rules query does not "
+                             "return (docs/writing-a-migration.md)") from exc
 
 
 def parse_window(text: str) -> datetime.datetime | None:
@@ -190,7 +235,7 @@ def parse_window(text: str) -> datetime.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
 
 
-def read_database(conn) -> dict:
+def read_database(conn, tables: list[str], scale_table: str | None, rules_sql: str) -> dict:
     out: dict = {}
     with conn.cursor() as cur:
         cur.execute("SET TRANSACTION READ ONLY")
@@ -202,21 +247,14 @@ def read_database(conn) -> dict:
                    pg_total_relation_size(c.oid) AS total_bytes
               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname = ANY(%s)
-             ORDER BY array_position(%s, c.relname::text)""", (TABLES, TABLES))
-        cur.execute("SELECT count(*) FROM client_app_overrides")
-        out["overrides"] = int(cur.fetchone()[0])
-        # What phase 3 would link to an installation (its join, without the ambiguity rules):
-        # each of these overrides is deleted with its installation once fk_cao_installation exists.
-        cur.execute("""SELECT count(DISTINCT o.id) FROM client_app_overrides o
-                         JOIN marketplace_modules m ON m.name = o.app_name
-                         JOIN module_installations i ON i.module_id = m.id AND i.tenant_id = o.client_id""")
-        out["overrides_linkable_to_installation"] = int(cur.fetchone()[0])
-        cur.execute("""SELECT confdeltype FROM pg_constraint
-                        WHERE conname = 'fk_cao_installation'
-                          AND conrelid = to_regclass('client_app_overrides')""")
-        row = cur.fetchone()
-        out["fk_cao_installation"] = {"c": "ON DELETE CASCADE", "n": "ON DELETE SET NULL", "a": "NO ACTION",
-                                      "r": "RESTRICT", "d": "SET DEFAULT"}.get(row[0], row[0]) if row else None
+             ORDER BY array_position(%s, c.relname::text)""", (tables, tables))
+        # The rows that scale the size-based estimate (kept as "overrides", HT-036's, in the JSON).
+        out["overrides"] = 0
+        if scale_table:
+            cur.execute(f"SELECT count(*) FROM {quote_ident(scale_table)}")
+            out["overrides"] = int(cur.fetchone()[0])
+        # What the migration's delete rules will do (its query: rows of (name, value)).
+        out["delete_rules"] = named_values(cur, rules_sql) if rules_sql else {}
         cur.execute("SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
                     (f"{LEDGER_SCHEMA}.history", f"{LEDGER_SCHEMA}.approvals"))
         out["ledger_exists"], approvals_exist = cur.fetchone()
@@ -233,8 +271,8 @@ def read_database(conn) -> dict:
     return json_safe(out)
 
 
-def estimate(phase: str, db: dict) -> float:
-    fixed, per_mib, per_k = ESTIMATE.get(phase, (1.0, 0.0, 0.0))
+def estimate(phase: str, db: dict, model: dict) -> float:
+    fixed, per_mib, per_k = (float(x) for x in model.get(phase, DEFAULT_ESTIMATE))
     return round(fixed + per_mib * db["database_size_bytes"] / 1048576 + per_k * db["overrides"] / 1000, 1)
 
 
@@ -274,7 +312,8 @@ def build(p: dict, db: dict, rehearsal: dict | None, rehearsal_path: str) -> dic
                            "source": "rehearsal", "rows": seen.get("rows"),
                            "applied": number in p["applied"]})
         else:
-            phases.append({"phase": number, "title": p["phase_titles"][number], "seconds": estimate(number, db),
+            phases.append({"phase": number, "title": p["phase_titles"][number],
+                           "seconds": estimate(number, db, p["estimate"]),
                            "source": "estimate", "rows": None, "applied": number in p["applied"]})
     todo = [x for x in phases if not x["applied"]]
     total = round(sum(x["seconds"] for x in todo), 1)
@@ -301,9 +340,7 @@ def build(p: dict, db: dict, rehearsal: dict | None, rehearsal_path: str) -> dic
         "phases": phases, "total_seconds": total, "window": win,
         "checkpoints": p["checkpoints"], "rollback": p["rollback_commands"],
         "signoffs": sheet, "signoffs_missing": [s["role"] for s in sheet if s["state"] != "go"],
-        "delete_rules": {"fk_cao_installation": db["fk_cao_installation"],
-                         "overrides_linkable_to_installation": db["overrides_linkable_to_installation"],
-                         "overrides": db["overrides"]},
+        "delete_rules": {k: v for k, v in db["delete_rules"].items() if not k.startswith("_")},
         "channels": p["channels"],
         "drain": drain_plan(p["drain_method"], db["pg_cron_version"]),
     })
@@ -331,7 +368,7 @@ def drain_plan(method: str, cron_version: str | None) -> dict:
     return {"method": method, "pg_cron_version": cron_version, "says": says, "by": by}
 
 
-def markdown(b: dict) -> str:
+def markdown(b: dict, texts: dict) -> str:
     db = b["database"]
     out = [f"# Pre-migration briefing: {b['host']} ({b['environment']})", "",
            f"Prepared {b['at']} (strategy 2.2: the briefing 24 hours before the migration).", ""]
@@ -386,19 +423,9 @@ def markdown(b: dict) -> str:
     missing = b["signoffs_missing"]
     out += ["", (f"**Still missing: {', '.join(missing)}** - record each with `playbooks/approve.yml -e "
                  "approval_role=ROLE -e approved_by=NAME`." if missing else "Every sign-off is recorded as go."), ""]
-    d = b["delete_rules"]
-    out += ["## What the delete rules do to the application's data", "",
-            f"- **`fk_cao_installation ... ON DELETE CASCADE`** (strategy 3.4, added by phase 4"
-            f"{'; present now: ' + d['fk_cao_installation'] if d['fk_cao_installation'] else ''}): once it "
-            f"exists, **deleting a module installation deletes the client's override of that app** "
-            f"(`client_app_overrides`, the client's own setting, `enabled` included). Phase 3 will link "
-            f"{d['overrides_linkable_to_installation']} of {d['overrides']} overrides to an installation: "
-            "each of them goes with its installation. An application that uninstalls by deleting the "
-            "installation and reinstalls later loses the client's setting.",
-            "- `fk_cao_marketplace_module ... ON DELETE SET NULL`: deleting a marketplace module unlinks the "
-            "overrides (the override stays).",
-            "- The new tables: deleting a client deletes its workflows, their executions and its handover "
-            "packages (`ON DELETE CASCADE`); deleting a workflow leaves its packages, unlinked (`SET NULL`).", ""]
+    # What the migration's delete rules do (its manifest's brief.delete_rules.markdown, filled in).
+    if texts.get("markdown"):
+        out += texts["markdown"].rstrip("\n").split("\n") + [""]
     out += ["## What drains the transition's queue", "",
             f"From phase 3 until `complete.yml`: {b['drain']['says']}. `playbooks/status.yml` shows the "
             "queue's depth, its oldest entry's age and what drains it; the watch alerts when the age passes "
@@ -409,16 +436,15 @@ def markdown(b: dict) -> str:
     return "\n".join(out)
 
 
-def summary(b: dict) -> str:
+def summary(b: dict, texts: dict) -> str:
     src = (f"durations from the rehearsal of {b['rehearsal']['started_at']}" if b["rehearsal"]
            else "no rehearsal found: durations are size-based ESTIMATES")
     win = f"window starts {b['window']['start']}" if b["window"] else "no window given"
     missing = ", ".join(b["signoffs_missing"]) or "none"
     return (f"pre-migration briefing: {win}; {len([x for x in b['phases'] if not x['applied']])} phase(s), "
-            f"about {human_s(b['total_seconds'])} ({src}); sign-offs missing: {missing}; deleting an "
-            f"installation will delete the client's override (fk_cao_installation ON DELETE CASCADE, "
-            f"{b['delete_rules']['overrides_linkable_to_installation']} overrides); the transition's queue is "
-            f"drained by {b['drain']['by']}")
+            f"about {human_s(b['total_seconds'])} ({src}); sign-offs missing: {missing}; "
+            + (f"{texts['summary']}; " if texts.get("summary") else "")
+            + f"the transition's queue is drained by {b['drain']['by']}")
 
 
 def main() -> None:
@@ -439,6 +465,11 @@ def main() -> None:
             rollback_commands=dict(type="list", elements="dict", default=[]),
             channels=dict(type="dict", default={}),
             drain_method=dict(type="str", default="auto", choices=["auto", "pg_cron", "worker", "none"]),
+            tables=dict(type="list", elements="str", default=[]),
+            scale_table=dict(type="str"),
+            estimate=dict(type="dict", default={}),
+            delete_rules=dict(type="dict", default={}),
+            migration_dir=dict(type="path"),
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
@@ -449,9 +480,10 @@ def main() -> None:
         module.fail_json(msg="stem must be a file name without directories")
     try:
         parse_window(p["window_start"])  # a bad window is refused before anything is read
+        rules = delete_rules_plan(p["migration_dir"], p["delete_rules"])
         conn = connect(p, "pgmigrate-brief")
         try:
-            db = read_database(conn)
+            db = read_database(conn, p["tables"], p["scale_table"], rules.get("sql", ""))
         except Exception as exc:  # noqa: BLE001 - a missing prerequisite table, no privilege
             raise MigrationError(f"cannot read the database for the briefing: {str(exc).strip().splitlines()[0]} "
                                  "(the migration's preflight names what is missing: migrate.yml -e phase=all "
@@ -462,7 +494,11 @@ def main() -> None:
         module.fail_json(msg=str(exc))
     rehearsal, rehearsal_path = latest_rehearsal(p["rehearsal_dir"] or p["report_dir"], p["host"])
     briefing = build(p, db, rehearsal, rehearsal_path)
-    text = markdown(briefing)
+    try:
+        texts = {k: fill(rules.get(k, ""), db["delete_rules"]) for k in ("markdown", "summary")}
+    except MigrationError as exc:
+        module.fail_json(msg=str(exc))
+    text = markdown(briefing, texts)
     paths = report_pair_paths(p["report_dir"], p["stem"])
     if not module.check_mode:
         try:
@@ -471,7 +507,7 @@ def main() -> None:
             module.fail_json(msg=f"cannot write the briefing in {p['report_dir']}: {exc.strerror or exc} "
                                  "(check migration_report_dir)")
     # A briefing is a document, not a change to a database.
-    module.exit_json(changed=False, briefing=briefing, markdown=text, summary=summary(briefing), paths=paths)
+    module.exit_json(changed=False, briefing=briefing, markdown=text, summary=summary(briefing, texts), paths=paths)
 
 
 if __name__ == "__main__":

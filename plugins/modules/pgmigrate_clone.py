@@ -179,7 +179,7 @@ EXAMPLES = r"""
       - {host: prod-db.example.internal, port: 5432, name: app, label: prod}
     mask: true
     mask_rules:
-      - {table: clients_enhanced, column: name, rule: name}
+      - {table: customers, column: name, rule: name}
     mask_salt: "{{ vault_mask_salt }}"
     jobs: 4
     db_host: staging-db.example.internal

@@ -55,9 +55,26 @@ options:
     default: {}
   probe_sql:
     description: >-
-      The read-only probe query whose p95 is the performance measured; default - a fixed query on
-      the application's tables.
+      The read-only probe query whose p95 is the performance measured; default - the migration's
+      probe (I(monitor)'s C(probe)), else no probe (its p95 is 0, never alerted on).
     type: str
+  migration_dir:
+    description: The migration's directory; the files I(monitor) names are relative to it.
+    type: path
+  monitor:
+    description:
+      - The migration's monitoring, its manifest's C(monitor) section (docs/writing-a-migration.md).
+        Empty - no probe, no event lag, no integrity checks.
+      - C(probe) - a SQL file, the read-only probe query (when I(probe_sql) is not given).
+      - C(event_lag) - C(table), C(column), C(file) - a SQL file returning one value, the event
+        processing lag in seconds, read where the column exists (alerted over the C(event_lag_s)
+        threshold).
+      - C(integrity) - a list of C(name), C(table), optional C(column), C(file) (a SQL file returning
+        a count of violations, read where the table and column exist), and optional
+        C(guaranteed_by) (C(column), C(references) - a validated foreign key that makes the check
+        needless, so it is not run). A count over 0 is an abort criterion.
+    type: dict
+    default: {}
   probe_runs:
     description: How many times the probe runs per sample (at least 1).
     type: int
@@ -184,7 +201,11 @@ import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import CONNECTION_ARGS, LOCK_ARGS
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import (
+    CONNECTION_ARGS,
+    LOCK_ARGS,
+    MigrationError,
+)
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
     Sampler,
     sample_once,
@@ -263,6 +284,8 @@ def main() -> None:
             thresholds=dict(type="dict", default={}),
             abort=dict(type="dict", default={}),
             probe_sql=dict(type="str"),
+            migration_dir=dict(type="path"),
+            monitor=dict(type="dict", default={}),
             probe_runs=dict(type="int", default=10),
             probe_timeout_ms=dict(type="int", default=5000),
             interval_s=dict(type="float", default=10),
@@ -288,6 +311,8 @@ def main() -> None:
     except OSError as exc:
         module.fail_json(msg=f"cannot write monitoring files under {p['workdir']}: {exc.strerror or exc} "
                              "(check migration_report_dir)")
+    except MigrationError as exc:
+        module.fail_json(msg=str(exc))
     module.exit_json(**result)
 
 

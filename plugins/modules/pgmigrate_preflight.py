@@ -33,10 +33,17 @@ options:
     default: []
   extended_table:
     description: >-
-      The application's table phase 2 adds columns to; an existing column of another type is a
-      conflict.
+      The application's table phase 2 adds columns to (the migration's manifest,
+      C(extended.table)); an existing column of another type is a conflict. None - no
+      table is extended.
     type: str
-    default: client_app_overrides
+  orphan_files:
+    description: >-
+      SQL files returning rows of (name, count), the orphan report (the migration's manifest,
+      C(preflight.orphans)); read in the same snapshot as the row counts when I(report) is true.
+    type: list
+    elements: path
+    default: []
   check_conflicts:
     description: Run the shape probe and look for conflicting objects (false once phase 2 is applied).
     type: bool
@@ -44,7 +51,7 @@ options:
   report:
     type: bool
     default: true
-    description: Also return the integrity counts and the orphan report, from one snapshot.
+    description: Also return the row counts and the orphan report (I(orphan_files)), from one snapshot.
   require_create:
     type: bool
     default: true
@@ -107,13 +114,14 @@ EXAMPLES = r"""
 - name: Check the prerequisites and what phase 2 would find in its way
   agency.pgmigrate.pgmigrate_preflight:
     prerequisites:
-      clients_enhanced: {id: uuid, name: text, created_at: null}
-      marketplace_modules: {id: uuid, name: text}
-      client_app_overrides: {id: uuid, client_id: uuid, app_name: text, enabled: boolean}
+      customers: {id: uuid, name: text, created_at: null}
+      orders: {id: uuid, customer_id: uuid, total: numeric}
     shape_files:
-      - files/sql/phase2/deploy/010_columns.sql
-      - files/sql/phase2/deploy/020_tables.sql
-    new_tables: [orchestration_workflows, workflow_executions, handover_packages, integration_events]
+      - migrations/orders_v2/phase2/deploy/010_columns.sql
+      - migrations/orders_v2/phase2/deploy/020_tables.sql
+    new_tables: [order_events]
+    extended_table: orders
+    orphan_files: [migrations/orders_v2/preflight/orphans.sql]
     db_host: db.example.internal
     db_name: app
     db_user: migrator
@@ -158,10 +166,10 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     LOCK_ARGS,
     MigrationError,
     connect,
-    fetch_dicts,
     quote_ident,
     with_lock_retry,
 )
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import migration_sql, named_values
 
 TEXT_TYPES = {"text", "character varying", "character"}
 PROBE_SCHEMA = "pgmigrate_shape_probe"
@@ -375,14 +383,14 @@ def _mib(n: int) -> str:
     return f"{n / 1048576:.1f} MiB"
 
 
-def probe_shapes(conn, schema: str, files: list[str], tables: list[str], extended: str,
+def probe_shapes(conn, schema: str, files: list[str], tables: list[str], extended: str | None,
                  referenced: list[str], lock: dict) -> dict[str, dict[str, str]]:
     """Run phase 2's DDL in a scratch schema inside a transaction that is always rolled back,
     and read the shapes it creates: the expected shape always matches the SQL files.
 
     Nothing in it takes a lock on the application's tables: the extended table and the tables
     the new ones reference (`referenced`, the prerequisites) have bare copies in the scratch
-    schema, so a foreign key resolves there. On the real clients_enhanced, a foreign key's SHARE
+    schema, so a foreign key resolves there. On a real referenced table, a foreign key's SHARE
     ROW EXCLUSIVE lock would stop the application's writes to it until the rollback, several
     round trips later."""
     sqls = [Path(path).read_text(encoding="utf-8") for path in files]
@@ -396,13 +404,14 @@ def probe_shapes(conn, schema: str, files: list[str], tables: list[str], extende
         cur.execute(f"CREATE SCHEMA {PROBE_SCHEMA}")
         cur.execute(f"SET LOCAL search_path = {PROBE_SCHEMA}, {quote_ident(schema)}")
         # A bare copy of the extended table, so ADD COLUMN IF NOT EXISTS shows the intended types.
-        cur.execute(f"CREATE TABLE {PROBE_SCHEMA}.{extended} (id uuid)")
+        if extended:
+            cur.execute(f"CREATE TABLE {PROBE_SCHEMA}.{extended} (id uuid)")
         for table in referenced:
             if table != extended and table not in tables:
                 cur.execute(f"CREATE TABLE {PROBE_SCHEMA}.{quote_ident(table)} (id uuid PRIMARY KEY)")
         for sql in sqls:
             cur.execute(sql)
-        for table in tables + [extended]:
+        for table in tables + ([extended] if extended else []):
             shapes[table] = columns_of(cur, PROBE_SCHEMA, table)
         raise Rollback()
 
@@ -413,7 +422,7 @@ def probe_shapes(conn, schema: str, files: list[str], tables: list[str], extende
     return shapes
 
 
-def find_conflicts(cur, schema: str, shapes: dict, extended: str) -> tuple[list[str], list[str]]:
+def find_conflicts(cur, schema: str, shapes: dict, extended: str | None) -> tuple[list[str], list[str]]:
     conflicts, adopted = [], []
     for table, expected in shapes.items():
         actual = columns_of(cur, schema, table)
@@ -444,27 +453,16 @@ def find_conflicts(cur, schema: str, shapes: dict, extended: str) -> tuple[list[
     return conflicts, adopted
 
 
-def integrity_report(cur, schema: str, prerequisites: dict) -> dict:
+def integrity_report(cur, schema: str, prerequisites: dict, orphan_sqls: list[str]) -> dict:
+    """Rows of each prerequisite table, and the migration's orphan report (its queries' rows of
+    (name, count))."""
     counts = {}
     for table in prerequisites:
         cur.execute(f"SELECT count(*) FROM {quote_ident(schema)}.{quote_ident(table)}")
         counts[table] = cur.fetchone()[0]
-    report = fetch_dicts(cur, """
-        SELECT
-          (SELECT count(*) FROM client_app_overrides cao
-            WHERE NOT EXISTS (SELECT 1 FROM clients_enhanced WHERE id = cao.client_id))
-            AS orphaned_overrides,
-          (SELECT count(*) FROM module_installations mi
-            WHERE NOT EXISTS (SELECT 1 FROM clients_enhanced WHERE id = mi.tenant_id))
-            AS orphaned_installations,
-          (SELECT count(*) FROM client_app_overrides cao
-            WHERE NOT EXISTS (SELECT 1 FROM marketplace_modules mm WHERE mm.name = cao.app_name))
-            AS overrides_with_unknown_app,
-          (SELECT count(*) FROM (SELECT name FROM marketplace_modules GROUP BY name
-                                  HAVING count(*) > 1) d) AS duplicated_module_names,
-          (SELECT count(*) FROM clients_enhanced c
-            WHERE NOT EXISTS (SELECT 1 FROM client_deployments d WHERE d.client_id = c.id))
-            AS clients_without_deployments""")[0]
+    report: dict = {}
+    for sql in orphan_sqls:
+        report.update(named_values(cur, sql))
     return {"row_counts": counts, "orphans": report}
 
 
@@ -474,7 +472,8 @@ def main():
             prerequisites=dict(type="dict", required=True),
             shape_files=dict(type="list", elements="path", default=[]),
             new_tables=dict(type="list", elements="str", default=[]),
-            extended_table=dict(type="str", default="client_app_overrides"),
+            extended_table=dict(type="str"),
+            orphan_files=dict(type="list", elements="path", default=[]),
             check_conflicts=dict(type="bool", default=True),
             report=dict(type="bool", default=True),
             require_create=dict(type="bool", default=True),
@@ -494,6 +493,7 @@ def main():
     )
     p = module.params
     try:
+        orphan_sqls = [migration_sql(None, path) for path in p["orphan_files"]]  # unreadable: refused first
         conn = connect(p, "pgmigrate-preflight")
         try:
             schema = p["db_schema"]
@@ -532,7 +532,7 @@ def main():
                 with conn.cursor() as cur:
                     # One snapshot for every count, so the report adds up on a busy database.
                     cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                    report = integrity_report(cur, schema, p["prerequisites"])
+                    report = integrity_report(cur, schema, p["prerequisites"], orphan_sqls)
                 conn.rollback()
         finally:
             conn.close()

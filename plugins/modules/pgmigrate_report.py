@@ -92,7 +92,8 @@ options:
   announcement:
     type: dict
     description:
-      - "C({src, dest}): a template (the role's templates/) rendered with the task's variables and
+      - "C({src, dest}): a template (an absolute path - the migration's C(report.announcement) - or
+        one in the role's templates/) rendered with the task's variables and
         C(report_written), this module's result, and written to C(dest) (0640). Done by the action
         plugin, in process; the module alone ignores it."
 extends_documentation_fragment:

@@ -6,7 +6,8 @@
 #         before and after (the pre-migration baseline, the sample after phase 6, the 48-hour
 #         watch's trends), the strategy's agenda filled in with those, and the sections the team
 #         completes. Written as Markdown and JSON.
-# schema: the documentation of the tables phase 2 created and the columns it added, generated
+# schema: the documentation of the tables phase 2 created and the columns it added (the
+#         migration's manifest names them: schema_objects), generated
 #         from the catalog (types, defaults, nullability, the COMMENT ON phase 2 put, constraints
 #         with their delete rules, indexes, row-level security and policies, views); deterministic,
 #         so docs/schema.md can be checked against a migrated database.
@@ -59,6 +60,13 @@ options:
   schema_doc:
     type: path
     description: Also write the schema documentation alone to this file.
+  schema_objects:
+    type: dict
+    default: {}
+    description:
+      - What the schema documentation shows, from the migration's manifest - C(tables) (the tables
+        it creates, in order; C(tables.new)), C(extended) (C(table) and the C(columns) it adds;
+        C(extended)) and C(views) (C(access.views)). Empty - nothing.
 extends_documentation_fragment:
   - agency.pgmigrate.connection
   - agency.pgmigrate.lock
@@ -137,9 +145,6 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor
     write_report_pair,
 )
 
-NEW_TABLES = ["orchestration_workflows", "workflow_executions", "handover_packages", "integration_events"]
-NEW_COLUMNS = ["marketplace_module_id", "installation_id", "activation_status", "activation_metadata"]
-VIEWS = ["unified_client_dashboard", "module_integration_view", "workflow_progress_view"]
 DELETE_RULES = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 
 
@@ -168,15 +173,19 @@ def read_ledger(cur) -> dict:
     return out
 
 
-def read_schema(cur) -> dict:
+def read_schema(cur, objects: dict) -> dict:
+    """What the migration added, from the catalog: its new tables, the columns it added to the
+    extended table, its views (objects: the module's schema_objects)."""
+    extended = objects.get("extended") or {}
+    extended_table = extended.get("table")
+    named = list(objects.get("tables") or []) + ([extended_table] if extended_table else [])
     tables = fetch_dicts(cur, """
         SELECT c.relname AS table, obj_description(c.oid, 'pg_class') AS comment, c.relrowsecurity AS rls
           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname = ANY(%s)
-         ORDER BY array_position(%s, c.relname::text)""", (NEW_TABLES + ["client_app_overrides"],
-                                                           NEW_TABLES + ["client_app_overrides"]))
+         ORDER BY array_position(%s, c.relname::text)""", (named, named))
     for t in tables:
-        only = NEW_COLUMNS if t["table"] == "client_app_overrides" else None
+        only = list(extended.get("columns") or []) if t["table"] == extended_table else None
         columns = fetch_dicts(cur, """
             SELECT a.attname AS column, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull AS not_null,
                    pg_get_expr(d.adbin, d.adrelid) AS default, col_description(a.attrelid, a.attnum) AS comment
@@ -201,7 +210,8 @@ def read_schema(cur) -> dict:
     views = fetch_dicts(cur, """
         SELECT c.relname AS view, obj_description(c.oid, 'pg_class') AS comment, c.reloptions AS options
           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = current_schema() AND c.relkind = 'v' AND c.relname = ANY(%s) ORDER BY c.relname""", (VIEWS,))
+         WHERE n.nspname = current_schema() AND c.relkind = 'v' AND c.relname = ANY(%s) ORDER BY c.relname""",
+                        (list(objects.get("views") or []),))
     return json_safe({"tables": tables, "views": views})
 
 
@@ -310,14 +320,14 @@ def performance(history: list[dict], watch: list[dict]) -> dict:
 
 # --- writing --------------------------------------------------------------------------------
 
-def schema_markdown(schema: dict, level: int = 1) -> str:
+def schema_markdown(schema: dict, level: int = 1, extended_table: str | None = None) -> str:
     h = "#" * level
     out = [f"{h} Schema documentation: what the migration added", "",
            "Generated from the catalog of a migrated database (the COMMENT ON of phase 2's "
            "`files/sql/phase2/deploy/040_comments.sql`, types, defaults, constraints, indexes, policies) by "
            "`playbooks/review.yml`; do not edit by hand.", ""]
     for t in schema["tables"]:
-        added = t["table"] == "client_app_overrides"
+        added = t["table"] == extended_table
         out += [f"{h}# `{t['table']}`{' (the columns phase 2 added)' if added else ''}", ""]
         if t["comment"] and not added:
             out += [t["comment"], ""]
@@ -350,7 +360,7 @@ def human_s(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict, extended_table: str | None = None) -> str:
     out = [f"# Post-migration review: {r['host']} ({r['environment']})", "",
            f"Generated {r['at']} from the ledger, the run reports and the 48-hour watch (strategy 7.1: within 7 "
            f"days of completion). Completed: {r['completed_at'] or 'not yet (phase 6 is not applied)'}"
@@ -404,7 +414,7 @@ def markdown(r: dict) -> str:
                        for role, a in signed])]
     out += ["", "## 4. Team feedback", "", "_To complete by the team._", "", "## 5. Lessons learned", "",
             "_To complete by the team._", "", "## 6. Process improvements", "", "_To complete by the team._", ""]
-    out.append(schema_markdown(r["schema"], level=2))
+    out.append(schema_markdown(r["schema"], level=2, extended_table=extended_table))
     return "\n".join(out)
 
 
@@ -418,6 +428,7 @@ def main() -> None:
             phase_titles=dict(type="dict", required=True),
             post_roles=dict(type="list", elements="str", default=[]),
             schema_doc=dict(type="path"),
+            schema_objects=dict(type="dict", default={}),
             **CONNECTION_ARGS,
             **LOCK_ARGS,
         ),
@@ -430,7 +441,7 @@ def main() -> None:
             with conn.cursor() as cur:
                 cur.execute("SET TRANSACTION READ ONLY")
                 ledger = read_ledger(cur)
-                schema = read_schema(cur)
+                schema = read_schema(cur, p["schema_objects"])
                 cur.execute("SELECT clock_timestamp()")
                 now = cur.fetchone()[0]
             conn.rollback()
@@ -449,13 +460,14 @@ def main() -> None:
         "challenges": challenges(rows, runs, ledger["watch"]),
         "performance": performance(ledger["history"], ledger["watch"]),
         "approvals": ledger["approvals"], "post_roles": p["post_roles"], "schema": schema})
-    text = markdown(review)
+    extended_table = (p["schema_objects"].get("extended") or {}).get("table")
+    text = markdown(review, extended_table)
     paths = report_pair_paths(p["report_dir"], p["stem"])
     if not module.check_mode:
         try:
             write_report_pair(paths, review, text)
             if p["schema_doc"]:
-                write_report(p["schema_doc"], schema_markdown(schema))
+                write_report(p["schema_doc"], schema_markdown(schema, extended_table=extended_table))
                 paths["schema"] = p["schema_doc"]
         except OSError as exc:
             module.fail_json(msg=f"cannot write the review: {exc.strerror or exc} (check migration_report_dir "

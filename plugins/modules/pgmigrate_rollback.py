@@ -78,6 +78,19 @@ options:
     description: C(run) - the plan's C(new_data) counts, recorded with each phase when discarded.
     type: dict
     default: {}
+  new_data:
+    description:
+      - C(plan) - what counts as the new application's data after the cutover, the migration's
+        manifest's C(rollback.new_data) (docs/writing-a-migration.md). Empty - nothing is counted.
+      - C(times) - each new table with the timestamp columns that tell a row created or changed
+        since the cutover (those missing from the table are left out).
+      - C(queries) - each a C(file) (relative to I(migration_dir)) returning rows of (what, count),
+        run where every object it C(requires) exists.
+    type: dict
+    default: {}
+  migration_dir:
+    description: The migration's directory; the files I(new_data) names are relative to it.
+    type: path
   run_id:
     description: C(run) - the run's id, recorded.
     type: str
@@ -174,7 +187,7 @@ new_data:
   returned: action is plan and phase 2 is a target
   type: dict
   sample: {cutover_at: "2026-12-07T10:00:00+00:00", total: 3,
-           counts: {"orchestration_workflows rows created or changed": 2, "overrides relinked": 1}}
+           counts: {"workflows rows created or changed": 2, "overrides relinked": 1}}
 finalized:
   description: C(plan) - the ledger's record of the finalize that made a rollback of phase 3 impossible.
   returned: when refused for it
@@ -237,10 +250,16 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     ledger_exists,
     ledger_state,
     ledger_unfinished,
+    quote_ident,
     render,
     run_transactional,
     transaction,
     with_lock_retry,
+)
+from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
+    applies,
+    migration_sql,
+    named_values,
 )
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_runlock import ensure_held
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttle import (
@@ -253,8 +272,9 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttl
 )
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_throttle import options as throttle_options
 
-# What the rollback's batches write: the throttle counts the lock waiters on these.
-THROTTLED_TABLES = ["client_app_overrides", "migration_ledger.phase3_override_plan"]
+# The engine's own table the rollback's batches write; the application's come with the throttle
+# option's tables (the migration's manifest, throttle.tables). The throttle counts the lock waiters on both.
+THROTTLED_TABLES = ["migration_ledger.phase3_override_plan"]
 
 NOTICE = re.compile(r"pgmigrate: (\w+)=(.*)")
 # Raised before each revert file of a transaction: whose notices follow (run_group).
@@ -333,37 +353,27 @@ def last_apply_details(conn, phase: str) -> dict:
 FINALIZED_TABLES = ("migration_ledger.phase3_override_plan", "migration_ledger.phase3_override_sync",
                     "migration_ledger.phase3_inserted")
 
-# The new tables, and the timestamps by which a row written since the cutover is told: created,
-# or changed (a column that only an application's update sets). Columns missing from a table
-# (an older phase 2) are left out.
-NEW_TABLE_TIMES = {
-    "orchestration_workflows": ("created_at", "updated_at", "completed_at"),
-    "workflow_executions": ("created_at", "started_at", "finished_at"),
-    "handover_packages": ("created_at", "updated_at", "delivered_at"),
-    "integration_events": ("created_at", "processed_at", "failed_at"),
-}
+NEW_DATA_KEYS = ("times", "queries")
 
-# Overrides whose new columns differ from what the migration wrote last - the transition's sync
-# record where there is one, else phase 3's plan (the sync is gone after the cutover, so nobody
-# but the application wrote them since).
-OVERRIDES_CHANGED_SQL = f"""
-SELECT count(*) FROM client_app_overrides AS cao
-  LEFT JOIN {LEDGER_SCHEMA}.phase3_override_sync AS s ON s.override_id = cao.id
-  LEFT JOIN {LEDGER_SCHEMA}.phase3_override_plan AS p ON p.override_id = cao.id
- WHERE (s.override_id IS NOT NULL OR p.override_id IS NOT NULL)
-   AND (cao.marketplace_module_id, cao.installation_id, cao.activation_status) IS DISTINCT FROM
-       (CASE WHEN s.override_id IS NOT NULL THEN s.module_id ELSE p.module_id END,
-        CASE WHEN s.override_id IS NOT NULL THEN s.installation_id ELSE p.installation_id END,
-        CASE WHEN s.override_id IS NOT NULL THEN s.new_status ELSE p.new_status END)"""
 
-# Overrides the migration never wrote (neither planned nor synced) that hold a link or a status
-# other than phase 2's default: the new application's (an override it inserted, most often).
-OVERRIDES_UNRECORDED_SQL = f"""
-SELECT count(*) FROM client_app_overrides AS cao
- WHERE NOT EXISTS (SELECT 1 FROM {LEDGER_SCHEMA}.phase3_override_sync s WHERE s.override_id = cao.id)
-   AND NOT EXISTS (SELECT 1 FROM {LEDGER_SCHEMA}.phase3_override_plan p WHERE p.override_id = cao.id)
-   AND (cao.marketplace_module_id IS NOT NULL OR cao.installation_id IS NOT NULL
-        OR cao.activation_status IS DISTINCT FROM 'pending')"""
+def new_data_plan(migration_dir: str | None, new_data: dict | None) -> dict:
+    """The migration's rollback.new_data (its manifest), its files read and checked: {times,
+    queries}. Empty: nothing is counted."""
+    new_data = new_data or {}
+    unknown = sorted(set(new_data) - set(NEW_DATA_KEYS)) if isinstance(new_data, dict) else ["(not a mapping)"]
+    if unknown:
+        raise MigrationError(f"the migration's rollback.new_data has unknown key(s) {', '.join(unknown)}: the known "
+                             f"ones are {', '.join(NEW_DATA_KEYS)} (docs/writing-a-migration.md)")
+    times = new_data.get("times") or {}
+    if not isinstance(times, dict) or not all(isinstance(v, list) for v in times.values()):
+        raise MigrationError("the migration's rollback.new_data.times must map each table to a list of its "
+                             "timestamp columns (docs/writing-a-migration.md)")
+    queries = []
+    for entry in new_data.get("queries") or []:
+        if not isinstance(entry, dict) or not entry.get("file"):
+            raise MigrationError(f"each of the migration's rollback.new_data.queries needs a file, not {entry!r}")
+        queries.append({**entry, "sql": migration_sql(migration_dir, entry["file"])})
+    return {"times": {str(t): [str(c) for c in cols] for t, cols in times.items()}, "queries": queries}
 
 
 def finalize_record(conn) -> dict | None:
@@ -378,11 +388,12 @@ def finalize_record(conn) -> dict | None:
     return rows[0] if rows else None
 
 
-def new_data_since_cutover(conn) -> dict | None:
+def new_data_since_cutover(conn, plan: dict) -> dict | None:
     """What the new application wrote into the migration's tables and columns since the cutover
     (docs/operations.md#a-rollback-after-the-cutover), or None before it. Read-only: counts by
-    timestamps in the new tables, by the ledger's records of what the migration wrote for the
-    overrides."""
+    timestamps in the new tables, and the migration's own queries (its manifest's
+    rollback.new_data, new_data_plan: for HT-036, by the ledger's records of what the migration
+    wrote for the overrides)."""
     counts: dict[str, int] = {}
     with conn.cursor() as cur:
         cur.execute(f"SELECT to_regclass('{LEDGER_SCHEMA}.transition') IS NOT NULL")
@@ -395,7 +406,7 @@ def new_data_since_cutover(conn) -> dict | None:
             conn.rollback()
             return None
         cutover = row[0]
-        for table, times in NEW_TABLE_TIMES.items():
+        for table, times in plan["times"].items():
             cur.execute("""SELECT array_agg(a.attname::text) FROM pg_attribute a
                             WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
                               AND a.attname = ANY(%s)""", (table, list(times)))
@@ -403,21 +414,12 @@ def new_data_since_cutover(conn) -> dict | None:
             present = [t for t in times if t in columns]
             if not present:
                 continue
-            where = " OR ".join(f"{col} > %(t)s" for col in present)
+            where = " OR ".join(f"{quote_ident(col)} > %(t)s" for col in present)
             cur.execute(f"SELECT count(*) FROM {table} WHERE {where}", {"t": cutover})
             counts[f"{table} rows created or changed"] = cur.fetchone()[0]
-        cur.execute("SELECT to_regclass('client_app_overrides') IS NOT NULL AND "
-                    f"to_regclass('{LEDGER_SCHEMA}.phase3_override_plan') IS NOT NULL AND "
-                    f"to_regclass('{LEDGER_SCHEMA}.phase3_override_sync') IS NOT NULL")
-        if cur.fetchone()[0]:
-            cur.execute(OVERRIDES_CHANGED_SQL)
-            counts["overrides relinked"] = cur.fetchone()[0]
-            cur.execute(OVERRIDES_UNRECORDED_SQL)
-            counts["overrides linked that the migration never wrote"] = cur.fetchone()[0]
-            # The migration never writes activation_metadata: anything but its default is new.
-            cur.execute("SELECT count(*) FROM client_app_overrides "
-                        "WHERE activation_metadata IS DISTINCT FROM '{}'::jsonb")
-            counts["overrides with activation_metadata"] = cur.fetchone()[0]
+        for query in plan["queries"]:
+            if applies(cur, query):
+                counts.update(named_values(cur, query["sql"]))
     conn.rollback()
     return {"cutover_at": cutover.isoformat(), "counts": counts, "total": sum(counts.values())}
 
@@ -460,7 +462,7 @@ def do_plan(module, conn) -> dict:
     if "2" in targets:
         # After the cutover the new application writes the columns and tables phase 2 made;
         # rolling phase 2 back drops them, and what it wrote with them.
-        new_data = new_data_since_cutover(conn)
+        new_data = new_data_since_cutover(conn, new_data_plan(p["migration_dir"], p["new_data"]))
         result["new_data"] = new_data
         if new_data and new_data["total"] and not p["discard_new_data"]:
             named = ", ".join(f"{n} {what}" for what, n in new_data["counts"].items() if n)
@@ -801,6 +803,8 @@ def main():
             reason=dict(type="str", default=""),
             discard_new_data=dict(type="bool", default=False),
             discarded_new_data=dict(type="dict", default={}),
+            new_data=dict(type="dict", default={}),
+            migration_dir=dict(type="path"),
             run_id=dict(type="str"),
             operator=dict(type="str"),
             approved_by=dict(type="str"),

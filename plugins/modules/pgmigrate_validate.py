@@ -56,6 +56,18 @@ options:
     description: The role the tenant isolation checks run as.
     type: str
     default: authenticated
+  isolation:
+    description:
+      - The migration's tenant isolation check, its manifest's C(isolation) section
+        (docs/writing-a-migration.md). Empty - no isolation check.
+      - C(clients) - C(relation), C(column) - the first two client ids found there are the clients
+        the check acts as (fewer than two - skipped).
+      - C(reads) - each C(relation), C(column) - as each client, at least one row of its own and
+        none of another's.
+      - C(writes) - each C(relation), C(column), C(touch) - as each client, an update of the other
+        clients' rows (C(touch) set to itself) changes none.
+    type: dict
+    default: {}
   report_file:
     type: path
     description: Where to write the result as JSON (directory 0750, file 0640), with I(report_meta).
@@ -124,6 +136,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     MigrationError,
     connect,
     json_safe,
+    quote_ident,
     render,
     split_statements,
     strip_comments,
@@ -152,9 +165,33 @@ def claims_for(client_id: str, path: list[str]) -> str:
     return json.dumps(claims)
 
 
-def isolation_checks(conn, role: str, path: list[str]) -> list[dict]:
+ISOLATION_KEYS = {"clients": ("relation", "column"), "reads": ("relation", "column"),
+                  "writes": ("relation", "column", "touch")}
+
+
+def isolation_plan(isolation: dict | None) -> dict | None:
+    """The migration's tenant isolation check (its manifest's isolation section), checked; None
+    without one (no isolation check)."""
+    if not isolation:
+        return None
+    unknown = sorted(set(isolation) - set(ISOLATION_KEYS)) if isinstance(isolation, dict) else ["(not a mapping)"]
+    if unknown:
+        raise MigrationError(f"the migration's isolation section has unknown key(s) {', '.join(unknown)}: the "
+                             f"known ones are {', '.join(ISOLATION_KEYS)} (docs/writing-a-migration.md)")
+    entries = {"clients": [isolation.get("clients")], "reads": isolation.get("reads") or [],
+               "writes": isolation.get("writes") or []}
+    for key, entries_of in entries.items():
+        for entry in entries_of:
+            if not isinstance(entry, dict) or not all(entry.get(k) for k in ISOLATION_KEYS[key]):
+                raise MigrationError(f"the migration's isolation.{key} needs {', '.join(ISOLATION_KEYS[key])}, "
+                                     f"not {entry!r} (docs/writing-a-migration.md)")
+    return {"clients": isolation["clients"], "reads": entries["reads"], "writes": entries["writes"]}
+
+
+def isolation_checks(conn, role: str, path: list[str], isolation: dict) -> list[dict]:
     """As two different clients, through a real authenticated session: each sees only its own
-    rows in the RLS tables and in the granted view, and cannot write another client's row."""
+    rows in the migration's RLS tables and granted views (isolation: its manifest's reads), and
+    cannot write another client's row (writes)."""
     name = "security.tenant_isolation"
     with conn.cursor() as cur:
         # Since PostgreSQL 16 a CREATEROLE login (a managed database's) holds the roles it created
@@ -174,13 +211,15 @@ def isolation_checks(conn, role: str, path: list[str]) -> list[dict]:
             return [{"check": name, "passed": True, "skipped": True, "observed": "skipped",
                      "expected": f"{role} sessions see one client",
                      "note": f"the migration user cannot SET ROLE {role}; not verified here"}]
-        cur.execute("""SELECT client_id::text FROM handover_packages
-                        GROUP BY client_id ORDER BY client_id LIMIT 2""")
+        source = isolation["clients"]
+        column = quote_ident(source["column"])
+        cur.execute(f"""SELECT {column}::text FROM {quote_ident(source["relation"])}
+                         GROUP BY {column} ORDER BY {column} LIMIT 2""")
         clients = [r[0] for r in cur.fetchall()]
     conn.rollback()
     if len(clients) < 2:
         return [{"check": name, "passed": True, "skipped": True, "observed": "skipped",
-                 "expected": "two clients with packages", "note": "fewer than two clients"}]
+                 "expected": f"two clients with {source['relation']}", "note": "fewer than two clients"}]
     leaks = []
     for client in clients:
         with conn.cursor() as cur:
@@ -189,19 +228,20 @@ def isolation_checks(conn, role: str, path: list[str]) -> list[dict]:
             if grant_self:
                 cur.execute(f"GRANT {role} TO CURRENT_USER WITH INHERIT FALSE, SET TRUE")
             cur.execute(f"SET LOCAL ROLE {role}")
-            for relation, column in (("orchestration_workflows", "client_id"),
-                                     ("handover_packages", "client_id"),
-                                     ("unified_client_dashboard", "client_id")):
+            for read in isolation["reads"]:
+                relation, column = read["relation"], quote_ident(read["column"])
                 cur.execute(f"SELECT count(*) FILTER (WHERE {column} = %s), "
-                            f"count(*) FILTER (WHERE {column} <> %s) FROM {relation}",
+                            f"count(*) FILTER (WHERE {column} <> %s) FROM {quote_ident(relation)}",
                             (client, client))
                 own, others = cur.fetchone()
                 if own < 1 or others:
                     leaks.append(f"{relation} as {client}: own={own} others={others}")
-            cur.execute("UPDATE orchestration_workflows SET status = status WHERE client_id <> %s",
-                        (client,))
-            if cur.rowcount:
-                leaks.append(f"orchestration_workflows: {client} updated {cur.rowcount} foreign rows")
+            for write in isolation["writes"]:
+                relation, touch = write["relation"], quote_ident(write["touch"])
+                cur.execute(f"UPDATE {quote_ident(relation)} SET {touch} = {touch} "
+                            f"WHERE {quote_ident(write['column'])} <> %s", (client,))
+                if cur.rowcount:
+                    leaks.append(f"{relation}: {client} updated {cur.rowcount} foreign rows")
         conn.rollback()
     return [{"check": name, "passed": not leaks, "observed": "; ".join(leaks) or "isolated",
              "expected": "each client sees and writes only its own rows"}]
@@ -216,7 +256,7 @@ def percentile(values: list[float], pct: float) -> float:
 def time_queries(conn, sql: str, runs: int, target_ms: float) -> list[dict]:
     """Each query `runs` times under EXPLAIN (ANALYZE, TIMING OFF): planning plus execution time
     as the server measures it, the rows counted but never shipped. Fetching them (100,000 rows
-    of workflow_progress_view, twenty times) would keep a second CPU busy in the controller and
+    of a wide view, twenty times) would keep a second CPU busy in the controller and
     the network stack, which on a small server is the application's."""
     results = []
     for statement in split_statements(sql):
@@ -273,6 +313,7 @@ def main():
             p95_target_ms=dict(type="float", default=2000),
             claim_path=dict(type="list", elements="str", default=["app_metadata", "client_id"]),
             tenant_role=dict(type="str", default="authenticated"),
+            isolation=dict(type="dict", default={}),
             report_file=dict(type="path"),
             report_meta=dict(type="dict", default={}),
             events_since_from_ledger=dict(type="bool", default=False),
@@ -291,6 +332,7 @@ def main():
         with open(p["access_file"], encoding="utf-8") as handle:
             access_sql = handle.read()
     try:
+        isolation = isolation_plan(p["isolation"])
         conn = connect(p, "pgmigrate-validate")
         try:
             params = dict(p["params"])
@@ -302,7 +344,8 @@ def main():
             checks = run_checks(conn, render(checks_template, params))
             if access_sql:
                 checks += run_checks(conn, access_sql)
-            checks += isolation_checks(conn, p["tenant_role"], p["claim_path"])
+            if isolation is not None:
+                checks += isolation_checks(conn, p["tenant_role"], p["claim_path"], isolation)
             checks += time_queries(conn, queries_sql, p["query_runs"], p["p95_target_ms"])
         finally:
             conn.close()

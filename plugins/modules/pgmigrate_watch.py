@@ -1,8 +1,9 @@
 #!/usr/bin/python
 # The 48-hour watch after the migration (strategy 4.2): each run takes one sample of the
-# strategy's metrics, defined from the tables phase 2 creates (integration event processing rate,
-# lag and failures, workflow execution success rate, handover package delivery rate, error rates
-# and types, resource trends of the migrated tables), plus the database's own health sample
+# strategy's metrics, the migration's queries on the tables it created (its manifest's watch
+# section: for HT-036 integration event processing rate, lag and failures, workflow execution
+# success rate, handover package delivery rate, error types; resource trends of the migrated
+# tables), plus the database's own health sample
 # (pgmigrate_monitor), the application's HTTP checks and its Prometheus figures when given.
 # Alerts on the 4.2 thresholds; an alert that repeats (escalate_after samples in a row) or a
 # critical one is marked for escalation. Samples are kept in migration_ledger.watch_samples
@@ -57,8 +58,34 @@ options:
     type: dict
     default: {}
   probe_sql:
-    description: The read-only probe query; default - the monitoring's fixed probe.
+    description: >-
+      The read-only probe query; default - the migration's probe (I(monitor)'s C(probe)), else no
+      probe.
     type: str
+  migration_dir:
+    description: The migration's directory; the files I(monitor) and I(watch) name are relative to it.
+    type: path
+  monitor:
+    description: >-
+      The migration's monitoring, its manifest's C(monitor) section (C(probe), C(event_lag),
+      C(integrity); see M(agency.pgmigrate.pgmigrate_metrics)). Empty - no probe, no event lag, no
+      integrity checks.
+    type: dict
+    default: {}
+  watch:
+    description:
+      - The migration's watch, its manifest's C(watch) section (docs/writing-a-migration.md).
+        Empty - the engine's metrics only.
+      - C(tables) - the migrated tables whose size, live rows and dead tuples each sample records.
+      - C(queries) - each a C(file) returning rows of (metric, value), run with the psql variables
+        C(:'since') (the previous sample's time) and C(:'interval_s') where every object it
+        C(requires) exists (C(table) or C(table.column)) and none it runs C(unless) exists; the
+        names in its C(details) are recorded as details of the sample, its C(note) when it runs.
+      - C(error_types) - the same, returning rows of (error type, count).
+      - C(plots) - the trend report's plots of the migration's metrics, each C(key), C(title),
+        C(unit) and the threshold drawn (C(threshold), a monitoring threshold's name).
+    type: dict
+    default: {}
   probe_runs:
     description: How many times the probe runs per sample (at least 1).
     type: int
@@ -167,34 +194,35 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     json_safe,
     ledger_exists,
     ledger_state,
+    render,
 )
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_drain import queue_state
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import (
-    DEFAULT_PROBE_SQL,
     DEFAULT_THRESHOLDS,
+    applies,
     derive,
     evaluate,
+    migration_sql,
+    monitor_checks,
+    named_values,
     public_sample,
     take_sample,
     write_report,
 )
 
 TABLE = f"{LEDGER_SCHEMA}.watch_samples"
-MIGRATED = ["client_app_overrides", "orchestration_workflows", "workflow_executions", "handover_packages",
-            "integration_events"]
+WATCH_KEYS = ("tables", "queries", "error_types", "plots")
 
-# The metrics of the trend report: key, title, unit, the threshold key (DEFAULT_THRESHOLDS) if any.
-METRICS: list[tuple[str, str, str, str | None]] = [
+# The metrics of the trend report: key, title, unit, the threshold key (DEFAULT_THRESHOLDS) if any:
+# the engine's, with the migration's (its manifest's watch.plots) after the error rates.
+METRICS_BEFORE: list[tuple[str, str, str, str | None]] = [
     ("p95_ms", "Query latency p95 (pg_stat_statements)", "ms", "p95_ms"),
     ("probe_p95_ms", "Probe query p95", "ms", "p95_ms"),
     ("app_p95_ms", "API response time p95 (Prometheus)", "ms", "p95_ms"),
     ("error_rate_pct", "Error rate (transactions rolled back)", "%", "error_rate_pct"),
     ("app_error_pct", "API error ratio (Prometheus)", "%", "error_rate_pct"),
-    ("events_processed_per_min", "Integration events processed", "per min", None),
-    ("event_failure_pct", "Integration events failed", "% of finished", None),
-    ("event_lag_s", "Event processing lag (oldest unprocessed)", "s", "event_lag_s"),
-    ("workflow_success_pct", "Workflow execution success rate", "% of finished", None),
-    ("packages_delivered_per_h", "Handover packages delivered", "per hour", None),
+]
+METRICS_AFTER: list[tuple[str, str, str, str | None]] = [
     ("pool_utilisation_pct", "Connection pool utilisation", "%", "pool_utilisation_pct"),
     ("database_size_mib", "Database size", "MiB", None),
     ("migrated_dead_tuples", "Dead tuples of the migrated tables", "rows", None),
@@ -202,7 +230,37 @@ METRICS: list[tuple[str, str, str, str | None]] = [
     ("transition_queue_depth", "Transition queue depth (entries waiting)", "entries", None),
     ("transition_queue_age_s", "Transition queue: oldest entry's age", "s", "queue_age_s"),
 ]
-PLOTTED = {m[0] for m in METRICS}
+
+
+def watch_plan(migration_dir: str | None, watch: dict | None) -> dict:
+    """The migration's watch (its manifest's watch section), its files read and checked once:
+    {tables, queries, error_types, metrics}, metrics the trend report's plots in order."""
+    watch = watch or {}
+    if not isinstance(watch, dict):
+        raise MigrationError("the migration's watch section must be a mapping (docs/writing-a-migration.md)")
+    unknown = sorted(set(watch) - set(WATCH_KEYS))
+    if unknown:
+        raise MigrationError(f"unknown key(s) {', '.join(unknown)} in the migration's watch section: the known "
+                             f"ones are {', '.join(WATCH_KEYS)} (docs/writing-a-migration.md)")
+
+    def queries(key: str) -> list[dict]:
+        found = []
+        for entry in watch.get(key) or []:
+            if not isinstance(entry, dict) or not entry.get("file"):
+                raise MigrationError(f"each of the migration's watch.{key} needs a file, not {entry!r} "
+                                     "(docs/writing-a-migration.md)")
+            found.append({**entry, "sql": migration_sql(migration_dir, entry["file"])})
+        return found
+
+    plots = []
+    for entry in watch.get("plots") or []:
+        if not isinstance(entry, dict) or not entry.get("key") or not entry.get("title"):
+            raise MigrationError(f"each of the migration's watch.plots needs key and title, not {entry!r} "
+                                 "(docs/writing-a-migration.md)")
+        plots.append((str(entry["key"]), str(entry["title"]), str(entry.get("unit") or ""),
+                      entry.get("threshold") or None))
+    return {"tables": [str(t) for t in watch.get("tables") or []], "queries": queries("queries"),
+            "error_types": queries("error_types"), "metrics": METRICS_BEFORE + plots + METRICS_AFTER}
 
 
 def _scalar(cur, sql: str, args=None):
@@ -211,50 +269,33 @@ def _scalar(cur, sql: str, args=None):
     return row[0] if row else None
 
 
-def table_figures(cur, since: str | None) -> tuple[dict, dict]:
-    """(metrics, details) from the tables phase 2 created, over the interval since `since`
+def table_figures(cur, since: str | None, plan: dict) -> tuple[dict, dict]:
+    """(metrics, details) from the migration's watch queries, over the interval since `since`
     (the previous sample; the end of phase 6 for the first)."""
     m: dict = {}
     d: dict = {}
     interval_s = float(_scalar(cur, "SELECT extract(epoch FROM clock_timestamp() - %s::timestamptz)", (since,)))
     interval_s = max(interval_s, 1.0)
     d["interval_s"] = round(interval_s, 1)
-    processed = int(_scalar(cur, "SELECT count(*) FROM integration_events WHERE processed_at > %s", (since,)))
-    # failed_at comes with phase 2's 025 file; a database migrated before it has no failure times.
-    has_failed_at = bool(_scalar(cur, """SELECT EXISTS (SELECT 1 FROM pg_attribute
-                                          WHERE attrelid = 'integration_events'::regclass
-                                            AND attname = 'failed_at' AND NOT attisdropped)"""))
-    failed = fetch_dicts(cur, """SELECT event_type, count(*) AS n FROM integration_events
-                                   WHERE failed_at > %s GROUP BY 1 ORDER BY 2 DESC""", (since,)) \
-        if has_failed_at else []
-    if not has_failed_at:
-        d["note"] = "integration_events.failed_at is missing (phase 2 before 025_event_failures.sql): no failure rate"
-    n_failed = sum(int(r["n"]) for r in failed)
-    m["events_processed_per_min"] = round(60.0 * processed / interval_s, 3)
-    m["event_failure_pct"] = round(100.0 * n_failed / (processed + n_failed), 2) if processed + n_failed else None
-    m["events_backlog"] = int(_scalar(cur, """SELECT count(*) FROM integration_events
-                                               WHERE processed_at IS NULL AND status IN ('pending', 'processing')"""))
-    execs = fetch_dicts(cur, """SELECT status, count(*) AS n FROM workflow_executions
-                                 WHERE finished_at > %s AND status IN ('succeeded', 'failed') GROUP BY 1""", (since,))
-    by = {r["status"]: int(r["n"]) for r in execs}
-    finished = by.get("succeeded", 0) + by.get("failed", 0)
-    m["workflow_success_pct"] = round(100.0 * by.get("succeeded", 0) / finished, 2) if finished else None
-    d["executions_finished"] = finished
-    failed_steps = fetch_dicts(cur, """SELECT step_key, count(*) AS n FROM workflow_executions
-                                         WHERE finished_at > %s AND status = 'failed' GROUP BY 1 ORDER BY 2 DESC""",
-                               (since,))
-    delivered = int(_scalar(cur, "SELECT count(*) FROM handover_packages WHERE delivered_at > %s", (since,)))
-    m["packages_delivered_per_h"] = round(3600.0 * delivered / interval_s, 3)
-    m["packages_ready_backlog"] = int(_scalar(cur, "SELECT count(*) FROM handover_packages WHERE status = 'ready'"))
+    variables = {"since": since, "interval_s": interval_s}
+    for query in plan["queries"]:
+        if not applies(cur, query):
+            continue
+        if query.get("note"):
+            d["note"] = query["note"]
+        for name, value in named_values(cur, render(query["sql"], variables)).items():
+            (d if name in (query.get("details") or []) else m)[name] = value
     # Error types: what failed in the interval, by kind.
-    d["error_types"] = ({f"event {r['event_type']}": int(r["n"]) for r in failed}
-                        | {f"workflow step {r['step_key']}": int(r["n"]) for r in failed_steps})
+    d["error_types"] = {}
+    for query in plan["error_types"]:
+        if applies(cur, query):
+            d["error_types"].update(named_values(cur, render(query["sql"], variables)))
     tables = fetch_dicts(cur, """
         SELECT c.relname AS table, pg_total_relation_size(c.oid) AS total_bytes,
                coalesce(s.n_dead_tup, 0) AS dead_tuples, coalesce(s.n_live_tup, 0) AS live_tuples
           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
           LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
-         WHERE n.nspname = current_schema() AND c.relname = ANY(%s) ORDER BY c.relname""", (MIGRATED,))
+         WHERE n.nspname = current_schema() AND c.relname = ANY(%s) ORDER BY c.relname""", (plan["tables"],))
     d["tables"] = tables
     m["migrated_dead_tuples"] = sum(int(t["dead_tuples"]) for t in tables)
     return m, d
@@ -375,7 +416,7 @@ def trend_report(p: dict, start: datetime.datetime, rows: list[dict], over: bool
     out += ["## Metrics", ""]
     metrics = []
     plots = {}
-    for key, title, unit, limit_key in METRICS:
+    for key, title, unit, limit_key in p["_plan"]["metrics"]:
         points = []
         for r in samples:
             value = (r["metrics"] or {}).get(key)
@@ -427,6 +468,9 @@ def main() -> None:
             abort=dict(type="dict", default={}),
             probe_sql=dict(type="str"),
             probe_runs=dict(type="int", default=10),
+            migration_dir=dict(type="path"),
+            monitor=dict(type="dict", default={}),
+            watch=dict(type="dict", default={}),
             watch_sql=dict(type="path", required=True),
             app_checks=dict(type="list", elements="dict", default=[]),
             prometheus=dict(type="dict", default={}),
@@ -453,6 +497,10 @@ def main() -> None:
 
 def run(module: AnsibleModule) -> dict:
     p = module.params
+    # The migration's monitoring and watch, read and checked before anything is touched.
+    checks = monitor_checks(p["migration_dir"], p["monitor"], p["probe_sql"])
+    p["_plan"] = watch_plan(p["migration_dir"], p["watch"])
+    plotted = {metric[0] for metric in p["_plan"]["metrics"]}
     conn = connect(p, "pgmigrate-watch")
     try:
         conn.autocommit = True  # reads never count as rollbacks; writes are single statements
@@ -486,12 +534,12 @@ def run(module: AnsibleModule) -> dict:
                                      f"({start.isoformat()}); no sample taken")
             else:
                 previous = next((r for r in reversed(rows) if r["kind"] == "sample"), None)
-                sample = take_sample(conn, p["probe_sql"] or DEFAULT_PROBE_SQL, p["probe_runs"], 5000)
+                sample = take_sample(conn, checks["probe_sql"], p["probe_runs"], 5000, checks=checks)
                 prev_counters = (previous or {}).get("counters") or None
                 derived = derive(sample, prev_counters, float({**DEFAULT_THRESHOLDS, **p["thresholds"]}
                                                               ["error_rate_min_xacts"]))
                 since = str(previous["taken_at"]) if previous else str(start)
-                tables_m, details = table_figures(cur, since)
+                tables_m, details = table_figures(cur, since, p["_plan"])
                 # The transition's queue, while phase 3's transition defers work into it.
                 p["_queue"] = queue_state(conn)
                 if p["_queue"]["present"]:
@@ -520,7 +568,7 @@ def run(module: AnsibleModule) -> dict:
                 result["summary"] = (
                     f"watch sample {sum(1 for r in rows if r['kind'] == 'sample')} at {hours_in:.1f} h of "
                     f"{p['hours']:g} h: " + ", ".join(f"{k} {v:g}" for k, v in metrics.items()
-                                                      if isinstance(v, (int, float)) and k in PLOTTED)
+                                                      if isinstance(v, (int, float)) and k in plotted)
                     + f"; {len(alerts)} alert(s), {len(escalations)} escalated")
     finally:
         conn.close()
