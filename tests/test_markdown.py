@@ -91,7 +91,7 @@ def test_the_briefing() -> None:
          "signoffs_missing": [], "delete_rules": {"fk_cao_installation": "", "overrides_linkable_to_installation": 0,
                                                   "overrides": 0},
          "drain": {"says": "x"}, "channels": {}}
-    rows = cells(brief.markdown(b))
+    rows = cells(brief.markdown(b, {}))
     assert [SHOWN, "1", "0.0 MiB"] in rows
     assert ["1", SHOWN, "1.0 s", "estimate", ""] in rows
     assert ["dba (required)", "go", SHOWN, ""] in rows
@@ -140,7 +140,7 @@ def test_the_watch(tmp_path: Path) -> None:
               "alerts": [{"at": "t", "metric": "m", "severity": "warning", "message": ODD}], "escalations": [],
               "details": {"tables": [{"table": ODD, "total_bytes": 0, "live_tuples": 1, "dead_tuples": 2}]}}
     p = {"report_dir": str(tmp_path), "host": "h", "hours": 48.0, "thresholds": {}, "queue_age_alert_s": 600,
-         "plots": False}
+         "plots": False, "_plan": watch.watch_plan(None, None)}
     watch.trend_report(p, start, [sample], False)
     rows = cells((tmp_path / "watch-h.md").read_text())
     assert ["t", "m", "warning", "1", "no", SHOWN] in rows

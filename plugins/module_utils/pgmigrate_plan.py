@@ -313,7 +313,7 @@ def human_seconds(seconds: float) -> str:
 
 
 def rows_line(rows: dict[str, dict[str, Any]], total: int | None, reachable: bool) -> str:
-    """rows: ~1,100,000 (client_app_overrides ~1,100,000; handover_packages not there yet)."""
+    """rows: ~1,100,000 (orders ~1,100,000; order_events not there yet)."""
     if not rows:
         return "none (it locks no table)"
     if not reachable:
