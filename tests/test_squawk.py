@@ -1,4 +1,4 @@
-"""Every SQL file in files/sql passes squawk (PyPI squawk-cli), configured by .squawk.toml.
+"""Every SQL file in files/sql and migrations/ passes squawk (PyPI squawk-cli), configured by .squawk.toml.
 
 Each file is linted the way the runner (plugins/modules/pgmigrate_sql.py) executes it: psql
 variables replaced by placeholder literals (the runner fills them; squawk's parser knows no
@@ -20,9 +20,10 @@ from helpers import REPO_ROOT, plugin
 
 file_directives = plugin("module_utils", "pgmigrate").file_directives
 
-SQL_ROOT = REPO_ROOT / "files" / "sql"
+# The engine's SQL and every migration directory's.
+SQL_ROOTS = (REPO_ROOT / "files" / "sql", REPO_ROOT / "migrations")
 CONFIG = REPO_ROOT / ".squawk.toml"
-SQL_FILES = sorted(SQL_ROOT.rglob("*.sql"))
+SQL_FILES = sorted(p for root in SQL_ROOTS for p in root.rglob("*.sql"))
 # psql variables, as pgmigrate.render() reads them: :'literal', :"identifier", :raw.
 VARIABLE = re.compile(r"(?<![:\w]):(?:'(\w+)'|\"(\w+)\"|(\w+))")
 
@@ -66,7 +67,7 @@ def test_there_are_sql_files_and_a_config() -> None:
         assert before and (before[-1].lstrip().startswith("#") or before[-1].strip().endswith('",')), rule
 
 
-@pytest.mark.parametrize("path", SQL_FILES, ids=[str(p.relative_to(SQL_ROOT)) for p in SQL_FILES])
+@pytest.mark.parametrize("path", SQL_FILES, ids=[str(p.relative_to(REPO_ROOT)) for p in SQL_FILES])
 def test_squawk_passes(path: Path) -> None:
     result = lint(path)
     assert result.returncode == 0 and not result.stdout.strip(), (

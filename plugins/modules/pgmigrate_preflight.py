@@ -111,8 +111,8 @@ EXAMPLES = r"""
       marketplace_modules: {id: uuid, name: text}
       client_app_overrides: {id: uuid, client_id: uuid, app_name: text, enabled: boolean}
     shape_files:
-      - files/sql/phase2/deploy/010_columns.sql
-      - files/sql/phase2/deploy/020_tables.sql
+      - migrations/ht036/phase2/deploy/010_columns.sql
+      - migrations/ht036/phase2/deploy/020_tables.sql
     new_tables: [orchestration_workflows, workflow_executions, handover_packages, integration_events]
     db_host: db.example.internal
     db_name: app

@@ -83,7 +83,8 @@ options:
     elements: dict
     default: []
   sql_root:
-    description: The SQL files' root (C(files/sql)); the plan names each file relative to its parent.
+    description: The migration's directory (C(migrations/ht036)), the root of its SQL files; the plan names each file by
+      the directory's name and the file's path in it (C(ht036/phase1/deploy/010_backup_tables.sql)).
     type: path
   plan_dir:
     description: C(plan) - where to write the plan file; not written when unset.
@@ -147,8 +148,8 @@ EXAMPLES = r"""
   agency.pgmigrate.pgmigrate_signoff:
     action: plan
     phases:
-      - {phase: "1", files: [files/sql/phase1/deploy/010_checks.sql], checksum_params: {}}
-    sql_root: files/sql
+      - {phase: "1", files: [migrations/ht036/phase1/deploy/010_checks.sql], checksum_params: {}}
+    sql_root: migrations/ht036
     plan_dir: reports
     plan_label: production-db
     db_host: db.example.internal
@@ -159,8 +160,8 @@ EXAMPLES = r"""
   agency.pgmigrate.pgmigrate_signoff:
     action: verify
     phases:
-      - {phase: "1", files: [files/sql/phase1/deploy/010_checks.sql], checksum_params: {}}
-    sql_root: files/sql
+      - {phase: "1", files: [migrations/ht036/phase1/deploy/010_checks.sql], checksum_params: {}}
+    sql_root: migrations/ht036
     signers: {DBA: [jane@example.com], Product owner: [sam@example.com]}
     allowed_signers: inventories/production/allowed_signers
     db_host: db.example.internal
@@ -260,6 +261,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     fetch_dicts,
     file_checksums,
     json_safe,
+    sql_label,
     transaction,
 )
 
@@ -348,7 +350,7 @@ def plan_text(p: dict[str, Any]) -> str:
             lines.append(f"param {item['phase']} {key}={plan_field(value)}")
     for item in ordered:
         for path, digest in sorted(file_checksums(item.get("files") or [], p["sql_root"]).items()):
-            lines.append(f"file {plan_field('files/sql/' + path)} sha256={digest}")
+            lines.append(f"file {plan_field(sql_label(p['sql_root'], path))} sha256={digest}")
     return "\n".join(lines) + "\n"
 
 
