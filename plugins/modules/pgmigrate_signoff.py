@@ -385,7 +385,8 @@ def plan_changes(signed: str, current: str) -> str:
         elif key not in old:
             changes.append(f"{key} (new)")
         elif old[key] != new[key]:
-            what = "sha256 " if key.startswith("files/") else ""
+            # A file's key is its path (ht036/phase1/...); the others name no directory.
+            what = "sha256 " if "/" in key else ""
             changes.append(f"{key} ({what}{old[key]} -> {new[key]})")
     return ", ".join(changes) or "the plan's format"
 
