@@ -73,7 +73,7 @@ def test_the_archive_holds_the_collection_and_nothing_else(installed: dict[str, 
                    "plugins/modules/pgmigrate_sql.py", "plugins/module_utils/pgmigrate.py",
                    "plugins/action/pgmigrate_direct.py", "plugins/action/pgmigrate_sql.py"):
         assert wanted in names, wanted
-    assert any(n.startswith("files/sql/phase3/") for n in names)
+    assert any(n.startswith("migrations/ht036/phase3/") for n in names)
     for name in names:
         top = name.split("/", 1)[0]
         assert top not in NOT_PACKED and "__pycache__" not in name and not name.endswith(".pyc"), name

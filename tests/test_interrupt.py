@@ -168,7 +168,7 @@ def test_migrate_killed_during_constraint_validation(stage_copy: dict[str, Any],
     (a copy of the repository pauses between the two): the rerun validates both."""
     db = stage_copy
     repo = copy_repository(tmp_path / "repo")
-    validate = repo / "files/sql/phase4/deploy/030_validate.sql"
+    validate = repo / "migrations/ht036/phase4/deploy/030_validate.sql"
     second = "ALTER TABLE client_app_overrides VALIDATE CONSTRAINT fk_cao_installation"
     validate.write_text(validate.read_text().replace(second, f"SELECT pg_sleep(300);\n\n{second}"))
     run = Background(MIGRATE, db, {"phase": 4, **out_dirs_in(tmp_path)}, tmp_path / "killed", repo_root=repo)

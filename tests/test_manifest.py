@@ -8,6 +8,7 @@ before anything changes. None of this needs a database."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -17,10 +18,10 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import REPO_ROOT, playbook_output, run_playbook
+from helpers import REPO_ROOT, playbook_output, plugin, run_playbook
 
 MANIFEST = REPO_ROOT / "migrations" / "ht036" / "manifest.yml"
-SQL_ROOT = REPO_ROOT / "files" / "sql"
+SQL_ROOT = REPO_ROOT / "migrations" / "ht036"
 ENGINE_VARS = REPO_ROOT / "roles" / "migration" / "vars" / "main.yml"
 PHASE_ROLES = sorted((REPO_ROOT / "roles").glob("phase[1-6]_*"))
 # No database is reached: the plan needs the inventory's names only.
@@ -93,9 +94,9 @@ def test_every_file_a_phase_role_names_is_in_the_manifest() -> None:
         for tasks in role.glob("tasks/*.yml"):
             for name in ROLE_FILE.findall(tasks.read_text()):
                 found[name] = tasks.relative_to(REPO_ROOT)
-    # The pattern reads the roles as they are written today (phase 3's, 4's, 5's and 6's).
-    assert {"phase3/deploy/020_link_batch.sql", "phase4/verify/violations.sql",
-            "phase6/verify/checks.sql", "phase5/verify/access.sql"} <= set(found), found
+    # The pattern reads the roles as they are written today (phase 6's validator; phases 1 to 5
+    # run their files by kind from the manifest: roles/migration/tasks/run_steps.yml, phase 3's vars).
+    assert {"phase6/verify/checks.sql", "phase5/verify/access.sql"} <= set(found), found
     assert {n: str(f) for n, f in found.items() if n not in names} == {}
 
 
@@ -220,7 +221,7 @@ def test_the_signed_plan_names_exactly_the_manifests_files(tmp_path: Path) -> No
                           {"approval_action": "plan", "phase": "all", "migration_report_dir": str(reports)})
     assert result.returncode == 0, playbook_output(result)
     [plan] = reports.glob("plan-*.txt")
-    listed = re.findall(r"^file files/sql/(\S+) sha256=", plan.read_text(), re.M)
+    listed = re.findall(r"^file ht036/(\S+) sha256=", plan.read_text(), re.M)
     assert listed == [s["file"] for p in load()["phases"].values() for s in p["steps"]]
 
 
@@ -229,6 +230,11 @@ def test_the_signed_plan_names_exactly_the_manifests_files(tmp_path: Path) -> No
     ("id: x\nphases: [\n", "cannot be read"),
     ("id: x\nphases:\n  '1': {title: T, role: phase1_validate, requires: [],\n"
      "        steps: [{file: a.sql, kind: sometimes}]}\n", "with an unknown kind: a.sql"),
+    # Without a role, a phase's steps run by kind (roles/migration/tasks/run_steps.yml), which
+    # runs no backfill: refused when the manifest is loaded.
+    ("id: x\nphases:\n  '1': {title: T, requires: [],\n"
+     "        steps: [{file: a.sql, kind: transaction}, {file: b.sql, kind: backfill-plan}]}\n",
+     "Steps only a role runs, in a phase without one: b.sql"),
 ])
 def test_a_missing_or_malformed_manifest_is_refused_before_anything_changes(
         tmp_path: Path, content: str | None, needle: str) -> None:
@@ -243,3 +249,43 @@ def test_a_missing_or_malformed_manifest_is_refused_before_anything_changes(
     assert needle in result.stdout + result.stderr, playbook_output(result)
     assert "Nothing was changed" in result.stdout + result.stderr, playbook_output(result)
     assert not list(reports.glob("*.json"))
+
+
+def test_the_rollback_runs_the_manifests_reverts_by_stage_in_its_order(tmp_path: Path) -> None:
+    """pgmigrate_rollback takes its files from the manifest (graph), by stage, in the manifest's
+    order: for HT-036 the very files, in the very order, that the folders gave; a file in a revert
+    folder that no step names is not run, and the manifest's order wins over the names' order."""
+    rollback = plugin("modules", "pgmigrate_rollback")
+    phases = load()["phases"]
+
+    def folder(phase: str, sub: str) -> list[str]:
+        found = (SQL_ROOT / f"phase{phase}" / "revert" / sub).glob("*.sql")
+        return sorted(str(p.relative_to(SQL_ROOT)) for p in found)
+
+    for phase in phases:
+        got = {stage: [str(Path(f).relative_to(SQL_ROOT))
+                       for f in rollback.stage_files(str(SQL_ROOT), phases, phase, stage)]
+               for stage in STAGES}
+        assert got == {"first": folder(phase, "first"), "batches": folder(phase, "batches"),
+                       "final": folder(phase, "")}, phase
+    assert rollback.check_revert_files(str(SQL_ROOT), phases, list(phases)) is None
+    # Two final reverts listed in the other order run in that order.
+    swapped = copy.deepcopy(phases)
+    steps = swapped["3"]["steps"]
+    first = next(s for s in steps if s["file"].endswith("007_transition_sync.sql"))
+    later = next(s for s in steps if s["file"].endswith("030_workflows.sql"))
+    first["revert"]["files"], later["revert"]["files"] = (
+        [r for r in first["revert"]["files"] if r["stage"] != "final"] + later["revert"]["files"],
+        [r for r in first["revert"]["files"] if r["stage"] == "final"])
+    assert [Path(f).name for f in rollback.stage_files(str(SQL_ROOT), swapped, "3", "final")] == [
+        "010_remove_inserted.sql", "005_remove_sync.sql"]
+    # A revert file the manifest names that is not there, and a stage outside the vocabulary.
+    root = tmp_path / "sql"
+    shutil.copytree(SQL_ROOT, root)
+    (root / "phase4" / "revert" / "010_foreign_keys.sql").unlink()
+    assert "phase4/revert/010_foreign_keys.sql" in rollback.check_revert_files(str(root), phases, ["4"])
+    assert rollback.check_revert_files(str(root), phases, ["5"]) is None
+    bad = copy.deepcopy(phases)
+    bad["5"]["steps"][0]["revert"]["files"][0]["stage"] = "sometime"
+    assert "phase5/revert/010_access.sql" in rollback.check_revert_files(str(SQL_ROOT), bad, ["5"])
+    assert "has no phase 7" in rollback.check_revert_files(str(SQL_ROOT), phases, ["7"])

@@ -98,7 +98,7 @@ def test_without_a_database_the_plan_says_so(tmp_path: Path) -> None:
 
 def test_squawk_findings_of_a_step_file_are_in_the_plan(tmp_path: Path) -> None:
     repo = copy_with_squawk_config(tmp_path)
-    edited = repo / "files/sql/phase2/deploy/010_columns.sql"
+    edited = repo / "migrations/ht036/phase2/deploy/010_columns.sql"
     edited.write_text(edited.read_text() + "\nCREATE INDEX idx_probe ON client_app_overrides (app_name);\n")
     result, plan = run_plan(NO_DB, tmp_path / "reports", repo, phase="2")
     assert result.returncode == 0, playbook_output(result)
@@ -144,7 +144,7 @@ def test_the_duration_is_the_ledgers_measurement_once_a_phase_ran(fresh_db: dict
         "kind": "rehearsal", "verdict": "go",
         "context": {"source": TEST_HOST, "started_at": "2026-12-01T00:00:00+00:00"},
         "phases": [{"phase": "2", "status": "succeeded", "duration_s": 42.5,
-                    "steps": [{"file": "/elsewhere/files/sql/phase2/deploy/010_columns.sql", "seconds": 12.25}]}]}))
+                    "steps": [{"file": "/elsewhere/migrations/ht036/phase2/deploy/010_columns.sql", "seconds": 12.25}]}]}))
     result, plan = run_plan(fresh_db, reports, phase="2")
     assert result.returncode == 0, playbook_output(result)
     assert step(plan, "phase2/deploy/010_columns.sql")["duration"] == {
@@ -198,7 +198,7 @@ def test_the_checksum_is_stable_and_is_the_signed_plans(tmp_path: Path) -> None:
 def test_the_checksum_changes_with_a_steps_file_or_its_manifest_entry(tmp_path: Path) -> None:
     repo = copy_with_squawk_config(tmp_path)
     _, before = run_plan(NO_DB, tmp_path / "a", repo, phase="2")
-    edited = repo / "files/sql/phase2/deploy/040_comments.sql"
+    edited = repo / "migrations/ht036/phase2/deploy/040_comments.sql"
     edited.write_text(edited.read_text() + "\n-- edited after the review\n")
     _, after_file = run_plan(NO_DB, tmp_path / "b", repo, phase="2")
     assert after_file["plan_checksum"] != before["plan_checksum"]
@@ -215,24 +215,24 @@ def test_the_checksum_changes_with_a_steps_file_or_its_manifest_entry(tmp_path: 
 
 
 def test_plan_changes_names_what_changed() -> None:
-    root = REPO_ROOT / "files/sql"
+    root = REPO_ROOT / "migrations/ht036"
     manifest = yaml.safe_load((REPO_ROOT / "migrations/ht036/manifest.yml").read_text())
     phase = manifest["phases"]["2"]
     item = {"phase": "2", "requires": phase["requires"], "checksum_params": {}, "title": phase["title"],
             "role": phase["role"], "steps": phase["steps"],
             "files": [str(root / s["file"]) for s in phase["steps"]]}
     params = {"db_host": "db", "db_port": 5432, "db_name": "agency", "sql_root": str(root),
-              "sql_label": "files/sql", "manifest": {k: v for k, v in manifest.items() if k != "phases"},
+              "sql_label": "migrations/ht036", "manifest": {k: v for k, v in manifest.items() if k != "phases"},
               "phases": [item]}
     text = plan_utils.plan_text(params)
     assert text == plan_utils.plan_text(params)
     assert text.startswith("pgmigrate plan 2\nmigration ht036 manifest=")
-    assert "revert-file files/sql/phase2/revert/010_drop_created.sql sha256=" in text
+    assert "revert-file migrations/ht036/phase2/revert/010_drop_created.sql sha256=" in text
     changed_steps = [dict(s) for s in phase["steps"]]
     changed_steps[1] = {**changed_steps[1], "kind": "no-transaction"}
     other = plan_utils.plan_text({**params, "phases": [{**item, "steps": changed_steps}]})
     assert plan_utils.plan_changes(text, other) == (
-        "phase 2's step files/sql/phase2/deploy/010_columns.sql "
+        "phase 2's step migrations/ht036/phase2/deploy/010_columns.sql "
         f"(manifest entry {plan_utils.sha256_of(plan_utils.canonical(phase['steps'][1]))[:12]} -> "
         f"{plan_utils.sha256_of(plan_utils.canonical(changed_steps[1]))[:12]})")
     old_format = "pgmigrate plan 1\n" + text.split("\n", 1)[1]

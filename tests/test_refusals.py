@@ -164,16 +164,16 @@ def test_drift_is_refused(fresh_db: dict[str, Any], out_dirs: dict[str, str], tm
         result = run_playbook(MIGRATE, fresh_db, {"phase": phase, **out_dirs})
         assert result.returncode == 0, playbook_output(result)
     repo = copy_repository(tmp_path / "repo")
-    edited = repo / "files/sql/phase2/deploy/020_tables.sql"
+    edited = repo / "migrations/ht036/phase2/deploy/020_tables.sql"
     edited.write_text(edited.read_text() + "-- an innocent-looking edit\n")
     text = assert_refused(
         fresh_db,
         lambda: run_playbook_at(repo, MIGRATE, fresh_db, {"phase": 2, **out_dirs}),
         "drift",
-        "files/sql/phase2/deploy/020_tables.sql",
+        "ht036/phase2/deploy/020_tables.sql",
         ledger_before=True,
     )
-    assert "files/sql/phase2/deploy/010_columns.sql" not in text
+    assert "ht036/phase2/deploy/010_columns.sql" not in text
 
 
 def test_unchanged_copy_is_no_drift(fresh_db: dict[str, Any], out_dirs: dict[str, str], tmp_path: Path) -> None:

@@ -262,7 +262,7 @@ def test_supabase_objects_stay(staged: Staged, tmp_path: Path) -> None:
 # --- how long the final transaction holds its locks ------------------------------------------
 
 # The first line of every file a full rollback runs in its transaction.
-REVERT_FILES = sorted(p for p in (REPO_ROOT / "files/sql").glob("phase*/revert/**/*.sql")
+REVERT_FILES = sorted(p for p in (REPO_ROOT / "migrations/ht036").glob("phase*/revert/**/*.sql")
                       if "batches" not in p.parts)
 
 
@@ -302,7 +302,7 @@ def test_a_revert_file_that_fails_is_named_and_changes_nothing(copy: dict[str, A
     is as it was (the ledger's records of the attempt aside, marked failed), and the rollback
     with the real files then completes."""
     repo = copy_repository(tmp_path / "repo")
-    failing = repo / "files/sql/phase4/revert/010_foreign_keys.sql"
+    failing = repo / "migrations/ht036/phase4/revert/010_foreign_keys.sql"
     failing.write_text(failing.read_text() + "\nSELECT 1 / 0;\n")
     before = db_snapshot(copy)
     result = run_playbook_at(repo, ROLLBACK, copy, {"phase": "all", **out_dirs_in(tmp_path)})

@@ -116,11 +116,11 @@ def test_plan_names_every_file_and_the_database_never_the_password(
     before = db_snapshot(fresh_db)
     plan = write_plan(fresh_db, signed_vars)
     text = plan.read_text()
-    files = sorted((REPO_ROOT / "files/sql/phase1/deploy").glob("*.sql"))
+    files = sorted((REPO_ROOT / "migrations/ht036/phase1/deploy").glob("*.sql"))
     assert files
     for path in files:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        assert f"file {path.relative_to(REPO_ROOT)} sha256={digest}\n" in text
+        assert f"file {path.relative_to(REPO_ROOT / 'migrations')} sha256={digest}\n" in text
     assert f"database host={fresh_db['host']} port={fresh_db['port']} dbname={fresh_db['dbname']}\n" in text
     assert "phases 1\n" in text and fresh_db["password"] not in text
     again = run_playbook(APPROVE, fresh_db, {"approval_action": "plan", "phase": PHASE, **signed_vars},
@@ -197,11 +197,11 @@ def test_plan_changed_after_signing_is_refused(fresh_db: dict[str, Any], signed_
     plan = write_plan(fresh_db, signed_vars, repo)
     for role, name in (("DBA", "jane"), ("Product owner", "sam")):
         assert record(fresh_db, signed_vars, role, sign(keys[name], plan), repo).returncode == 0
-    edited = sorted((repo / "files/sql/phase1/deploy").glob("*.sql"))[0]
+    edited = sorted((repo / "migrations/ht036/phase1/deploy").glob("*.sql"))[0]
     edited.write_text(edited.read_text() + "\n-- edited after the sign-off\n")
     text = assert_refused(fresh_db, lambda: migrate(fresh_db, signed_vars, repo),
                           "DBA's signature (jane@example.com, recorded at", "is of another plan",
-                          f"changed since it was signed: files/sql/phase1/deploy/{edited.name} (sha256 ",
+                          f"changed since it was signed: ht036/phase1/deploy/{edited.name} (sha256 ",
                           "Product owner's signature", "Nothing was changed")
     assert "approve.yml -e approval_action=plan -e phase=1" in text
     # Signing the plan of another run (phase=all) is no sign-off of this one either.
@@ -229,17 +229,17 @@ def test_a_step_changed_in_the_manifest_after_signing_is_refused(
     manifest.write_text(text.replace(lock, "- {mode: ROW SHARE, table: client_app_overrides}", 1))
     assert_refused(fresh_db, lambda: migrate(fresh_db, signed_vars, repo),
                    f"is of another plan (sha256 {checksum[:12]}",
-                   "changed since it was signed: phase 1's step files/sql/phase1/deploy/010_backup_tables.sql "
+                   "changed since it was signed: phase 1's step migrations/ht036/phase1/deploy/010_backup_tables.sql "
                    "(manifest entry ", "Nothing was changed")
 
 
 def test_a_value_never_reads_as_another_line_of_the_plan() -> None:
     """A database name holding a line break or a space is quoted: no two targets print alike."""
     signoff = plugin("modules", "pgmigrate_signoff")
-    params = {"db_host": "db.internal", "db_port": 5432, "phases": [], "sql_root": str(REPO_ROOT / "files/sql")}
+    params = {"db_host": "db.internal", "db_port": 5432, "phases": [], "sql_root": str(REPO_ROOT / "migrations/ht036")}
     plain = signoff.plan_text({**params, "db_name": "agency"})
-    forged = signoff.plan_text({**params, "db_name": "agency\nfile files/sql/x.sql sha256=0"})
+    forged = signoff.plan_text({**params, "db_name": "agency\nfile ht036/x.sql sha256=0"})
     assert "dbname=agency\n" in plain
-    assert 'dbname="agency\\nfile files/sql/x.sql sha256=0"\n' in forged
+    assert 'dbname="agency\\nfile ht036/x.sql sha256=0"\n' in forged
     assert len(forged.splitlines()) == len(plain.splitlines()) == 3
     assert signoff.plan_changes(plain, forged).startswith("database (")

@@ -1,4 +1,4 @@
-"""Every SQL file in files/sql passes squawk (PyPI squawk-cli), configured by .squawk.toml.
+"""Every SQL file in files/sql and migrations/ passes squawk (PyPI squawk-cli), configured by .squawk.toml.
 
 Each file is linted the way the runner (plugins/modules/pgmigrate_sql.py) executes it: psql
 variables replaced by placeholder literals (the runner fills them; squawk's parser knows no
@@ -23,9 +23,10 @@ file_directives = plugin("module_utils", "pgmigrate").file_directives
 # function lints each step's file for playbooks/plan.yml.
 placeholders = plugin("module_utils", "pgmigrate_plan").squawk_placeholders
 
-SQL_ROOT = REPO_ROOT / "files" / "sql"
+# The engine's SQL and every migration directory's.
+SQL_ROOTS = (REPO_ROOT / "files" / "sql", REPO_ROOT / "migrations")
 CONFIG = REPO_ROOT / ".squawk.toml"
-SQL_FILES = sorted(SQL_ROOT.rglob("*.sql"))
+SQL_FILES = sorted(p for root in SQL_ROOTS for p in root.rglob("*.sql"))
 
 
 def squawk() -> str:
@@ -53,7 +54,7 @@ def test_there_are_sql_files_and_a_config() -> None:
         assert before and (before[-1].lstrip().startswith("#") or before[-1].strip().endswith('",')), rule
 
 
-@pytest.mark.parametrize("path", SQL_FILES, ids=[str(p.relative_to(SQL_ROOT)) for p in SQL_FILES])
+@pytest.mark.parametrize("path", SQL_FILES, ids=[str(p.relative_to(REPO_ROOT)) for p in SQL_FILES])
 def test_squawk_passes(path: Path) -> None:
     result = lint(path)
     assert result.returncode == 0 and not result.stdout.strip(), (

@@ -1,7 +1,7 @@
 -- An independent check of the transition (docs/transition.md): is every override's
 -- linkage and status what phase 3's rule gives for its client's installations and enabled, and
 -- has every installation of the event window exactly one module_installed event? Written
--- apart from the migration's own rule (files/sql/phase3/deploy/005_linkage_rule.sql) on
+-- apart from the migration's own rule (migrations/ht036/phase3/deploy/005_linkage_rule.sql) on
 -- purpose, so a mistake in that one shows here. Read-only; run it under traffic:
 --   psql -X -v ON_ERROR_STOP=1 -d DB -f tools/check_transition.sql
 -- One row per check: check, failures (0 = consistent), examples (up to 5 ids).

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BASELINE_DIR = REPO_ROOT / "files" / "sql" / "baseline"
+BASELINE_DIR = REPO_ROOT / "migrations" / "ht036" / "baseline"
 HOST = "127.0.0.1"
 SUPERUSER = "postgres"
 PG_OS_USER = "postgres"

@@ -510,13 +510,19 @@ def sha256_text(text: str) -> str:
 
 
 def file_checksums(paths: list[str], base: str | None = None) -> dict[str, str]:
-    """sha256 of each file, keyed by its path relative to base (the files/sql directory)."""
+    """sha256 of each file, keyed by its path relative to base (the migration's directory)."""
     out: dict[str, str] = {}
     for path in paths:
         p = Path(path)
         key = os.path.relpath(p, base) if base else p.name
         out[key] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+def sql_label(root: str, path: str) -> str:
+    """A file as a report or a signed plan names it: the migration directory's name and the
+    file's path in it (ht036/phase2/deploy/010_columns.sql), the same on every checkout."""
+    return f"{os.path.basename(os.path.normpath(root))}/{path}"
 
 
 def combined_checksum(files: dict[str, str], params: dict[str, Any] | None = None) -> str:

@@ -48,7 +48,7 @@ options:
     type: str
     default: migration_ledger.phase3_override_plan
   plan_file:
-    description: C(plan) - the plan SQL file (C(files/sql/phase3/deploy/010_plan.sql)).
+    description: C(plan) - the plan SQL file (C(migrations/ht036/phase3/deploy/010_plan.sql)).
     type: path
   setup_files:
     description: C(plan) - SQL files run before the plan, in one transaction of their own.
@@ -56,7 +56,7 @@ options:
     elements: path
     default: []
   batch_file:
-    description: C(run) - the batch SQL file (C(files/sql/phase3/deploy/020_link_batch.sql)).
+    description: C(run) - the batch SQL file (C(migrations/ht036/phase3/deploy/020_link_batch.sql)).
     type: path
   chunk_rows:
     description: Plan rows per chunk.
@@ -120,10 +120,10 @@ EXAMPLES = r"""
 - name: Plan the linkage and split it into chunks
   agency.pgmigrate.pgmigrate_backfill:
     action: plan
-    plan_file: files/sql/phase3/deploy/010_plan.sql
+    plan_file: migrations/ht036/phase3/deploy/010_plan.sql
     setup_files:
-      - files/sql/phase3/deploy/005_linkage_rule.sql
-      - files/sql/phase3/deploy/007_transition_sync.sql
+      - migrations/ht036/phase3/deploy/005_linkage_rule.sql
+      - migrations/ht036/phase3/deploy/007_transition_sync.sql
     db_host: db.example.internal
     db_name: app
     db_user: migrator
@@ -132,7 +132,7 @@ EXAMPLES = r"""
 - name: Link each chunk in short batches
   agency.pgmigrate.pgmigrate_backfill:
     action: run
-    batch_file: files/sql/phase3/deploy/020_link_batch.sql
+    batch_file: migrations/ht036/phase3/deploy/020_link_batch.sql
     lo: "{{ item.lo }}"
     hi: "{{ item.hi }}"
     rows: "{{ item.rows }}"

@@ -46,7 +46,7 @@ options:
     elements: path
     default: []
   sql_root:
-    description: The directory the SQL file paths are recorded relative to (C(files/sql)).
+    description: The directory the SQL file paths are recorded relative to (the migration's, C(migrations/ht036)).
     type: path
   checksum_params:
     description: Parameters that change what the files do, folded into the recorded checksum.
@@ -100,10 +100,10 @@ EXAMPLES = r"""
 - name: Decide which phases of the run may run, before anything changes
   agency.pgmigrate.pgmigrate_ledger:
     action: gate
-    sql_root: files/sql
+    sql_root: migrations/ht036
     phases:
       - {phase: "1", requires: [], files: []}
-      - {phase: "2", requires: ["1"], files: [files/sql/phase2/deploy/020_tables.sql]}
+      - {phase: "2", requires: ["1"], files: [migrations/ht036/phase2/deploy/020_tables.sql]}
     db_host: db.example.internal
     db_name: app
     db_user: migrator
@@ -116,8 +116,8 @@ EXAMPLES = r"""
     run_id: "{{ run_id }}"
     operator: alice
     environment: staging
-    sql_root: files/sql
-    files: [files/sql/phase2/deploy/020_tables.sql]
+    sql_root: migrations/ht036
+    files: [migrations/ht036/phase2/deploy/020_tables.sql]
     db_host: db.example.internal
     db_name: app
     db_user: migrator
@@ -181,6 +181,7 @@ from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate import 
     ledger_exists,
     ledger_state,
     ledger_unfinished,
+    sql_label,
     transaction,
 )
 from ansible_collections.agency.pgmigrate.plugins.module_utils.pgmigrate_monitor import phase_monitoring, sample_with
@@ -222,7 +223,7 @@ def gate_one(state: dict, phase: str, requires: list[str], files_in: list[str], 
         recorded = state[phase].get("files") or {}
         changed = sorted(f for f in set(files) | set(recorded) if files.get(f) != recorded.get(f))
         if changed or state[phase].get("checksum") != checksum:
-            what = ", ".join(f"files/sql/{f}" for f in changed) or "its parameters"
+            what = ", ".join(sql_label(sql_root, f) for f in changed) or "its parameters"
             raise GateRefused(
                 f"drift: phase {phase} was applied at {state[phase]['finished_at']} with "
                 f"different SQL; changed since: {what}. Restore the applied version of "

@@ -324,7 +324,7 @@ def schema_markdown(schema: dict, level: int = 1, extended_table: str | None = N
     h = "#" * level
     out = [f"{h} Schema documentation: what the migration added", "",
            "Generated from the catalog of a migrated database (the COMMENT ON of phase 2's "
-           "`files/sql/phase2/deploy/040_comments.sql`, types, defaults, constraints, indexes, policies) by "
+           "`migrations/ht036/phase2/deploy/040_comments.sql`, types, defaults, constraints, indexes, policies) by "
            "`playbooks/review.yml`; do not edit by hand.", ""]
     for t in schema["tables"]:
         added = t["table"] == extended_table

@@ -3,14 +3,15 @@
 #   plan (read-only): which phases a selection rolls back, in reverse order; refuses a phase that
 #     applied later phases depend on (naming them), a database without a ledger, and objects of
 #     the application that depend on what the rollback would drop.
-#   run: each phase's files/sql/phaseN/revert/*.sql, lock-safely. Phases run together in ONE
-#     transaction (SQL and ledger records: all or nothing), except where a phase has batches
-#     (files/sql/phaseN/revert/batches/*.sql, e.g. phase 3 resetting overrides): those run first,
-#     each batch in its own short transaction, because one long transaction would hold row locks
-#     on live rows for its whole length. Before the batches, files/sql/phaseN/revert/first/*.sql
-#     run, each in a short transaction of its own (phase 3: remove the transition's sync, so
-#     nothing derives the overrides again while the batches put them back); when the batches are
-#     not run (phase 2 rolled back too), they open the phase's transaction instead.
+#   run: each phase's revert files, as the migration's manifest lists them (graph: each step's
+#     revert files with their stage, in the manifest's order), lock-safely. Phases run together
+#     in ONE transaction (SQL and ledger records: all or nothing: the stage "final"), except
+#     where a phase has files of the stage "batches" (e.g. phase 3 resetting overrides): those run
+#     first, each batch in its own short transaction, because one long transaction would hold row
+#     locks on live rows for its whole length. Before the batches, the stage "first" runs, each
+#     file in a short transaction of its own (phase 3: close the transition, so nothing derives
+#     the overrides again while the batches put them back); when the batches are not run (phase 2
+#     rolled back too), those files open the phase's transaction instead.
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -24,9 +25,11 @@ description:
     the ledger says it is applied, or its latest run did not finish (killed or failed half-way).
     It refuses a phase that applied later phases depend on (naming them), a database without a
     ledger, and objects of the application that depend on what the rollback would drop."
-  - "C(run) runs each phase's C(files/sql/phaseN/revert/*.sql) lock-safely. Phases run together in
-    one transaction (SQL and ledger records - all or nothing), except where a phase has batches
-    (C(revert/batches/*.sql)): those run first, each batch in its own short transaction, with the
+  - "C(run) runs each phase's revert files lock-safely, as the manifest lists them (I(graph)): each
+    step's C(revert.files), in the manifest's order, by C(stage). Phases run together in one
+    transaction (the stage C(final); SQL and ledger records - all or nothing), except where a
+    phase has files of the stage C(batches): those run first (after the stage C(first), each file
+    in a short transaction of its own), each batch in its own short transaction, with the
     I(throttle) between them. The transaction holds its locks for two round trips: every file in
     one query, the ledger records and C(COMMIT) in the next. C(run) records every phase it rolls
     back as running, then runs and finishes them; a failure marks them failed with the error and
@@ -47,9 +50,12 @@ options:
   graph:
     type: dict
     default: {}
-    description: C(plan) - phase to C({requires - [...]}), the phase graph.
+    description: >-
+      The migration manifest's phases - phase to C({requires - [...], steps - [...]}): the phase
+      graph (C(plan)), and the revert files each step names with their stage (C(plan) and
+      C(run)), relative to I(sql_root).
   sql_root:
-    description: The SQL directory (C(files/sql)) holding C(phaseN/revert/).
+    description: The migration's directory (C(migrations/ht036)), the root of the manifest's file paths.
     type: path
     required: true
   phases:
@@ -130,11 +136,9 @@ EXAMPLES = r"""
   agency.pgmigrate.pgmigrate_rollback:
     action: plan
     selection: [data]
-    graph:
-      "1": {requires: []}
-      "2": {requires: ["1"]}
-      "3": {requires: ["2"]}
-    sql_root: files/sql
+    # The manifest's phases: the phase graph, and each step's revert files by stage.
+    graph: "{{ (lookup('ansible.builtin.file', 'migrations/ht036/manifest.yml') | from_yaml).phases }}"
+    sql_root: migrations/ht036
     db_host: db.example.internal
     db_name: app
     db_user: migrator
@@ -146,7 +150,8 @@ EXAMPLES = r"""
     phases: "{{ rollback_plan.targets }}"
     scope: "{{ rollback_plan.scope }}"
     reason: p95 over the abort threshold
-    sql_root: files/sql
+    graph: "{{ (lookup('ansible.builtin.file', 'migrations/ht036/manifest.yml') | from_yaml).phases }}"
+    sql_root: migrations/ht036
     run_id: "{{ run_id }}"
     operator: alice
     environment: staging
@@ -226,7 +231,6 @@ notes:
 """
 
 import collections
-import glob
 import json
 import os
 import re
@@ -287,16 +291,42 @@ def phase_key(phase: str) -> int:
     return int(phase) if phase.isdigit() else 0
 
 
-def revert_files(root: str, phase: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(root, f"phase{phase}", "revert", "*.sql")))
+def stage_files(root: str, graph: dict, phase: str, stage: str) -> list[str]:
+    """The revert files of `phase` that the manifest gives `stage` (first, batches, final), in
+    its order: the phase's steps in turn, each step's revert files in turn. The manifest alone
+    decides what a rollback runs and when; no folder is listed."""
+    steps = (graph.get(phase) or {}).get("steps") or []
+    return [os.path.join(root, r["file"]) for step in steps if isinstance(step, dict)
+            for r in ((step.get("revert") or {}).get("files") or []) if r.get("stage") == stage]
 
 
-def first_files(root: str, phase: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(root, f"phase{phase}", "revert", "first", "*.sql")))
+def revert_files(root: str, graph: dict, phase: str) -> list[str]:
+    return stage_files(root, graph, phase, "final")
 
 
-def batch_files(root: str, phase: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(root, f"phase{phase}", "revert", "batches", "*.sql")))
+def first_files(root: str, graph: dict, phase: str) -> list[str]:
+    return stage_files(root, graph, phase, "first")
+
+
+def batch_files(root: str, graph: dict, phase: str) -> list[str]:
+    return stage_files(root, graph, phase, "batches")
+
+
+def check_revert_files(root: str, graph: dict, phases: list[str]) -> str | None:
+    """Why the manifest cannot roll `phases` back (a phase it does not know, a revert file that
+    is not there, a stage outside first/batches/final), or None."""
+    unknown = [ph for ph in phases if ph not in graph]
+    if unknown:
+        return f"the migration's manifest (graph) has no phase {', '.join(unknown)}"
+    reverts = [r for ph in phases for step in (graph[ph].get("steps") or []) if isinstance(step, dict)
+               for r in ((step.get("revert") or {}).get("files") or [])]
+    bad = [str(r.get("file")) for r in reverts if r.get("stage") not in ("first", "batches", "final")]
+    if bad:
+        return f"revert file(s) without a stage of first, batches or final in the manifest: {', '.join(bad)}"
+    missing = [r["file"] for r in reverts if not os.path.isfile(os.path.join(root, r["file"]))]
+    if missing:
+        return f"revert file(s) the manifest names are not under {root}: {', '.join(missing)}"
+    return None
 
 
 # --- plan -----------------------------------------------------------------------------------
@@ -349,7 +379,7 @@ def last_apply_details(conn, phase: str) -> dict:
     return (row[0] if row else None) or {}
 
 
-# What cleanup.yml -e cleanup_finalize=true drops (files/sql/cleanup/030_finalize.sql).
+# What cleanup.yml -e cleanup_finalize=true drops (migrations/ht036/cleanup/030_finalize.sql).
 FINALIZED_TABLES = ("migration_ledger.phase3_override_plan", "migration_ledger.phase3_override_sync",
                     "migration_ledger.phase3_inserted")
 
@@ -481,9 +511,12 @@ def do_plan(module, conn) -> dict:
                     f"{', '.join(targets)} would drop: {named}. The rollback drops nothing with "
                     "CASCADE: drop or change those objects first (the migration did not create "
                     "them), then rerun. Nothing was changed.", blockers=blockers, **result)
+    problem = check_revert_files(p["sql_root"], graph, targets)
+    if problem:
+        module.fail_json(msg=f"{problem}. Nothing was changed.", **result)
     result["files"] = {t: [os.path.relpath(f, p["sql_root"])
-                           for f in first_files(p["sql_root"], t) + batch_files(p["sql_root"], t)
-                           + revert_files(p["sql_root"], t)]
+                           for f in first_files(p["sql_root"], graph, t) + batch_files(p["sql_root"], graph, t)
+                           + revert_files(p["sql_root"], graph, t)]
                        for t in targets}
     return result
 
@@ -710,14 +743,19 @@ def do_run(module, conn) -> dict:
     p = module.params
     phases = [str(x) for x in p["phases"]]
     root = p["sql_root"]
+    graph = p["graph"]
     # Phase 2 rolled back in the same run drops phase 3's tables and columns: phase 3's rows go
     # with them, and its batches have nothing to do.
     phase2_follows = "2" in phases
     p["sql_params"] = {"phase2_follows": "true" if phase2_follows else "false"}
-    batches = {ph: ([] if phase2_follows else batch_files(root, ph)) for ph in phases}
-    # first/ files: on their own before the batches, or at the head of the phase's transaction.
-    firsts = {ph: (first_files(root, ph) if batches[ph] else []) for ph in phases}
-    files = {ph: ([] if batches[ph] else first_files(root, ph)) + revert_files(root, ph) for ph in phases}
+    problem = check_revert_files(root, graph, phases)
+    if problem:
+        module.fail_json(msg=f"{problem}. Nothing was changed.")
+    batches = {ph: ([] if phase2_follows else batch_files(root, graph, ph)) for ph in phases}
+    # first-stage files: on their own before the batches, or at the head of the phase's transaction.
+    firsts = {ph: (first_files(root, graph, ph) if batches[ph] else []) for ph in phases}
+    files = {ph: ([] if batches[ph] else first_files(root, graph, ph)) + revert_files(root, graph, ph)
+             for ph in phases}
     recorded = {ph: firsts[ph] + batches[ph] + files[ph] for ph in phases}
     if module.check_mode:
         return {"changed": bool(phases), "phases": phases,
@@ -818,7 +856,7 @@ def main():
             **LOCK_ARGS,
         ),
         required_if=[("action", "plan", ["graph"]),
-                     ("action", "run", ["run_id", "operator", "environment"])],
+                     ("action", "run", ["graph", "run_id", "operator", "environment"])],
         supports_check_mode=True,
     )
     try:

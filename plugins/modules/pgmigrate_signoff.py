@@ -178,8 +178,8 @@ EXAMPLES = r"""
   agency.pgmigrate.pgmigrate_signoff:
     action: plan
     phases:
-      - {phase: "1", files: [files/sql/phase1/deploy/010_checks.sql], checksum_params: {}}
-    sql_root: files/sql
+      - {phase: "1", files: [migrations/ht036/phase1/deploy/010_checks.sql], checksum_params: {}}
+    sql_root: migrations/ht036
     plan_dir: reports
     plan_label: production-db
     db_host: db.example.internal
@@ -190,8 +190,8 @@ EXAMPLES = r"""
   agency.pgmigrate.pgmigrate_signoff:
     action: verify
     phases:
-      - {phase: "1", files: [files/sql/phase1/deploy/010_checks.sql], checksum_params: {}}
-    sql_root: files/sql
+      - {phase: "1", files: [migrations/ht036/phase1/deploy/010_checks.sql], checksum_params: {}}
+    sql_root: migrations/ht036
     signers: {DBA: [jane@example.com], Product owner: [sam@example.com]}
     allowed_signers: inventories/production/allowed_signers
     db_host: db.example.internal

@@ -69,8 +69,8 @@ EXAMPLES = r"""
 - name: Apply phase 2's schema files lock-safely
   agency.pgmigrate.pgmigrate_sql:
     files:
-      - files/sql/phase2/deploy/010_columns.sql
-      - files/sql/phase2/deploy/030_indexes.sql
+      - migrations/ht036/phase2/deploy/010_columns.sql
+      - migrations/ht036/phase2/deploy/030_indexes.sql
     params:
       schema: public
     db_host: db.example.internal

@@ -1,6 +1,6 @@
 #!/usr/bin/python
-# Phase 6's validator: the integrity checks (files/sql/phase6/checks.sql), the access check
-# (files/sql/phase5/verify/access.sql), tenant isolation as real authenticated sessions, and
+# Phase 6's validator: the integrity checks (migrations/ht036/phase6/checks.sql), the access check
+# (migrations/ht036/phase5/verify/access.sql), tenant isolation as real authenticated sessions, and
 # the strategy's cross-system queries timed for their p95 (server-side, under EXPLAIN ANALYZE).
 # Read-only: everything runs in transactions that are rolled back.
 from __future__ import annotations
@@ -21,16 +21,16 @@ description:
     It never fails by itself; the caller decides (phase 6 fails the run on any failed check).
 options:
   checks_file:
-    description: The integrity checks (C(files/sql/phase6/verify/checks.sql)).
+    description: The integrity checks (C(migrations/ht036/phase6/verify/checks.sql)).
     type: path
     required: true
   access_file:
     description:
-      - The access check (C(files/sql/phase5/verify/access.sql)), run like I(checks_file); phase 5
+      - The access check (C(migrations/ht036/phase5/verify/access.sql)), run like I(checks_file); phase 5
         runs it too. Omitted, no access check.
     type: path
   queries_file:
-    description: The cross-system queries to time (C(files/sql/phase6/verify/cross_system_queries.sql)).
+    description: The cross-system queries to time (C(migrations/ht036/phase6/verify/cross_system_queries.sql)).
     type: path
     required: true
   params:
@@ -89,9 +89,9 @@ extends_documentation_fragment:
 EXAMPLES = r"""
 - name: Validate the migrated database
   agency.pgmigrate.pgmigrate_validate:
-    checks_file: files/sql/phase6/verify/checks.sql
-    access_file: files/sql/phase5/verify/access.sql
-    queries_file: files/sql/phase6/verify/cross_system_queries.sql
+    checks_file: migrations/ht036/phase6/verify/checks.sql
+    access_file: migrations/ht036/phase5/verify/access.sql
+    queries_file: migrations/ht036/phase6/verify/cross_system_queries.sql
     events_since_from_ledger: true
     report_file: reports/validation.json
     db_host: db.example.internal

@@ -3,7 +3,7 @@
 
 A benchmark, not a test: it prints figures and judges them against issue 4's aim (the clone
 within 10% of the hand-made pipe), and never runs in `make test`. In one run, on two throwaway
-clusters (tools/pgcluster.py; a production server seeded with files/sql/baseline at --scale
+clusters (tools/pgcluster.py; a production server seeded with migrations/ht036/baseline at --scale
 clients, and a staging server), each round times, alternating which goes first:
 
   hand      createdb -T template0, then pg_dump -Fc | pg_restore -d (the strategy's -F c, as

@@ -5,7 +5,7 @@ git revision's, interleaved call by call on copies of one queue (docs/benchmarks
 On a throwaway cluster: seed --scale clients, migrate to phase 6 (quiet; drain_method none, so
 nothing drains), then today's application's mix unthrottled for --fill seconds with no drainer:
 the queue and the sync's log it leaves are the work. Each round copies that database twice,
-loads --ref's two functions (from `git show REF:files/sql/phase3/deploy/007_transition_sync.sql`)
+loads --ref's two functions (from `git show REF:migrations/ht036/phase3/deploy/007_transition_sync.sql`)
 into one copy and this checkout's into the other, then on each: the log folded alone
 (transition_fold_sync_log(NULL)), and the queue drained by transition_drain(--batch) calls,
 alternating between the two copies call by call, so that a shared machine's load falls on both

@@ -48,7 +48,7 @@ from sync_cost import playbook, psql  # noqa: E402
 # A shared machine's load is not the migration's: the quiet copies are migrated whatever it is.
 LOADED = {"migration_abort_degradation_pct": 1000, "migration_abort_min_delta_ms": 1000}
 TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
-SYNC_SQL = HERE.parents[1] / "files/sql/phase3/deploy/007_transition_sync.sql"
+SYNC_SQL = HERE.parents[1] / "migrations/ht036/phase3/deploy/007_transition_sync.sql"
 
 
 def pgbench(info: dict[str, Any], dbname: str, scripts: list[tuple[str, int]], clients: int, scale: int,

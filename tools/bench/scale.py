@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """make bench-scale: how the migration's cost grows with the data, without traffic.
 
-For each size (--sizes, clients; files/sql/baseline/generate.sql makes about 10 overrides a
+For each size (--sizes, clients; migrations/ht036/baseline/generate.sql makes about 10 overrides a
 client), on one throwaway cluster: seed, VACUUM ANALYZE and CHECKPOINT, then
 `ansible-playbook playbooks/migrate.yml -e phase=all`, measuring
 

@@ -1,6 +1,6 @@
 -- (a) Phase 3 of the strategy as written (section 3.3): one UPDATE for every override, then the
 -- three INSERTs. Their elided expressions (the workflow steps, the package aggregates, the
--- event payload) are filled exactly like ours (files/sql/phase3/deploy/030..050), without our
+-- event payload) are filled exactly like ours (migrations/ht036/phase3/deploy/030..050), without our
 -- guards and without the ledger.
 WITH module_mapping AS (
   SELECT

@@ -1,5 +1,5 @@
 -- (a) Phase 5 of the strategy (section 3.5). Its views and policies are elided ("AS ...;"):
--- filled with ours (files/sql/phase5/deploy/020..040), which need the tenant rule. The tenant
+-- filled with ours (migrations/ht036/phase5/deploy/020..040), which need the tenant rule. The tenant
 -- rule is ours too (010_tenant_auth.sql) without its ledger bookkeeping.
 -- psql variable: claim_path (e.g. {app_metadata,client_id}).
 DO $$
@@ -38,6 +38,6 @@ CREATE OR REPLACE FUNCTION public.tenant_sees_all() RETURNS boolean
 -- Our 030 and 040 record what they change in the ledger (so that a rollback undoes exactly
 -- that): (a) gets the ledger's tables for them, and nothing else of ours.
 \ir ../../../files/sql/ledger/ledger.sql
-\ir ../../../files/sql/phase5/deploy/020_views.sql
-\ir ../../../files/sql/phase5/deploy/030_rls.sql
-\ir ../../../files/sql/phase5/deploy/040_grants.sql
+\ir ../../../migrations/ht036/phase5/deploy/020_views.sql
+\ir ../../../migrations/ht036/phase5/deploy/030_rls.sql
+\ir ../../../migrations/ht036/phase5/deploy/040_grants.sql
