@@ -22,10 +22,6 @@ ENGINE = [REPO_ROOT / "plugins", REPO_ROOT / "roles"]
 NAMED = {"client_app_overrides", "clients_enhanced", "marketplace_modules", "module_installations",
          "client_deployments", "orchestration_workflows", "workflow_executions", "handover_packages",
          "integration_events", "unified_client_dashboard", "module_integration_view", "workflow_progress_view"}
-# Until the steps branch runs phase 3's inserts from the manifest's steps (it moves HT-036's SQL
-# into the migration directory), phase 3's role names their files. Remove at that merge.
-PENDING = {("roles/phase3_data/tasks/main.yml", "phase3/deploy/040_handover_packages.sql"),
-           ("roles/phase3_data/tasks/main.yml", "phase3/deploy/050_integration_events.sql")}
 
 
 def manifest() -> dict[str, Any]:
@@ -50,10 +46,7 @@ def engine_hits() -> list[str]:
             for number, line in enumerate(path.read_bytes().splitlines(), 1):
                 if not pattern.search(line):
                     continue
-                text = line.decode("utf-8", "replace")
-                if any(rel == pending and needle in text for pending, needle in PENDING):
-                    continue
-                hits.append(f"{rel}:{number}: {text.strip()}")
+                hits.append(f"{rel}:{number}: {line.decode('utf-8', 'replace').strip()}")
     return hits
 
 
@@ -72,7 +65,7 @@ def named_files(m: dict[str, Any]) -> list[str]:
     files = [m["monitor"]["probe"], m["monitor"]["event_lag"]["file"]]
     files += [c["file"] for c in m["monitor"]["integrity"]]
     files += [q["file"] for key in ("queries", "error_types") for q in m["watch"][key]]
-    files += [q["file"] for q in m["rollback"]["new_data"]["queries"]]
+    files += [q["file"] for q in m["rollback"]["new_data"]["queries"]] + [m["rollback"]["dependents"]]
     files += list(m["preflight"]["orphans"])
     files += [m["brief"]["delete_rules"]["file"], m["brief"]["delete_rules"]["markdown"]]
     files += [m["report"]["announcement"]]

@@ -221,7 +221,7 @@ def test_the_signed_plan_names_exactly_the_manifests_files(tmp_path: Path) -> No
                           {"approval_action": "plan", "phase": "all", "migration_report_dir": str(reports)})
     assert result.returncode == 0, playbook_output(result)
     [plan] = reports.glob("plan-*.txt")
-    listed = re.findall(r"^file ht036/(\S+) sha256=", plan.read_text(), re.M)
+    listed = re.findall(r"^file migrations/ht036/(\S+) sha256=", plan.read_text(), re.M)
     assert listed == [s["file"] for p in load()["phases"].values() for s in p["steps"]]
 
 

@@ -144,7 +144,8 @@ def test_the_duration_is_the_ledgers_measurement_once_a_phase_ran(fresh_db: dict
         "kind": "rehearsal", "verdict": "go",
         "context": {"source": TEST_HOST, "started_at": "2026-12-01T00:00:00+00:00"},
         "phases": [{"phase": "2", "status": "succeeded", "duration_s": 42.5,
-                    "steps": [{"file": "/elsewhere/migrations/ht036/phase2/deploy/010_columns.sql", "seconds": 12.25}]}]}))
+                    "steps": [{"file": "/elsewhere/migrations/ht036/phase2/deploy/010_columns.sql",
+                               "seconds": 12.25}]}]}))
     result, plan = run_plan(fresh_db, reports, phase="2")
     assert result.returncode == 0, playbook_output(result)
     assert step(plan, "phase2/deploy/010_columns.sql")["duration"] == {

@@ -520,7 +520,7 @@ def file_checksums(paths: list[str], base: str | None = None) -> dict[str, str]:
 
 
 def sql_label(root: str, path: str) -> str:
-    """A file as a report or a signed plan names it: the migration directory's name and the
+    """A file as the ledger's drift refusal names it: the migration directory's name and the
     file's path in it (ht036/phase2/deploy/010_columns.sql), the same on every checkout."""
     return f"{os.path.basename(os.path.normpath(root))}/{path}"
 

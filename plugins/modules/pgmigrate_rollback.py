@@ -80,6 +80,14 @@ options:
       - C(run) - recorded with each phase (with the counts, I(discarded_new_data)).
     type: bool
     default: false
+  dependents:
+    description: >-
+      C(plan) - the migration's read-only query (a file relative to I(migration_dir), its manifest's
+      C(rollback.dependents)) naming objects outside the migration that depend on what rolling back
+      the phases (psql variable C(phases)) would drop; any row refuses the rollback before anything
+      changes. Empty - no such check.
+    type: str
+    default: ""
   discarded_new_data:
     description: C(run) - the plan's C(new_data) counts, recorded with each phase when discarded.
     type: dict
@@ -359,9 +367,10 @@ def refuse_dependents(phases: list[str], present: list[str], graph: dict) -> str
     return msg + " Nothing was changed."
 
 
-def blocking_dependents(conn, root: str, phases: list[str]) -> list[dict]:
-    with open(os.path.join(root, "rollback", "dependents.sql"), encoding="utf-8") as handle:
-        sql = render(handle.read(), {"phases": "{" + ",".join(phases) + "}"})
+def blocking_dependents(conn, migration_dir: str | None, query: str, phases: list[str]) -> list[dict]:
+    if not query:
+        return []
+    sql = render(migration_sql(migration_dir, query), {"phases": "{" + ",".join(phases) + "}"})
     with conn.cursor() as cur:
         rows = fetch_dicts(cur, sql)
     conn.rollback()
@@ -503,7 +512,7 @@ def do_plan(module, conn) -> dict:
                     "-e rollback_discard_new_data=true to roll back all the same (the counts are "
                     "recorded in the ledger). Nothing was changed.", **result)
     if targets:
-        blockers = blocking_dependents(conn, p["sql_root"], targets)
+        blockers = blocking_dependents(conn, p["migration_dir"], p["dependents"], targets)
         if blockers:
             named = "; ".join(f"{b['dependent']} depends on {b['depends_on']}" for b in blockers)
             module.fail_json(
@@ -840,6 +849,7 @@ def main():
             scope=dict(type="str", default="phases", choices=["all", "phases", "data"]),
             reason=dict(type="str", default=""),
             discard_new_data=dict(type="bool", default=False),
+            dependents=dict(type="str", default=""),
             discarded_new_data=dict(type="dict", default={}),
             new_data=dict(type="dict", default={}),
             migration_dir=dict(type="path"),
