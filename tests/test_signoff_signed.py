@@ -120,7 +120,7 @@ def test_plan_names_every_file_and_the_database_never_the_password(
     assert files
     for path in files:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        assert f"file {path.relative_to(REPO_ROOT / 'migrations')} sha256={digest}\n" in text
+        assert f"file {path.relative_to(REPO_ROOT)} sha256={digest}\n" in text
     assert f"database host={fresh_db['host']} port={fresh_db['port']} dbname={fresh_db['dbname']}\n" in text
     assert "phases 1\n" in text and fresh_db["password"] not in text
     again = run_playbook(APPROVE, fresh_db, {"approval_action": "plan", "phase": PHASE, **signed_vars},
@@ -201,7 +201,7 @@ def test_plan_changed_after_signing_is_refused(fresh_db: dict[str, Any], signed_
     edited.write_text(edited.read_text() + "\n-- edited after the sign-off\n")
     text = assert_refused(fresh_db, lambda: migrate(fresh_db, signed_vars, repo),
                           "DBA's signature (jane@example.com, recorded at", "is of another plan",
-                          f"changed since it was signed: ht036/phase1/deploy/{edited.name} (sha256 ",
+                          f"changed since it was signed: migrations/ht036/phase1/deploy/{edited.name} (sha256 ",
                           "Product owner's signature", "Nothing was changed")
     assert "approve.yml -e approval_action=plan -e phase=1" in text
     # Signing the plan of another run (phase=all) is no sign-off of this one either.
